@@ -1,0 +1,263 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Key(_message.Message):
+    __slots__ = ("key_id", "description", "primary_version", "versions", "rotation_period", "next_rotation_time", "create_time", "update_time", "min_decryption_version")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ROTATION_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    MIN_DECRYPTION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    description: str
+    primary_version: int
+    versions: _containers.RepeatedCompositeFieldContainer[KeyVersion]
+    rotation_period: _duration_pb2.Duration
+    next_rotation_time: _timestamp_pb2.Timestamp
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    min_decryption_version: int
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., primary_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_rotation_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_decryption_version: _Optional[int] = ...) -> None: ...
+
+class KeyVersion(_message.Message):
+    __slots__ = ("version", "state", "create_time", "destroy_time", "hsm_label", "hsm_object_id")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[KeyVersion.State]
+        ENABLED: _ClassVar[KeyVersion.State]
+        DISABLED: _ClassVar[KeyVersion.State]
+        DESTROY_SCHEDULED: _ClassVar[KeyVersion.State]
+        DESTROYED: _ClassVar[KeyVersion.State]
+    STATE_UNSPECIFIED: KeyVersion.State
+    ENABLED: KeyVersion.State
+    DISABLED: KeyVersion.State
+    DESTROY_SCHEDULED: KeyVersion.State
+    DESTROYED: KeyVersion.State
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DESTROY_TIME_FIELD_NUMBER: _ClassVar[int]
+    HSM_LABEL_FIELD_NUMBER: _ClassVar[int]
+    HSM_OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    state: KeyVersion.State
+    create_time: _timestamp_pb2.Timestamp
+    destroy_time: _timestamp_pb2.Timestamp
+    hsm_label: str
+    hsm_object_id: str
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[KeyVersion.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroy_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hsm_label: _Optional[str] = ..., hsm_object_id: _Optional[str] = ...) -> None: ...
+
+class CreateKeyRequest(_message.Message):
+    __slots__ = ("key_id", "description", "rotation_period")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    description: str
+    rotation_period: _duration_pb2.Duration
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class GetKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("keys", "next_page_token")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedCompositeFieldContainer[Key]
+    next_page_token: str
+    def __init__(self, keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RotateKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class GenerateDataKeyRequest(_message.Message):
+    __slots__ = ("key_id", "encryption_context")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    encryption_context: _containers.ScalarMap[str, str]
+    def __init__(self, key_id: _Optional[str] = ..., encryption_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class GenerateDataKeyResponse(_message.Message):
+    __slots__ = ("key_id", "key_version", "plaintext", "wrapped_key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key_version: int
+    plaintext: bytes
+    wrapped_key: bytes
+    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., plaintext: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
+
+class GenerateDataKeyWithoutPlaintextResponse(_message.Message):
+    __slots__ = ("key_id", "key_version", "wrapped_key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key_version: int
+    wrapped_key: bytes
+    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
+
+class DecryptRequest(_message.Message):
+    __slots__ = ("wrapped_key", "encryption_context")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    wrapped_key: bytes
+    encryption_context: _containers.ScalarMap[str, str]
+    def __init__(self, wrapped_key: _Optional[bytes] = ..., encryption_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class DecryptResponse(_message.Message):
+    __slots__ = ("key_id", "key_version", "plaintext")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key_version: int
+    plaintext: bytes
+    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., plaintext: _Optional[bytes] = ...) -> None: ...
+
+class ReWrapRequest(_message.Message):
+    __slots__ = ("wrapped_key", "encryption_context", "destination_key_id")
+    class EncryptionContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    wrapped_key: bytes
+    encryption_context: _containers.ScalarMap[str, str]
+    destination_key_id: str
+    def __init__(self, wrapped_key: _Optional[bytes] = ..., encryption_context: _Optional[_Mapping[str, str]] = ..., destination_key_id: _Optional[str] = ...) -> None: ...
+
+class ReWrapResponse(_message.Message):
+    __slots__ = ("key_id", "key_version", "source_key_version", "wrapped_key", "source_key_id")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key_version: int
+    source_key_version: int
+    wrapped_key: bytes
+    source_key_id: str
+    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., source_key_version: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., source_key_id: _Optional[str] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "message", "reason")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    reason: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class BatchGenerateDataKeyRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[GenerateDataKeyRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[GenerateDataKeyRequest, _Mapping]]] = ...) -> None: ...
+
+class GenerateDataKeyResult(_message.Message):
+    __slots__ = ("data_key", "error")
+    DATA_KEY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    data_key: GenerateDataKeyResponse
+    error: ItemError
+    def __init__(self, data_key: _Optional[_Union[GenerateDataKeyResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class BatchGenerateDataKeyResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[GenerateDataKeyResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[GenerateDataKeyResult, _Mapping]]] = ...) -> None: ...
+
+class BatchDecryptRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[DecryptRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[DecryptRequest, _Mapping]]] = ...) -> None: ...
+
+class DecryptResult(_message.Message):
+    __slots__ = ("data_key", "error")
+    DATA_KEY_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    data_key: DecryptResponse
+    error: ItemError
+    def __init__(self, data_key: _Optional[_Union[DecryptResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class BatchDecryptResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[DecryptResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[DecryptResult, _Mapping]]] = ...) -> None: ...
+
+class BatchReWrapRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[ReWrapRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[ReWrapRequest, _Mapping]]] = ...) -> None: ...
+
+class ReWrapResult(_message.Message):
+    __slots__ = ("rewrapped", "error")
+    REWRAPPED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    rewrapped: ReWrapResponse
+    error: ItemError
+    def __init__(self, rewrapped: _Optional[_Union[ReWrapResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class BatchReWrapResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ReWrapResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ReWrapResult, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,49 @@
+"""Retrying UNAVAILABLE (and RESOURCE_EXHAUSTED) with exponential backoff and full jitter,
+never past the caller's deadline and never for any other code."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from kms_client.errors import KmsError, ResourceExhausted, Unavailable
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+
+    def run(self, attempt: Callable[[float | None], T], deadline: float | None, sleep=time.sleep) -> T:  # noqa: ANN001
+        """Calls ``attempt(remaining_seconds)`` until it succeeds, raises a non-retryable
+        error, runs out of attempts, or the next wait would pass ``deadline`` (monotonic)."""
+        backoff = self.initial_backoff
+        for number in range(1, self.max_attempts + 1):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            try:
+                return attempt(remaining)
+            except (Unavailable, ResourceExhausted) as error:
+                if number == self.max_attempts:
+                    raise
+                wait = random.uniform(0, backoff)
+                if isinstance(error, ResourceExhausted):
+                    if error.retry_after is None:
+                        raise
+                    wait = max(wait, error.retry_after)
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    raise
+                sleep(wait)
+                backoff = min(backoff * self.multiplier, self.max_backoff)
+        raise AssertionError("unreachable")
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+__all__ = ["RetryPolicy", "NO_RETRY", "KmsError"]

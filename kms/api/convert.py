@@ -1,0 +1,89 @@
+"""Domain objects to and from protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from kms.api.proto import pb
+from kms.domain.keys import Key, KeyVersion
+from kms.errors import InvalidRotationPeriod
+from kms.service.data_keys import DataKey, Rewrapped
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value)
+    return message
+
+
+def duration(value: timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    message = duration_pb2.Duration()
+    message.FromTimedelta(value)
+    return message
+
+
+def optional_duration(message: object, field: str) -> timedelta | None:
+    """The Duration in ``field`` if set; rejects negative or out-of-range values."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    value = getattr(message, field)
+    if value.seconds < 0 or value.nanos < 0 or value.seconds > 10**11:
+        raise InvalidRotationPeriod("rotation_period must be positive")
+    return value.ToTimedelta()
+
+
+def key_version(version: KeyVersion) -> pb.KeyVersion:
+    return pb.KeyVersion(
+        version=version.version,
+        state=pb.KeyVersion.State.Value(version.state.value),
+        create_time=timestamp(version.create_time),
+        destroy_time=timestamp(version.destroy_time),
+        hsm_label=version.master_key_label,
+        hsm_object_id=version.master_key_id,
+    )
+
+
+def key(value: Key) -> pb.Key:
+    return pb.Key(
+        key_id=value.key_id,
+        description=value.description,
+        primary_version=value.primary_version,
+        versions=[key_version(v) for v in value.versions],
+        rotation_period=duration(value.rotation_period),
+        next_rotation_time=timestamp(value.next_rotation_time),
+        create_time=timestamp(value.create_time),
+        update_time=timestamp(value.update_time),
+        min_decryption_version=value.min_decryption_version,
+    )
+
+
+def data_key(value: DataKey) -> pb.GenerateDataKeyResponse:
+    return pb.GenerateDataKeyResponse(
+        key_id=value.key_id, key_version=value.key_version, plaintext=value.plaintext, wrapped_key=value.wrapped_key
+    )
+
+
+def data_key_without_plaintext(value: DataKey) -> pb.GenerateDataKeyWithoutPlaintextResponse:
+    return pb.GenerateDataKeyWithoutPlaintextResponse(
+        key_id=value.key_id, key_version=value.key_version, wrapped_key=value.wrapped_key
+    )
+
+
+def decrypted(value: DataKey) -> pb.DecryptResponse:
+    return pb.DecryptResponse(key_id=value.key_id, key_version=value.key_version, plaintext=value.plaintext)
+
+
+def rewrapped(value: Rewrapped) -> pb.ReWrapResponse:
+    return pb.ReWrapResponse(
+        key_id=value.key_id,
+        key_version=value.key_version,
+        source_key_id=value.source_key_id,
+        source_key_version=value.source_key_version,
+        wrapped_key=value.wrapped_key,
+    )

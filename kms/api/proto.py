@@ -1,0 +1,8 @@
+"""The generated messages and service descriptor, which live in the SDK (see scripts/gen_proto.py)."""
+
+from kms_client._proto.kms.v1 import kms_pb2 as pb
+
+SERVICE_NAME = "kms.v1.KeyManagementService"
+SERVICE = pb.DESCRIPTOR.services_by_name["KeyManagementService"]
+
+__all__ = ["pb", "SERVICE", "SERVICE_NAME"]

@@ -1,0 +1,111 @@
+"""KeyManagementService: each method converts the request, calls a use case, converts back.
+
+Methods receive the parsed request and the service-level Call built by kms.api.handlers; errors
+are raised as KmsError and mapped to statuses there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from kms.api import convert
+from kms.api.errors import item_error
+from kms.api.proto import pb
+from kms.errors import KmsError
+from kms.service.calls import Call
+from kms.service.data_keys import DataKeyRequest, DataKeyService, UnwrapRequest
+from kms.service.keys import KeyService
+
+
+class KeyManagementServicer:
+    def __init__(self, keys: KeyService, data_keys: DataKeyService) -> None:
+        self._keys = keys
+        self._data_keys = data_keys
+
+    def CreateKey(self, request: pb.CreateKeyRequest, call: Call) -> pb.Key:
+        rotation_period = convert.optional_duration(request, "rotation_period")
+        return convert.key(self._keys.create_key(call, request.key_id, request.description, rotation_period))
+
+    def GetKey(self, request: pb.GetKeyRequest, call: Call) -> pb.Key:
+        return convert.key(self._keys.get_key(call, request.key_id))
+
+    def ListKeys(self, request: pb.ListKeysRequest, call: Call) -> pb.ListKeysResponse:
+        keys, next_page_token = self._keys.list_keys(call, request.page_size, request.page_token)
+        return pb.ListKeysResponse(keys=[convert.key(k) for k in keys], next_page_token=next_page_token)
+
+    def RotateKey(self, request: pb.RotateKeyRequest, call: Call) -> pb.Key:
+        return convert.key(self._keys.rotate_key(call, request.key_id))
+
+    def GenerateDataKey(self, request: pb.GenerateDataKeyRequest, call: Call) -> pb.GenerateDataKeyResponse:
+        return convert.data_key(self._data_keys.generate_data_key(call, request.key_id, request.encryption_context))
+
+    def GenerateDataKeyWithoutPlaintext(
+        self, request: pb.GenerateDataKeyRequest, call: Call
+    ) -> pb.GenerateDataKeyWithoutPlaintextResponse:
+        data_key = self._data_keys.generate_data_key(
+            call, request.key_id, request.encryption_context, include_plaintext=False
+        )
+        return convert.data_key_without_plaintext(data_key)
+
+    def Decrypt(self, request: pb.DecryptRequest, call: Call) -> pb.DecryptResponse:
+        return convert.decrypted(self._data_keys.decrypt(call, request.wrapped_key, request.encryption_context))
+
+    def ReWrap(self, request: pb.ReWrapRequest, call: Call) -> pb.ReWrapResponse:
+        return convert.rewrapped(self._rewrap(request, call))
+
+    def BatchGenerateDataKey(
+        self, request: pb.BatchGenerateDataKeyRequest, call: Call
+    ) -> pb.BatchGenerateDataKeyResponse:
+        results = self._data_keys.generate_data_keys(
+            call, [DataKeyRequest(r.key_id, r.encryption_context) for r in request.requests]
+        )
+        return pb.BatchGenerateDataKeyResponse(
+            results=[
+                pb.GenerateDataKeyResult(error=item_error(r))
+                if isinstance(r, KmsError)
+                else pb.GenerateDataKeyResult(data_key=convert.data_key(r))
+                for r in results
+            ]
+        )
+
+    def BatchDecrypt(self, request: pb.BatchDecryptRequest, call: Call) -> pb.BatchDecryptResponse:
+        results = self._data_keys.decrypt_many(
+            call, [UnwrapRequest(r.wrapped_key, r.encryption_context) for r in request.requests]
+        )
+        return pb.BatchDecryptResponse(
+            results=[
+                pb.DecryptResult(error=item_error(r))
+                if isinstance(r, KmsError)
+                else pb.DecryptResult(data_key=convert.decrypted(r))
+                for r in results
+            ]
+        )
+
+    def BatchReWrap(self, request: pb.BatchReWrapRequest, call: Call) -> pb.BatchReWrapResponse:
+        results = self._data_keys.rewrap_many(
+            call,
+            [UnwrapRequest(r.wrapped_key, r.encryption_context, r.destination_key_id) for r in request.requests],
+        )
+        return pb.BatchReWrapResponse(results=[_rewrap_result(r) for r in results])
+
+    def StreamReWrap(self, requests: Iterable[pb.ReWrapRequest | KmsError], call: Call) -> Iterator[pb.ReWrapResult]:
+        for request in requests:
+            call.check_deadline()
+            if isinstance(request, KmsError):
+                yield _rewrap_result(request)
+                continue
+            try:
+                result = self._rewrap(request, call)
+            except KmsError as error:
+                yield _rewrap_result(error)
+            else:
+                yield _rewrap_result(result)
+
+    def _rewrap(self, request: pb.ReWrapRequest, call: Call):  # noqa: ANN202
+        return self._data_keys.rewrap(call, request.wrapped_key, request.encryption_context, request.destination_key_id)
+
+
+def _rewrap_result(outcome: object) -> pb.ReWrapResult:
+    if isinstance(outcome, KmsError):
+        return pb.ReWrapResult(error=item_error(outcome))
+    return pb.ReWrapResult(rewrapped=convert.rewrapped(outcome))  # type: ignore[arg-type]

@@ -1,0 +1,159 @@
+"""The composition root: settings -> adapters -> services -> server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import start_http_server
+from sqlalchemy import Engine
+
+from kms.api.handlers import Anonymous, Authenticator, build_handler
+from kms.api.health import HealthMonitor
+from kms.api.server import build_server, split_listen
+from kms.api.servicer import KeyManagementServicer
+from kms.clock import SystemClock
+from kms.config import Settings
+from kms.hsm import softhsm
+from kms.hsm.master_keys import Pkcs11MasterKeyStore
+from kms.hsm.pool import SessionPool
+from kms.ports import Clock
+from kms.service.data_keys import DataKeyService
+from kms.service.key_cache import KeyCache
+from kms.service.keys import KeyService
+from kms.service.reconcile import Reconciler
+from kms.store.database import make_engine, upgrade
+from kms.store.repository import SqlKeyRepository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HsmSettings:
+    module_path: str
+    token_label: str
+    pin: str
+
+
+def hsm_settings(settings: Settings) -> HsmSettings:
+    """The configured PKCS#11 module, or the embedded SoftHSM token (created if need be)."""
+    if settings.pkcs11_module:
+        if not settings.pkcs11_token_label:
+            raise ValueError("KMS_PKCS11_MODULE is set: also set KMS_PKCS11_TOKEN_LABEL")
+        return HsmSettings(settings.pkcs11_module, settings.pkcs11_token_label, settings.read_pin())
+    token = softhsm.provision(settings.data_dir)
+    return HsmSettings(token.module_path, token.token_label, token.read_pin())
+
+
+@dataclass
+class Services:
+    """Everything but the server: what the CLI's local commands and the tests use directly."""
+
+    settings: Settings
+    engine: Engine
+    repository: SqlKeyRepository
+    pool: SessionPool
+    master_keys: Pkcs11MasterKeyStore
+    cache: KeyCache
+    keys: KeyService
+    data_keys: DataKeyService
+    reconciler: Reconciler
+
+    def close(self) -> None:
+        self.pool.close()
+        self.engine.dispose()
+
+
+def build_services(settings: Settings, clock: Clock | None = None) -> Services:
+    clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    hsm = hsm_settings(settings)
+    engine = make_engine(settings.database_url_or_default())
+    upgrade(engine)
+    repository = SqlKeyRepository(engine)
+    pool = SessionPool(
+        hsm.module_path,
+        hsm.token_label,
+        hsm.pin,
+        size=settings.max_workers + 4,
+        retry_interval=settings.hsm_retry_interval.total_seconds(),
+    )
+    master_keys = Pkcs11MasterKeyStore(pool, clock, settings.pkcs11_label_prefix)
+    cache = KeyCache(
+        repository,
+        settings.metadata_cache_ttl.total_seconds(),
+        max_stale=settings.metadata_max_stale.total_seconds(),
+    )
+    return Services(
+        settings=settings,
+        engine=engine,
+        repository=repository,
+        pool=pool,
+        master_keys=master_keys,
+        cache=cache,
+        keys=KeyService(repository, master_keys, cache, clock, min_rotation_period=settings.min_rotation_period),
+        data_keys=DataKeyService(cache, master_keys, settings.data_key_source),
+        reconciler=Reconciler(repository, master_keys, cache, clock),
+    )
+
+
+class Application:
+    """A running KMS: services, gRPC server, health monitor."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        authenticator: Authenticator | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        self.settings = settings
+        self.services = build_services(settings, clock)
+        services = self.services
+        self.health = HealthMonitor(
+            {"hsm": services.master_keys.check, "database": services.repository.ping},
+            settings.health_interval.total_seconds(),
+            startup=lambda: services.reconciler.reconcile(),
+        )
+        servicer = KeyManagementServicer(services.keys, services.data_keys)
+        self.server, self.port = build_server(
+            settings.listen,
+            build_handler(servicer, authenticator or Anonymous()),
+            self.health.servicer,
+            max_workers=settings.max_workers,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            max_message_bytes=settings.max_message_bytes,
+            credentials=credentials,
+        )
+        self._stopped = threading.Event()
+
+    @property
+    def target(self) -> str:
+        host, _ = split_listen(self.settings.listen)
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    def start(self) -> None:
+        if self.settings.metrics_listen:
+            host, port = split_listen(self.settings.metrics_listen)
+            start_http_server(port, addr=host)
+        self.server.start()
+        self.health.start()
+        log.info("kms serving", extra={"fields": {"target": self.target, "serving": self.health.serving}})
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stops accepting calls, lets in-flight ones finish for ``grace`` seconds, releases
+        the HSM and the database."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.stop()
+        grace = self.settings.shutdown_grace.total_seconds() if grace is None else grace
+        self.server.stop(grace).wait()
+        self.services.close()
+        log.info("kms stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()

@@ -1,0 +1,25 @@
+"""Entry point of the ``kms`` command."""
+
+from __future__ import annotations
+
+import click
+
+from kms.cli.db import db
+from kms.cli.hsm import hsm
+from kms.cli.keys import keys
+from kms.cli.serve import serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Envelope encryption and key rotation with master keys in a PKCS#11 HSM."""
+
+
+cli.add_command(serve)
+cli.add_command(keys)
+cli.add_command(db)
+cli.add_command(hsm)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,87 @@
+"""Settings, read from KMS_* environment variables (and command-line flags, which win).
+
+With nothing set, the service runs on embedded defaults: SQLite and a SoftHSM2 token it
+creates, both under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: object) -> object:
+    """Accepts seconds as a number, or "90s", "15m", "1h", "30d" (and timedelta/ISO 8601 as
+    pydantic does)."""
+    if isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match:
+            return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KMS_", extra="ignore", hide_input_in_errors=True)
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: Path = Path("kms-data")
+    # SQLAlchemy URL; default sqlite:///<data_dir>/kms.db. PostgreSQL: postgresql+psycopg://...
+    database_url: str | None = None
+
+    # The HSM. Without a module, an embedded SoftHSM2 token is created under data_dir.
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str | None = None
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_pin_file: Path | None = None
+    # First part of every master key's CKA_LABEL ("<prefix>:<key id>:v<version>").
+    pkcs11_label_prefix: str = "kms"
+
+    # Worker threads of the gRPC server; each holds at most one HSM session at a time.
+    max_workers: int = Field(default=32, ge=1, le=1024)
+    # Calls admitted at once (running plus queued); beyond it, RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = Field(default=1024, ge=1)
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    hsm_retry_interval: Duration = timedelta(seconds=1)
+
+    # How long key metadata is reused before it is read again (bounds how late a change made by
+    # another replica is seen), and how long it may keep serving while the database is down.
+    metadata_cache_ttl: Duration = timedelta(seconds=1)
+    metadata_max_stale: Duration = timedelta(seconds=30)
+    data_key_source: Literal["os", "hsm"] = "os"
+    min_rotation_period: Duration = timedelta(hours=1)
+
+    shutdown_grace: Duration = timedelta(seconds=10)
+    health_interval: Duration = timedelta(seconds=2)
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    metrics_listen: str | None = None
+
+    @model_validator(mode="after")
+    def _one_pin_source(self) -> Settings:
+        if self.pkcs11_pin is not None and self.pkcs11_pin_file is not None:
+            raise ValueError("set KMS_PKCS11_PIN or KMS_PKCS11_PIN_FILE, not both")
+        return self
+
+    def database_url_or_default(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'kms.db').resolve()}"
+
+    def read_pin(self) -> str:
+        """The HSM user PIN from KMS_PKCS11_PIN or KMS_PKCS11_PIN_FILE. Never logged."""
+        if self.pkcs11_pin is not None:
+            return self.pkcs11_pin.get_secret_value()
+        if self.pkcs11_pin_file is not None:
+            return self.pkcs11_pin_file.read_text().strip()
+        raise ValueError("KMS_PKCS11_MODULE is set: also set KMS_PKCS11_PIN or KMS_PKCS11_PIN_FILE")

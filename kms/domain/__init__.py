@@ -1,0 +1,1 @@
+"""The rules of keys and versions, as plain data and functions (no I/O, no frameworks)."""

@@ -1,0 +1,144 @@
+"""Keys, their versions, and which version may do what.
+
+Every check of "may this version wrap or unwrap" goes through ``Key.version_for_decrypt`` or
+``Key.primary_for_encrypt``, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from kms.errors import (
+    InvalidKeyId,
+    KeyVersionBelowMinimum,
+    KeyVersionDestroyed,
+    KeyVersionDestroyScheduled,
+    KeyVersionDisabled,
+    KeyVersionNotFound,
+)
+
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def validate_key_id(key_id: str) -> str:
+    """Returns ``key_id`` if it is 1-64 characters of [A-Za-z0-9_-], else raises InvalidKeyId."""
+    if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
+        raise InvalidKeyId("key id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'")
+    return key_id
+
+
+class VersionState(enum.Enum):
+    ENABLED = "ENABLED"
+    DISABLED = "DISABLED"
+    DESTROY_SCHEDULED = "DESTROY_SCHEDULED"
+    DESTROYED = "DESTROYED"
+
+
+_UNUSABLE = {
+    VersionState.DISABLED: KeyVersionDisabled,
+    VersionState.DESTROY_SCHEDULED: KeyVersionDestroyScheduled,
+    VersionState.DESTROYED: KeyVersionDestroyed,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVersion:
+    """One master key generation. ``master_key_id`` names its object in the HSM."""
+
+    key_id: str
+    version: int
+    state: VersionState
+    master_key_id: str
+    master_key_label: str
+    create_time: datetime
+    destroy_time: datetime | None = None
+
+    @property
+    def has_material(self) -> bool:
+        """Whether the HSM object must exist (everything but a tombstone)."""
+        return self.state is not VersionState.DESTROYED
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    key_id: str
+    description: str
+    primary_version: int
+    versions: tuple[KeyVersion, ...]
+    create_time: datetime
+    update_time: datetime
+    rotation_period: timedelta | None = None
+    next_rotation_time: datetime | None = None
+    min_decryption_version: int = 1
+
+    def version(self, number: int) -> KeyVersion:
+        # Versions are numbered 1..n without gaps, so the tuple index is the number minus one.
+        if 1 <= number <= len(self.versions):
+            found = self.versions[number - 1]
+            if found.version == number:
+                return found
+        for candidate in self.versions:
+            if candidate.version == number:
+                return candidate
+        raise KeyVersionNotFound(self.key_id, number)
+
+    @property
+    def latest_version(self) -> int:
+        return max((v.version for v in self.versions), default=0)
+
+    def primary_for_encrypt(self) -> KeyVersion:
+        """The version that wraps new data keys; raises if it may not."""
+        return self._usable(self.version(self.primary_version))
+
+    def version_for_decrypt(self, number: int) -> KeyVersion:
+        """The version ``number`` if it may unwrap, else raises naming the version and why."""
+        version = self.version(number)
+        if number < self.min_decryption_version:
+            raise KeyVersionBelowMinimum(self.key_id, number, self.min_decryption_version)
+        return self._usable(version)
+
+    def _usable(self, version: KeyVersion) -> KeyVersion:
+        unusable = _UNUSABLE.get(version.state)
+        if unusable is not None:
+            raise unusable(self.key_id, version.version)
+        return version
+
+    def with_new_primary(self, version: KeyVersion, now: datetime) -> Key:
+        """The pure step of a rotation: ``version`` is appended and becomes primary."""
+        if version.version != self.latest_version + 1:
+            raise ValueError("versions are numbered consecutively")
+        return replace(
+            self,
+            versions=(*self.versions, version),
+            primary_version=version.version,
+            update_time=now,
+            next_rotation_time=now + self.rotation_period if self.rotation_period else None,
+        )
+
+    def with_adopted_version(self, version: KeyVersion, now: datetime) -> Key:
+        """Records an existing master key as the next version without changing the primary."""
+        if version.version != self.latest_version + 1:
+            raise ValueError("versions are numbered consecutively")
+        return replace(self, versions=(*self.versions, version), update_time=now)
+
+
+def new_key(
+    key_id: str,
+    description: str,
+    first_version: KeyVersion,
+    now: datetime,
+    rotation_period: timedelta | None = None,
+) -> Key:
+    return Key(
+        key_id=validate_key_id(key_id),
+        description=description,
+        primary_version=first_version.version,
+        versions=(first_version,),
+        create_time=now,
+        update_time=now,
+        rotation_period=rotation_period,
+        next_rotation_time=now + rotation_period if rotation_period else None,
+    )

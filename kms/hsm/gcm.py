@@ -1,0 +1,35 @@
+"""AES-256-GCM inside the HSM (CKM_AES_GCM) with a caller-supplied 96-bit IV and 128-bit tag."""
+
+from __future__ import annotations
+
+import pkcs11
+from pkcs11 import Mechanism
+from pkcs11.mechanisms import GCMParams
+
+from kms.errors import InvalidCiphertext
+
+IV_LENGTH = 12
+TAG_BITS = 128
+
+
+def encrypt(key: pkcs11.SecretKey, iv: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+    """Returns the ciphertext followed by the 16-byte tag."""
+    if len(iv) != IV_LENGTH:
+        raise ValueError("GCM IVs are 96 bits here")
+    return key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data, TAG_BITS))
+
+
+def decrypt(
+    key: pkcs11.SecretKey,
+    iv: bytes,
+    sealed: bytes,
+    associated_data: bytes,
+    auth_failures: tuple[type[pkcs11.PKCS11Error], ...],
+) -> bytes:
+    """Opens ciphertext-and-tag; raises InvalidCiphertext when authentication fails."""
+    if len(iv) != IV_LENGTH or len(sealed) < TAG_BITS // 8:
+        raise InvalidCiphertext()
+    try:
+        return key.decrypt(sealed, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data, TAG_BITS))
+    except auth_failures:
+        raise InvalidCiphertext() from None

@@ -1,0 +1,302 @@
+"""A pool of PKCS#11 sessions that survives the HSM going away and coming back.
+
+PKCS#11 forbids using one session from two threads at once, so each call borrows a session of
+its own. The application's login is held by one dedicated session that is never lent out:
+closing a logged-in python-pkcs11 session calls C_Logout, which would log out every session.
+
+When a call fails with a session fault, the pool drops its idle sessions, logs in again if the
+login was lost, and retries the call once on a fresh session. A device fault additionally
+finalizes and re-initializes the module (after waiting for every in-flight call to leave it).
+While the HSM stays unreachable, calls fail fast with HsmUnavailable and reconnection is tried
+at most once per ``retry_interval``; the health monitor's periodic ``check`` keeps trying even
+when no traffic arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import pkcs11
+import pkcs11.exceptions as p11
+from pkcs11 import ObjectClass
+
+from kms.errors import HsmUnavailable
+from kms.hsm.faults import Fault, classify
+from kms.hsm.module import ModuleError, Pkcs11Module
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LoginLost(p11.UserNotLoggedIn):
+    """A session turned out not to be logged in, so private objects were invisible to it."""
+
+
+class PooledSession:
+    """A borrowed session, and the master key objects already found through it."""
+
+    __slots__ = ("session", "generation", "_module", "_keys")
+
+    def __init__(self, session: pkcs11.Session, generation: int, module: Pkcs11Module) -> None:
+        self.session = session
+        self.generation = generation
+        self._module = module
+        self._keys: dict[bytes, pkcs11.SecretKey] = {}
+
+    def key(self, object_id: bytes) -> pkcs11.SecretKey | None:
+        """The secret key whose CKA_ID is ``object_id``, or None if the token has none.
+
+        Raises LoginLost rather than report a key missing that is only hidden by a lost login,
+        and MultipleObjectsReturned when the id is ambiguous (never guess which key to use).
+        """
+        found = self._keys.get(object_id)
+        if found is not None:
+            return found
+        try:
+            found = self.session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id)
+        except p11.NoSuchKey:
+            if self._module.session_logged_in(self.session.handle) is False:
+                raise LoginLost() from None
+            return None
+        self._keys[object_id] = found
+        return found
+
+    def forget(self, object_id: bytes) -> None:
+        self._keys.pop(object_id, None)
+
+
+class _Gate:
+    """Many calls may be inside the module at once; re-initialization waits for them all."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            while self._closed:
+                self._condition.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._active -= 1
+                if not self._active:
+                    self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            while self._closed:
+                self._condition.wait()
+            self._closed = True
+            while self._active:
+                self._condition.wait()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._closed = False
+                self._condition.notify_all()
+
+
+class SessionPool:
+    def __init__(
+        self,
+        module_path: str,
+        token_label: str,
+        pin: str,
+        size: int,
+        *,
+        retry_interval: float = 1.0,
+        acquire_timeout: float = 30.0,
+    ) -> None:
+        self._module_path = module_path
+        self._token_label = token_label
+        self._pin = pin
+        self._retry_interval = retry_interval
+        self._acquire_timeout = acquire_timeout
+        self._slots = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()  # guards the fields below
+        self._connect_lock = threading.Lock()
+        self._gate = _Gate()
+        self._module: Pkcs11Module | None = None
+        self._token: pkcs11.Token | None = None
+        self._login_session: pkcs11.Session | None = None
+        self._generation = 0
+        self._idle: list[PooledSession] = []
+        self._pending_fault: Fault | None = None
+        self._next_attempt = 0.0
+        self._last_problem = "HSM is unavailable"
+
+    @property
+    def module(self) -> Pkcs11Module:
+        self._ensure_connected()
+        assert self._module is not None
+        return self._module
+
+    @property
+    def slot_id(self) -> int:
+        self._ensure_connected()
+        assert self._token is not None
+        return self._token.slot.slot_id
+
+    def run(self, operation: Callable[[PooledSession], T]) -> T:
+        """Runs ``operation`` on a borrowed session; retries once after a connection fault.
+
+        Operation-level errors propagate unchanged. Raises HsmUnavailable when the HSM cannot
+        be reached.
+        """
+        for _attempt in range(2):
+            pooled = self._checkout()
+            try:
+                with self._gate.shared():
+                    result = operation(pooled)
+            except pkcs11.PKCS11Error as exc:
+                fault = classify(exc)
+                if fault is None:
+                    self._checkin(pooled)
+                    raise
+                self._lose(pooled, fault, type(exc).__name__)
+                continue
+            except BaseException:
+                self._checkin(pooled)
+                raise
+            self._checkin(pooled)
+            return result
+        raise HsmUnavailable(self._last_problem)
+
+    def check(self) -> None:
+        """Returns when a session can be opened and used; otherwise raises HsmUnavailable."""
+        self.run(lambda pooled: pooled.session.generate_random(64))
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            login, self._login_session = self._login_session, None
+            self._generation += 1
+        with self._gate.exclusive():
+            for pooled in idle:
+                _close_quietly(pooled.session)
+            if login is not None:
+                _close_quietly(login)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _checkout(self) -> PooledSession:
+        if not self._slots.acquire(timeout=self._acquire_timeout):
+            raise HsmUnavailable("no HSM session became free in time")
+        generation = -1
+        try:
+            self._ensure_connected()
+            with self._lock:
+                while self._idle:
+                    pooled = self._idle.pop()
+                    if pooled.generation == self._generation:
+                        return pooled
+                generation, token, module = self._generation, self._token, self._module
+            assert token is not None and module is not None
+            with self._gate.shared():
+                return PooledSession(token.open(rw=True), generation, module)
+        except pkcs11.PKCS11Error as exc:
+            self._slots.release()
+            self._lose(None, classify(exc) or Fault.DEVICE, type(exc).__name__, generation)
+            raise HsmUnavailable(self._last_problem) from None
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _checkin(self, pooled: PooledSession) -> None:
+        with self._lock:
+            if pooled.generation == self._generation:
+                self._idle.append(pooled)
+            # A session from before a reconnection is dropped, not closed: after a module reset
+            # its handle number may already belong to a new session.
+        self._slots.release()
+
+    def _lose(self, pooled: PooledSession | None, fault: Fault, what: str, generation: int | None = None) -> None:
+        """Records a connection fault seen on ``pooled`` (or while opening a session).
+
+        The faulty session is dropped. When the login survived a session fault, only that
+        session was lost; otherwise the pool reconnects on the next call.
+        """
+        if pooled is not None:
+            generation = pooled.generation
+            self._slots.release()
+        login = self._login_session
+        if fault is Fault.SESSION and login is not None and self._still_logged_in(login):
+            return
+        with self._lock:
+            if generation != self._generation or self._login_session is None:
+                return
+            log.warning("hsm connection fault", extra={"fields": {"fault": fault.value, "error": what}})
+            self._login_session = None
+            self._pending_fault = fault
+            self._last_problem = f"HSM connection lost ({what})"
+            self._next_attempt = 0.0  # reconnect at once; back off only if that fails
+
+    def _still_logged_in(self, login: pkcs11.Session) -> bool:
+        assert self._module is not None
+        with self._gate.shared():
+            return self._module.session_logged_in(login.handle) is True
+
+    def _ensure_connected(self) -> None:
+        if self._login_session is not None:
+            return
+        with self._connect_lock:
+            if self._login_session is not None:
+                return
+            if time.monotonic() < self._next_attempt:
+                raise HsmUnavailable(self._last_problem)
+            try:
+                self._connect()
+            except (pkcs11.PKCS11Error, ModuleError) as exc:
+                self._next_attempt = time.monotonic() + self._retry_interval
+                self._last_problem = f"HSM is unavailable ({type(exc).__name__})"
+                if self._pending_fault is Fault.SESSION:
+                    self._pending_fault = Fault.DEVICE  # new sessions fail too: reset the module
+                raise HsmUnavailable(self._last_problem) from None
+
+    def _connect(self) -> None:
+        if self._module is None:
+            self._module = Pkcs11Module.load(self._module_path)
+        elif self._pending_fault is Fault.DEVICE:
+            with self._gate.exclusive():
+                self._module.reinitialize()
+        try:
+            token = self._module.lib.get_token(token_label=self._token_label)
+        except p11.NoSuchToken:
+            raise p11.TokenNotPresent() from None
+        with self._gate.shared():
+            login = _log_in(token, self._pin)
+        with self._lock:
+            self._idle = []
+            self._generation += 1
+            self._token, self._login_session = token, login
+            self._pending_fault = None
+        if self._generation > 1:
+            log.info("hsm connection restored", extra={"fields": {"generation": self._generation}})
+
+
+def _log_in(token: pkcs11.Token, pin: str) -> pkcs11.Session:
+    try:
+        return token.open(rw=True, user_pin=pin)
+    except p11.UserAlreadyLoggedIn:
+        # The login survived (held by a session from before the fault). python-pkcs11 leaves the
+        # session it opened for the failed C_Login unclosed; that happens once per recovery.
+        return token.open(rw=True)
+
+
+def _close_quietly(session: pkcs11.Session) -> None:
+    try:
+        session.close()
+    except pkcs11.PKCS11Error:
+        pass

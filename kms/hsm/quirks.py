@@ -1,0 +1,30 @@
+"""Where PKCS#11 modules differ from the standard, keyed by the module's manufacturer id.
+
+Adding a vendor means adding an entry here and configuring its module path; nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pkcs11.exceptions as p11
+
+
+@dataclass(frozen=True)
+class Quirks:
+    # What C_Decrypt with CKM_AES_GCM raises when the tag does not verify. The standard says
+    # CKR_ENCRYPTED_DATA_INVALID; CKR_ENCRYPTED_DATA_LEN_RANGE covers input shorter than a tag.
+    gcm_auth_failures: tuple[type[p11.PKCS11Error], ...] = (p11.EncryptedDataInvalid, p11.EncryptedDataLenRange)
+
+
+STANDARD = Quirks()
+
+_BY_MANUFACTURER = {
+    # SoftHSM 2.6 reports a failed GCM tag check as CKR_GENERAL_ERROR (OpenSSL's EVP_DecryptFinal
+    # failure is not translated).
+    "SoftHSM": Quirks(gcm_auth_failures=(*STANDARD.gcm_auth_failures, p11.GeneralError)),
+}
+
+
+def quirks_for(manufacturer_id: str) -> Quirks:
+    return _BY_MANUFACTURER.get(manufacturer_id.strip(), STANDARD)

@@ -1,0 +1,132 @@
+"""The few interfaces the service needs from the outside world.
+
+Adapters implement them: kms.hsm for MasterKeyStore, kms.store for KeyRepository, kms.clock for
+Clock. The service depends only on these contracts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from kms.domain.keys import Key, KeyVersion
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware, in UTC."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MasterKeyObject:
+    """A master key as the HSM lists it.
+
+    ``key_id`` and ``version`` are read from its label; ``create_time`` from its object id.
+    ``sound`` says whether its attributes prove it was generated inside the HSM as a
+    sensitive, never-extractable AES-256 key that may only encrypt and decrypt.
+    """
+
+    master_key_id: str
+    label: str
+    key_id: str
+    version: int
+    create_time: datetime
+    sound: bool
+
+
+class MasterKeyStore(Protocol):
+    """Master keys inside the HSM. Key material never crosses this interface.
+
+    Every method raises HsmUnavailable when the HSM cannot be reached; callers may retry.
+    """
+
+    def create(self, key_id: str, version: int) -> KeyVersion:
+        """Generates a new AES-256 master key object for ``key_id`` version ``version``.
+
+        Returns the version in state ENABLED, naming the object. The object is durable in the
+        HSM when this returns; recording it is the caller's job.
+        """
+        ...
+
+    def find(self, key_id: str, version: int) -> list[MasterKeyObject]:
+        """The objects labelled for ``key_id`` version ``version`` (normally none or one)."""
+        ...
+
+    def list_objects(self) -> list[MasterKeyObject]:
+        """Every master key object this service labelled, in any state."""
+        ...
+
+    def encrypt(self, version: KeyVersion, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
+        """AES-256-GCM under the version's master key with a fresh random 96-bit IV.
+
+        Returns (iv, ciphertext followed by the 16-byte tag). Raises KeyMaterialMissing when
+        the HSM has no object for the version.
+        """
+        ...
+
+    def decrypt(self, version: KeyVersion, iv: bytes, sealed: bytes, associated_data: bytes) -> bytes:
+        """Opens what ``encrypt`` produced. Raises InvalidCiphertext when the tag does not
+        verify, KeyMaterialMissing when the HSM has no object for the version."""
+        ...
+
+    def destroy(self, master_key_id: str) -> None:
+        """Destroys the object. Succeeds when it is already gone."""
+        ...
+
+    def random_bytes(self, length: int) -> bytes:
+        """``length`` bytes from the HSM's random number generator."""
+        ...
+
+    def check(self) -> None:
+        """Returns when the HSM answers, else raises HsmUnavailable. May trigger reconnection."""
+        ...
+
+
+class KeyTransaction(Protocol):
+    """A unit of work on one key, holding that key's write lock until it ends.
+
+    Leaving the ``with`` block normally commits; an exception rolls back.
+    """
+
+    @property
+    def key(self) -> Key | None:
+        """The key as stored when the lock was taken, or None if it does not exist."""
+        ...
+
+    def save(self, key: Key) -> None:
+        """Writes ``key`` (new or changed, with its versions) within this transaction."""
+        ...
+
+
+class KeyRepository(Protocol):
+    """Key metadata. Never key material or plaintext.
+
+    Raises DatabaseUnavailable when the database cannot be reached.
+    """
+
+    def get(self, key_id: str) -> Key:
+        """Raises KeyNotFound."""
+        ...
+
+    def list(self, limit: int, after_key_id: str | None) -> Sequence[Key]:
+        """Up to ``limit`` keys with ids greater than ``after_key_id``, in id order."""
+        ...
+
+    def transaction(self, key_id: str) -> AbstractContextManager[KeyTransaction]:
+        """Locks ``key_id`` for writing (also when it does not exist yet).
+
+        Saving a new key whose id another transaction committed first raises KeyAlreadyExists.
+        """
+        ...
+
+    def all_keys(self) -> Iterator[Key]:
+        """Every key with its versions, for reconciliation."""
+        ...
+
+    def ping(self) -> None:
+        """Returns when the database answers, else raises DatabaseUnavailable."""
+        ...

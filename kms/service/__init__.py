@@ -1,0 +1,1 @@
+"""Use cases, independent of transport and storage: keys, data keys, reconciliation."""

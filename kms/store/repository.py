@@ -1,0 +1,149 @@
+"""KeyRepository on SQLAlchemy: SQLite for one process, PostgreSQL for several replicas."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+
+from sqlalchemy import Engine, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from kms.domain.keys import Key, KeyVersion, VersionState
+from kms.errors import DatabaseUnavailable, KeyAlreadyExists, KeyNotFound
+from kms.store.database import WRITE_OPTION
+from kms.store.tables import KeyRow, KeyVersionRow
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Turns the database being unreachable or locked into DatabaseUnavailable."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise DatabaseUnavailable(f"database is unavailable ({type(cause).__name__})") from None
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise DatabaseUnavailable("database connection lost") from None
+        raise
+
+
+class SqlKeyRepository:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def get(self, key_id: str) -> Key:
+        with database_errors(), self._sessions() as session:
+            row = session.get(KeyRow, key_id)
+            if row is None:
+                raise KeyNotFound(key_id)
+            return _to_key(row)
+
+    def list(self, limit: int, after_key_id: str | None) -> Sequence[Key]:
+        query = select(KeyRow).order_by(KeyRow.key_id).limit(limit)
+        if after_key_id is not None:
+            query = query.where(KeyRow.key_id > after_key_id)
+        with database_errors(), self._sessions() as session:
+            return [_to_key(row) for row in session.scalars(query)]
+
+    @contextmanager
+    def transaction(self, key_id: str) -> Iterator[_KeyTransaction]:
+        with database_errors(), self._sessions.begin() as session:
+            session.connection(execution_options={WRITE_OPTION: True})
+            yield _KeyTransaction(session, key_id)
+
+    def all_keys(self) -> Iterator[Key]:
+        after = None
+        while True:
+            page = self.list(500, after)
+            yield from page
+            if len(page) < 500:
+                return
+            after = page[-1].key_id
+
+    def ping(self) -> None:
+        with database_errors(), self._engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+
+def _advisory_lock_id(key_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(b"kms-key:" + key_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class _KeyTransaction:
+    def __init__(self, session: Session, key_id: str) -> None:
+        self._session = session
+        if session.get_bind().dialect.name == "postgresql":
+            # Row locks cannot cover a key that does not exist yet; a transaction-scoped advisory
+            # lock on the id serializes creation too. (SQLite's BEGIN IMMEDIATE already does.)
+            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _advisory_lock_id(key_id)})
+        self._row = session.scalars(select(KeyRow).where(KeyRow.key_id == key_id).with_for_update()).one_or_none()
+        self._key = _to_key(self._row) if self._row is not None else None
+
+    @property
+    def key(self) -> Key | None:
+        return self._key
+
+    def save(self, key: Key) -> None:
+        if self._row is None:
+            self._row = KeyRow(key_id=key.key_id)
+            self._session.add(self._row)
+        _apply(self._row, key)
+        try:
+            self._session.flush()
+        except sa_exc.IntegrityError:
+            raise KeyAlreadyExists(key.key_id) from None
+        self._key = key
+
+
+def _to_key(row: KeyRow) -> Key:
+    return Key(
+        key_id=row.key_id,
+        description=row.description,
+        primary_version=row.primary_version,
+        versions=tuple(_to_version(v) for v in row.versions),
+        create_time=row.create_time,
+        update_time=row.update_time,
+        rotation_period=(
+            timedelta(seconds=row.rotation_period_seconds) if row.rotation_period_seconds is not None else None
+        ),
+        next_rotation_time=row.next_rotation_time,
+        min_decryption_version=row.min_decryption_version,
+    )
+
+
+def _to_version(row: KeyVersionRow) -> KeyVersion:
+    return KeyVersion(
+        key_id=row.key_id,
+        version=row.version,
+        state=VersionState(row.state),
+        master_key_id=row.master_key_id,
+        master_key_label=row.master_key_label,
+        create_time=row.create_time,
+        destroy_time=row.destroy_time,
+    )
+
+
+def _apply(row: KeyRow, key: Key) -> None:
+    row.description = key.description
+    row.primary_version = key.primary_version
+    row.min_decryption_version = key.min_decryption_version
+    row.rotation_period_seconds = int(key.rotation_period.total_seconds()) if key.rotation_period else None
+    row.next_rotation_time = key.next_rotation_time
+    row.create_time = key.create_time
+    row.update_time = key.update_time
+    existing = {v.version: v for v in row.versions}
+    for version in key.versions:
+        version_row = existing.get(version.version)
+        if version_row is None:
+            version_row = KeyVersionRow(key_id=key.key_id, version=version.version)
+            row.versions.append(version_row)
+        version_row.state = version.state.value
+        version_row.master_key_id = version.master_key_id
+        version_row.master_key_label = version.master_key_label
+        version_row.create_time = version.create_time
+        version_row.destroy_time = version.destroy_time

@@ -1,0 +1,56 @@
+"""The schema. Metadata only: no column ever holds key material or plaintext."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from kms.store.types import UtcDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class KeyRow(Base):
+    __tablename__ = "keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    primary_version: Mapped[int]
+    min_decryption_version: Mapped[int] = mapped_column(default=1)
+    rotation_period_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    next_rotation_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    update_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    versions: Mapped[list[KeyVersionRow]] = relationship(
+        back_populates="key", order_by="KeyVersionRow.version", lazy="selectin", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (Index(None, "next_rotation_time"),)
+
+
+class KeyVersionRow(Base):
+    __tablename__ = "key_versions"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("keys.key_id"), primary_key=True)
+    version: Mapped[int] = mapped_column(primary_key=True)
+    state: Mapped[str] = mapped_column(String(24))
+    # The HSM object's CKA_ID (hex) and CKA_LABEL.
+    master_key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    master_key_label: Mapped[str] = mapped_column(String(160))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    destroy_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    key: Mapped[KeyRow] = relationship(back_populates="versions")
