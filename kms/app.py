@@ -156,4 +156,8 @@ class Application:
         log.info("kms stopped")
 
     def wait(self) -> None:
-        self._stopped.wait()
+        # Bounded waits: a signal delivered to one of gRPC's threads only runs its Python
+        # handler once the main thread returns to the interpreter, which an untimed wait never
+        # does.
+        while not self._stopped.wait(timeout=0.2):
+            pass

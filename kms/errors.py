@@ -155,6 +155,13 @@ class HsmUnavailable(Unavailable):
         super().__init__(detail)
 
 
+class HsmOperationFailed(Unavailable):
+    """The HSM refused an operation for a reason other than bad input (a PKCS#11 error code)."""
+
+    def __init__(self, pkcs11_error: str) -> None:
+        super().__init__(f"HSM operation failed ({pkcs11_error})")
+
+
 class DatabaseUnavailable(Unavailable):
     def __init__(self, detail: str = "database is unavailable") -> None:
         super().__init__(detail)

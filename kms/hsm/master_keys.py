@@ -29,6 +29,7 @@ from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 from kms.domain.keys import KeyVersion, VersionState
 from kms.errors import KeyMaterialMissing
 from kms.hsm import gcm
+from kms.hsm.gate import Gate
 from kms.hsm.pool import PooledSession, SessionPool
 from kms.hsm.quirks import Quirks, quirks_for
 from kms.ports import Clock, MasterKeyObject
@@ -94,6 +95,10 @@ class Pkcs11MasterKeyStore:
         self._prefix = label_prefix
         self._label = re.compile(re.escape(label_prefix) + r":([A-Za-z0-9_-]{1,64}):v([1-9][0-9]{0,9})")
         self._quirks: Quirks | None = None
+        # SoftHSM 2.6 fails C_GenerateKey (CKR_GENERAL_ERROR) when another thread searches
+        # objects at the same time, locking on or not. Creating and destroying objects is rare,
+        # so they exclude searches everywhere; wrapping with a found key is not affected.
+        self._objects = Gate()
 
     @property
     def quirks(self) -> Quirks:
@@ -108,6 +113,18 @@ class Pkcs11MasterKeyStore:
         now = self._clock.now()
         object_id = new_object_id(now)
         label = self.label(key_id, version)
+        with self._objects.exclusive():
+            self._generate(object_id, label)
+        return KeyVersion(
+            key_id=key_id,
+            version=version,
+            state=VersionState.ENABLED,
+            master_key_id=object_id.hex(),
+            master_key_label=label,
+            create_time=now,
+        )
+
+    def _generate(self, object_id: bytes, label: str) -> None:
         self._pool.run(
             lambda pooled: pooled.session.generate_key(
                 KeyType.AES,
@@ -119,29 +136,23 @@ class Pkcs11MasterKeyStore:
                 template=_CREATE_TEMPLATE,
             )
         )
-        return KeyVersion(
-            key_id=key_id,
-            version=version,
-            state=VersionState.ENABLED,
-            master_key_id=object_id.hex(),
-            master_key_label=label,
-            create_time=now,
-        )
 
     def find(self, key_id: str, version: int) -> list[MasterKeyObject]:
         label = self.label(key_id, version)
-        return self._pool.run(
-            lambda pooled: self._describe_all(
-                list(pooled.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}))
+        with self._objects.shared():
+            return self._pool.run(
+                lambda pooled: self._describe_all(
+                    list(pooled.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}))
+                )
             )
-        )
 
     def list_objects(self) -> list[MasterKeyObject]:
-        return self._pool.run(
-            lambda pooled: self._describe_all(
-                list(pooled.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}))
+        with self._objects.shared():
+            return self._pool.run(
+                lambda pooled: self._describe_all(
+                    list(pooled.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}))
+                )
             )
-        )
 
     def encrypt(self, version: KeyVersion, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
         iv = os.urandom(gcm.IV_LENGTH)
@@ -162,7 +173,8 @@ class Pkcs11MasterKeyStore:
             ):
                 found.destroy()
 
-        self._pool.run(destroy)
+        with self._objects.exclusive():
+            self._pool.run(destroy)
 
     def random_bytes(self, length: int) -> bytes:
         return self._pool.run(lambda pooled: pooled.session.generate_random(length * 8))
@@ -175,18 +187,29 @@ class Pkcs11MasterKeyStore:
     def _with_key(self, version: KeyVersion, use: Callable[[pkcs11.SecretKey], T]) -> T:
         object_id = bytes.fromhex(version.master_key_id)
 
-        def operation(pooled: PooledSession) -> T:
-            for _attempt in range(2):
-                key = pooled.key(object_id)
-                if key is None:
-                    break
-                try:
-                    return use(key)
-                except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
-                    pooled.forget(object_id)  # destroyed or re-created since we found it
-            raise KeyMaterialMissing(version.key_id, version.version)
+        def with_cached_key(pooled: PooledSession) -> T | _Miss:
+            key = pooled.cached_key(object_id)
+            if key is None:
+                return _MISS
+            try:
+                return use(key)
+            except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
+                pooled.forget(object_id)  # destroyed or re-created since it was found
+                return _MISS
 
-        return self._pool.run(operation)
+        def with_found_key(pooled: PooledSession) -> T:
+            key = pooled.key(object_id)
+            if key is None:
+                raise KeyMaterialMissing(version.key_id, version.version)
+            return use(key)
+
+        result = self._pool.run(with_cached_key)
+        if not isinstance(result, _Miss):
+            return result
+        # Searching must not overlap object creation (see __init__). The gate is taken outside
+        # pool.run, always in that order, so a module re-initialization cannot deadlock with it.
+        with self._objects.shared():
+            return self._pool.run(with_found_key)
 
     def _describe_all(self, objects: list[pkcs11.Object]) -> list[MasterKeyObject]:
         described = []
@@ -207,6 +230,13 @@ class Pkcs11MasterKeyStore:
                 )
             )
         return described
+
+
+class _Miss:
+    """The borrowed session had not looked the key up yet."""
+
+
+_MISS = _Miss()
 
 
 def _is_sound(found: pkcs11.Object) -> bool:

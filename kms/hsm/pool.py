@@ -17,16 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TypeVar
 
 import pkcs11
 import pkcs11.exceptions as p11
 from pkcs11 import ObjectClass
 
-from kms.errors import HsmUnavailable
+from kms.errors import HsmOperationFailed, HsmUnavailable
 from kms.hsm.faults import Fault, classify
+from kms.hsm.gate import Gate
 from kms.hsm.module import ModuleError, Pkcs11Module
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class PooledSession:
         self.generation = generation
         self._module = module
         self._keys: dict[bytes, pkcs11.SecretKey] = {}
+
+    def cached_key(self, object_id: bytes) -> pkcs11.SecretKey | None:
+        return self._keys.get(object_id)
 
     def key(self, object_id: bytes) -> pkcs11.SecretKey | None:
         """The secret key whose CKA_ID is ``object_id``, or None if the token has none.
@@ -70,44 +73,6 @@ class PooledSession:
         self._keys.pop(object_id, None)
 
 
-class _Gate:
-    """Many calls may be inside the module at once; re-initialization waits for them all."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._active = 0
-        self._closed = False
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._condition:
-            while self._closed:
-                self._condition.wait()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._active -= 1
-                if not self._active:
-                    self._condition.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._condition:
-            while self._closed:
-                self._condition.wait()
-            self._closed = True
-            while self._active:
-                self._condition.wait()
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._closed = False
-                self._condition.notify_all()
-
-
 class SessionPool:
     def __init__(
         self,
@@ -127,7 +92,7 @@ class SessionPool:
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()  # guards the fields below
         self._connect_lock = threading.Lock()
-        self._gate = _Gate()
+        self._gate = Gate()  # re-initializing the module waits for every call inside it
         self._module: Pkcs11Module | None = None
         self._token: pkcs11.Token | None = None
         self._login_session: pkcs11.Session | None = None
@@ -152,8 +117,8 @@ class SessionPool:
     def run(self, operation: Callable[[PooledSession], T]) -> T:
         """Runs ``operation`` on a borrowed session; retries once after a connection fault.
 
-        Operation-level errors propagate unchanged. Raises HsmUnavailable when the HSM cannot
-        be reached.
+        Raises HsmUnavailable when the HSM cannot be reached, and HsmOperationFailed for any
+        other PKCS#11 error the operation did not handle itself: no PKCS#11 exception leaves.
         """
         for _attempt in range(2):
             pooled = self._checkout()
@@ -164,7 +129,7 @@ class SessionPool:
                 fault = classify(exc)
                 if fault is None:
                     self._checkin(pooled)
-                    raise
+                    raise HsmOperationFailed(type(exc).__name__) from None
                 self._lose(pooled, fault, type(exc).__name__)
                 continue
             except BaseException:
@@ -271,10 +236,7 @@ class SessionPool:
         elif self._pending_fault is Fault.DEVICE:
             with self._gate.exclusive():
                 self._module.reinitialize()
-        try:
-            token = self._module.lib.get_token(token_label=self._token_label)
-        except p11.NoSuchToken:
-            raise p11.TokenNotPresent() from None
+        token = _find_token(self._module, self._token_label)
         with self._gate.shared():
             login = _log_in(token, self._pin)
         with self._lock:
@@ -284,6 +246,24 @@ class SessionPool:
             self._pending_fault = None
         if self._generation > 1:
             log.info("hsm connection restored", extra={"fields": {"generation": self._generation}})
+
+
+def _find_token(module: Pkcs11Module, label: str) -> pkcs11.Token:
+    """The token labelled ``label``. Unlike python-pkcs11's get_token, a slot that fails to
+    describe its token (a broken or vanished token) does not hide ours."""
+    found = []
+    for slot in module.lib.get_slots(token_present=True):
+        try:
+            token = slot.get_token()
+        except pkcs11.PKCS11Error:
+            continue
+        if token.label == label:
+            found.append(token)
+    if not found:
+        raise p11.TokenNotPresent()
+    if len(found) > 1:
+        raise p11.MultipleTokensReturned()
+    return found[0]
 
 
 def _log_in(token: pkcs11.Token, pin: str) -> pkcs11.Session:

@@ -1,0 +1,153 @@
+"""The service over gRPC: every RPC, its status codes, and inputs a client could send."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import kms_client
+from kms.api.proto import SERVICE, SERVICE_NAME
+from kms_client._proto.kms.v1 import kms_pb2 as pb
+
+CONTEXT = {"tenant": "acme"}
+
+
+def test_key_admin_round_trip(client):
+    created = client.create_key("orders", description="rows")
+    assert (created.key_id, created.primary_version, created.versions[0].state) == ("orders", 1, "ENABLED")
+    assert created.versions[0].hsm_label.endswith(":orders:v1")
+    assert client.rotate_key("orders").primary_version == 2
+    assert client.get_key("orders").versions[1].version == 2
+    assert [k.key_id for k in client.iter_keys(page_size=1)] == ["orders"]
+
+
+def test_data_key_rpcs(client):
+    client.create_key("orders")
+    issued = client.generate_data_key("orders", CONTEXT)
+    assert len(issued.plaintext) == 32
+    assert client.decrypt_data_key(issued.wrapped_key, CONTEXT).plaintext == issued.plaintext
+    bare = client.generate_data_key_without_plaintext("orders", CONTEXT)
+    assert bare.plaintext == b"" and len(client.decrypt_data_key(bare.wrapped_key, CONTEXT).plaintext) == 32
+    client.rotate_key("orders")
+    moved = client.rewrap_data_key(issued.wrapped_key, CONTEXT)
+    assert moved.changed and (moved.source_key_version, moved.key_version) == (1, 2)
+    assert not client.rewrap_data_key(moved.wrapped_key, CONTEXT).changed
+
+
+def test_batches_and_stream(client):
+    client.create_key("orders")
+    batch = client.generate_data_keys([("orders", CONTEXT), ("missing", {}), ("bad id", {})])
+    assert isinstance(batch[0], kms_client.DataKey)
+    assert isinstance(batch[1], kms_client.KeyNotFound) and isinstance(batch[2], kms_client.InvalidKeyId)
+    opened = client.decrypt_data_keys([(batch[0].wrapped_key, CONTEXT), (b"junk", CONTEXT)])
+    assert opened[0].plaintext == batch[0].plaintext and isinstance(opened[1], kms_client.InvalidCiphertext)
+    client.rotate_key("orders")
+    rewrapped = client.rewrap_data_keys([(batch[0].wrapped_key, CONTEXT)])
+    assert rewrapped[0].key_version == 2
+    streamed = list(client.stream_rewrap([(batch[0].wrapped_key, CONTEXT), (b"junk", {})] * 50))
+    assert [type(r).__name__ for r in streamed[:2]] == ["Rewrapped", "InvalidCiphertext"]
+    assert len(streamed) == 100
+
+
+@pytest.mark.parametrize(
+    ("action", "error", "reason"),
+    [
+        (lambda c: c.get_key("missing"), kms_client.KeyNotFound, "KeyNotFound"),
+        (lambda c: c.create_key("bad id"), kms_client.InvalidKeyId, "InvalidKeyId"),
+        (lambda c: c.create_key("dup"), kms_client.KeyAlreadyExists, "KeyAlreadyExists"),
+        (lambda c: c.decrypt_data_key(b"\x01garbage"), kms_client.InvalidCiphertext, "InvalidCiphertext"),
+        (lambda c: c.generate_data_key("dup", {"k": "v" * 2000}), kms_client.InvalidEncryptionContext, "InvalidEncryptionContext"),
+        (lambda c: c.list_keys(page_token="forged"), kms_client.InvalidArgument, "InvalidPageToken"),
+    ],
+)
+def test_errors_arrive_typed_with_their_reason(client, action, error, reason):
+    client.create_key("dup")
+    with pytest.raises(error) as raised:
+        action(client)
+    assert raised.value.reason == reason
+
+
+def _raw(server, method: str):
+    channel = grpc.insecure_channel(server.target)
+    return channel, channel.unary_unary(f"/{SERVICE_NAME}/{method}")
+
+
+def _undecodable():
+    for method in SERVICE.methods:
+        if method.client_streaming:
+            continue
+        yield pytest.param(method.name, b"\xff\xff\xff", id=f"{method.name}-junk")
+        yield pytest.param(method.name, b"\x0a\x05ab", id=f"{method.name}-truncated")
+        first = method.input_type.fields_by_number.get(1)
+        if first is not None and first.type == first.TYPE_STRING:
+            yield pytest.param(method.name, b"\x0a\x02\xc3\x28", id=f"{method.name}-bad-utf8")
+
+
+@pytest.mark.parametrize(("method", "payload"), list(_undecodable()))
+def test_undecodable_requests_are_invalid_argument_not_internal(server, method, payload):
+    channel, call = _raw(server, method)
+    with channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            call(payload, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_malformed_item_in_the_stream_fails_alone(server, client):
+    client.create_key("orders")
+    good = client.generate_data_key("orders", {}).wrapped_key
+    channel = grpc.insecure_channel(server.target)
+    stream = channel.stream_stream(f"/{SERVICE_NAME}/StreamReWrap", response_deserializer=pb.ReWrapResult.FromString)
+    requests = [pb.ReWrapRequest(wrapped_key=good).SerializeToString(), b"\xff\xff", pb.ReWrapRequest(wrapped_key=good).SerializeToString()]
+    with channel:
+        results = list(stream(iter(requests), timeout=10))
+    assert [r.WhichOneof("outcome") for r in results] == ["rewrapped", "error", "rewrapped"]
+    assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def test_health_reports_serving_and_reflection_lists_the_service(server):
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE_NAME):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        [answer] = list(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in answer.list_services_response.service}
+        assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+
+
+def test_an_expired_deadline_is_deadline_exceeded(client):
+    client.create_key("orders")
+    with pytest.raises(kms_client.DeadlineExceeded):
+        client.generate_data_keys([("orders", {})] * 1000, timeout=0.001)
+
+
+def test_many_threads_thousands_of_calls_zero_errors(server, client):
+    client.create_key("busy")
+    errors, counts = [], []
+
+    def worker(n: int) -> None:
+        ok = 0
+        try:
+            for _ in range(60):
+                issued = client.generate_data_key("busy", {"worker": str(n)})
+                assert client.decrypt_data_key(issued.wrapped_key, {"worker": str(n)}).plaintext == issued.plaintext
+                ok += 2
+        except Exception as error:  # noqa: BLE001
+            errors.append(repr(error))
+        counts.append(ok)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(32)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(counts) == 32 * 60 * 2
+    assert time.monotonic() - started < 300

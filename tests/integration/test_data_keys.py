@@ -1,0 +1,155 @@
+"""Data keys through the service: round trips, binding, tampering, rotation, re-wrapping."""
+
+from __future__ import annotations
+
+import pytest
+
+from kms.crypto.wrapped_key import MAX_KEY_VERSION
+from kms.errors import (
+    BatchTooLarge,
+    InvalidCiphertext,
+    InvalidEncryptionContext,
+    InvalidKeyId,
+    KeyNotFound,
+)
+from kms.service.calls import Call
+from kms.service.data_keys import DataKeyRequest, UnwrapRequest
+
+CONTEXT = {"tenant": "acme", "table": "orders"}
+
+
+@pytest.fixture
+def data_keys(sqlite_services):
+    sqlite_services.keys.create_key(Call(), "orders")
+    return sqlite_services.data_keys
+
+
+def test_round_trip_returns_the_same_32_byte_key_and_names_the_version(data_keys):
+    issued = data_keys.generate_data_key(Call(), "orders", CONTEXT)
+    assert len(issued.plaintext) == 32
+    assert (issued.key_id, issued.key_version) == ("orders", 1)
+    opened = data_keys.decrypt(Call(), issued.wrapped_key, dict(reversed(list(CONTEXT.items()))))
+    assert opened.plaintext == issued.plaintext
+    assert (opened.key_id, opened.key_version) == ("orders", 1)
+    assert repr(issued.plaintext) not in repr(issued)
+
+
+def test_data_keys_are_fresh(data_keys):
+    issued = [data_keys.generate_data_key(Call(), "orders", {}) for _ in range(50)]
+    assert len({d.plaintext for d in issued}) == 50
+    assert len({d.wrapped_key for d in issued}) == 50
+
+
+def test_without_plaintext_still_opens(data_keys):
+    issued = data_keys.generate_data_key(Call(), "orders", CONTEXT, include_plaintext=False)
+    assert issued.plaintext == b""
+    assert len(data_keys.decrypt(Call(), issued.wrapped_key, CONTEXT).plaintext) == 32
+
+
+@pytest.mark.parametrize(
+    "context",
+    [{}, {"tenant": "acme"}, {**CONTEXT, "extra": ""}, {"tenant": "ACME", "table": "orders"}, {"tenant": "acme", "table": "orders "}],
+)
+def test_a_different_context_never_opens(data_keys, context):
+    issued = data_keys.generate_data_key(Call(), "orders", CONTEXT)
+    with pytest.raises(InvalidCiphertext):
+        data_keys.decrypt(Call(), issued.wrapped_key, context)
+
+
+def test_every_bit_flip_anywhere_fails_with_the_one_opaque_error(data_keys):
+    blob = data_keys.generate_data_key(Call(), "orders", CONTEXT).wrapped_key
+    messages = set()
+    for index in range(len(blob)):
+        for bit in (0x01, 0x80):
+            tampered = bytearray(blob)
+            tampered[index] ^= bit
+            with pytest.raises(InvalidCiphertext) as raised:
+                data_keys.decrypt(Call(), bytes(tampered), CONTEXT)
+            messages.add(str(raised.value))
+    assert messages == {InvalidCiphertext.MESSAGE}
+
+
+def test_truncation_extension_and_garbage_fail_alike(data_keys):
+    blob = data_keys.generate_data_key(Call(), "orders", CONTEXT).wrapped_key
+    candidates = [blob[:n] for n in range(len(blob))] + [blob + b"\x00", b"garbage", b"\x01" * 5000, b""]
+    for candidate in candidates:
+        with pytest.raises(InvalidCiphertext):
+            data_keys.decrypt(Call(), candidate, CONTEXT)
+
+
+def test_naming_an_unknown_key_or_version_looks_like_tampering(data_keys, sqlite_services):
+    sqlite_services.keys.create_key(Call(), "other")
+    blob = data_keys.generate_data_key(Call(), "orders", CONTEXT).wrapped_key
+    as_other_key = blob[:1] + b"\x05other" + blob[8:]
+    as_unknown_key = blob[:1] + b"\x05nokey" + blob[8:]
+    as_version_9 = blob[:8] + (9).to_bytes(4, "big") + blob[12:]
+    as_max_version = blob[:8] + MAX_KEY_VERSION.to_bytes(4, "big") + blob[12:]
+    for candidate in (as_other_key, as_unknown_key, as_version_9, as_max_version):
+        with pytest.raises(InvalidCiphertext):
+            data_keys.decrypt(Call(), candidate, CONTEXT)
+
+
+def test_generate_names_unknown_keys_and_rejects_bad_ids(data_keys):
+    with pytest.raises(KeyNotFound):
+        data_keys.generate_data_key(Call(), "missing", {})
+    for bad in ("", "a b", "x" * 65, "../etc"):
+        with pytest.raises(InvalidKeyId):
+            data_keys.generate_data_key(Call(), bad, {})
+
+
+def test_oversized_context_is_refused_before_the_hsm_is_used(data_keys):
+    with pytest.raises(InvalidEncryptionContext):
+        data_keys.generate_data_key(Call(), "orders", {"k": "v" * 5000})
+
+
+def test_rotation_keeps_old_wrapped_keys_opening_and_rewrap_moves_them(data_keys, sqlite_services):
+    old = data_keys.generate_data_key(Call(), "orders", CONTEXT)
+    sqlite_services.keys.rotate_key(Call(), "orders")
+    new = data_keys.generate_data_key(Call(), "orders", CONTEXT)
+    assert (old.key_version, new.key_version) == (1, 2)
+    assert data_keys.decrypt(Call(), old.wrapped_key, CONTEXT).key_version == 1
+
+    moved = data_keys.rewrap(Call(), old.wrapped_key, CONTEXT)
+    assert (moved.source_key_version, moved.key_version) == (1, 2)
+    assert moved.wrapped_key != old.wrapped_key
+    reopened = data_keys.decrypt(Call(), moved.wrapped_key, CONTEXT)
+    assert (reopened.plaintext, reopened.key_version) == (old.plaintext, 2)
+
+    again = data_keys.rewrap(Call(), moved.wrapped_key, CONTEXT)
+    assert again.wrapped_key == moved.wrapped_key  # already current: returned unchanged
+    with pytest.raises(InvalidCiphertext):
+        data_keys.rewrap(Call(), moved.wrapped_key, {"tenant": "evil"})  # never vouches unopened
+
+
+def test_rewrap_to_another_key(data_keys, sqlite_services):
+    sqlite_services.keys.create_key(Call(), "archive")
+    issued = data_keys.generate_data_key(Call(), "orders", CONTEXT)
+    moved = data_keys.rewrap(Call(), issued.wrapped_key, CONTEXT, "archive")
+    assert (moved.source_key_id, moved.key_id) == ("orders", "archive")
+    assert data_keys.decrypt(Call(), moved.wrapped_key, CONTEXT).plaintext == issued.plaintext
+    with pytest.raises(KeyNotFound):
+        data_keys.rewrap(Call(), issued.wrapped_key, CONTEXT, "nowhere")
+
+
+def test_batches_report_each_item_on_its_own(data_keys):
+    results = data_keys.generate_data_keys(
+        Call(), [DataKeyRequest("orders", CONTEXT), DataKeyRequest("missing", {}), DataKeyRequest("bad id", {})]
+    )
+    assert results[0].key_id == "orders"
+    assert [type(r) for r in results[1:]] == [KeyNotFound, InvalidKeyId]
+    opened = data_keys.decrypt_many(
+        Call(), [UnwrapRequest(results[0].wrapped_key, CONTEXT), UnwrapRequest(b"junk", CONTEXT)]
+    )
+    assert opened[0].plaintext == results[0].plaintext
+    assert isinstance(opened[1], InvalidCiphertext)
+    with pytest.raises(BatchTooLarge):
+        data_keys.decrypt_many(Call(), [UnwrapRequest(b"x", {})] * 1001)
+
+
+def test_data_keys_from_the_hsm_rng_work_the_same(sqlite_services):
+    from kms.service.data_keys import DataKeyService
+
+    sqlite_services.keys.create_key(Call(), "hsm-rng")
+    service = DataKeyService(sqlite_services.cache, sqlite_services.master_keys, data_key_source="hsm")
+    issued = service.generate_data_key(Call(), "hsm-rng", {})
+    assert service.decrypt(Call(), issued.wrapped_key, {}).plaintext == issued.plaintext

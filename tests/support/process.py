@@ -1,0 +1,91 @@
+"""Servers in their own processes, for tests that kill, signal or restart them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def kms_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kms", *args]
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The parent's environment without KMS_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+    env.update(extra or {})
+    return env
+
+
+class ServerProcess:
+    def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+        self.log = data_dir / "server.log"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, crash_at: str | None = None, wait: bool = True) -> ServerProcess:
+        env = dict(self.env)
+        if crash_at:
+            env["KMS_CRASH_AT"] = crash_at
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log.open("ab")
+        self.process = subprocess.Popen(
+            kms_command("serve", "--listen", self.target, "--data-dir", str(self.data_dir), "--log-format", "text"),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_serving()
+        return self
+
+    def wait_serving(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        raise TimeoutError(f"server not serving after {timeout}s:\n{self.log.read_text()}")
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """kill -9: no cleanup of any kind runs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
