@@ -109,7 +109,10 @@ class Application:
         clock: Clock | None = None,
         authenticator: Authenticator | None = None,
         credentials: grpc.ServerCredentials | None = None,
+        extra_handlers: tuple[grpc.GenericRpcHandler, ...] = (),
     ) -> None:
+        """``extra_handlers`` serve further services on the same server (the benchmarks' empty
+        RPC, built with kms.api.handlers.Pipeline so it takes the same path as every call)."""
         self.settings = settings
         self.services = build_services(settings, clock)
         services = self.services
@@ -119,14 +122,16 @@ class Application:
             startup=lambda: services.reconciler.reconcile(),
         )
         servicer = KeyManagementServicer(services.keys, services.data_keys)
+        self.authenticator = authenticator or Anonymous()
         self.server, self.port = build_server(
             settings.listen,
-            build_handler(servicer, authenticator or Anonymous()),
+            build_handler(servicer, self.authenticator),
             self.health.servicer,
             max_workers=settings.max_workers,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
             max_message_bytes=settings.max_message_bytes,
             credentials=credentials,
+            extra_handlers=extra_handlers,
         )
         self._stopped = threading.Event()
 

@@ -60,7 +60,7 @@ class InternalError(KmsError):
 
 
 def build_handler(servicer: object, authenticator: Authenticator) -> grpc.GenericRpcHandler:
-    pipeline = _Pipeline(authenticator)
+    pipeline = Pipeline(authenticator)
     handlers = {}
     for method in SERVICE.methods:
         request_type = getattr(pb, method.input_type.name)
@@ -81,7 +81,9 @@ def build_handler(servicer: object, authenticator: Authenticator) -> grpc.Generi
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
-class _Pipeline:
+class Pipeline:
+    """Wraps a behavior ``(request, call) -> response`` into a grpcio handler function."""
+
     def __init__(self, authenticator: Authenticator) -> None:
         self._authenticator = authenticator
 

@@ -46,6 +46,7 @@ def build_server(
     max_message_bytes: int,
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
 ) -> tuple[grpc.Server, int]:
     """Builds and binds (does not start) the server; returns it with the bound port."""
     host, _port = split_listen(listen)
@@ -56,7 +57,7 @@ def build_server(
         )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kms-rpc"),
-        handlers=[handler],
+        handlers=[handler, *extra_handlers],
         interceptors=list(interceptors),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[
