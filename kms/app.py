@@ -16,6 +16,7 @@ from kms.api.server import build_server, split_listen
 from kms.api.servicer import KeyManagementServicer
 from kms.clock import SystemClock
 from kms.config import Settings
+from kms.errors import KmsError
 from kms.hsm import softhsm
 from kms.hsm.master_keys import Pkcs11MasterKeyStore
 from kms.hsm.pool import SessionPool
@@ -23,7 +24,10 @@ from kms.ports import Clock
 from kms.service.data_keys import DataKeyService
 from kms.service.key_cache import KeyCache
 from kms.service.keys import KeyService
+from kms.service.lifecycle import LifecycleService
 from kms.service.reconcile import Reconciler
+from kms.service.scheduler import Periodic, Scheduler
+from kms.service.usage import UsageRecorder
 from kms.store.database import make_engine, upgrade
 from kms.store.repository import SqlKeyRepository
 
@@ -59,9 +63,16 @@ class Services:
     cache: KeyCache
     keys: KeyService
     data_keys: DataKeyService
+    lifecycle: LifecycleService
+    usage: UsageRecorder
+    scheduler: Scheduler
     reconciler: Reconciler
 
     def close(self) -> None:
+        try:
+            self.usage.flush()
+        except KmsError:
+            log.warning("usage counts could not be written at shutdown")
         self.pool.close()
         self.engine.dispose()
 
@@ -86,6 +97,12 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         settings.metadata_cache_ttl.total_seconds(),
         max_stale=settings.metadata_max_stale.total_seconds(),
     )
+    usage = UsageRecorder(repository, clock)
+    keys = KeyService(repository, master_keys, cache, clock, usage, min_rotation_period=settings.min_rotation_period)
+    lifecycle = LifecycleService(
+        repository, master_keys, cache, clock, usage, keys,
+        min_destroy_pending_window=settings.min_destroy_pending_window,
+    )
     return Services(
         settings=settings,
         engine=engine,
@@ -93,8 +110,11 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         pool=pool,
         master_keys=master_keys,
         cache=cache,
-        keys=KeyService(repository, master_keys, cache, clock, min_rotation_period=settings.min_rotation_period),
-        data_keys=DataKeyService(cache, master_keys, settings.data_key_source),
+        keys=keys,
+        data_keys=DataKeyService(cache, master_keys, usage, settings.data_key_source),
+        lifecycle=lifecycle,
+        usage=usage,
+        scheduler=Scheduler(repository, keys, lifecycle, usage, clock),
         reconciler=Reconciler(repository, master_keys, cache, clock),
     )
 
@@ -121,7 +141,7 @@ class Application:
             settings.health_interval.total_seconds(),
             startup=lambda: services.reconciler.reconcile(),
         )
-        servicer = KeyManagementServicer(services.keys, services.data_keys)
+        servicer = KeyManagementServicer(services.keys, services.data_keys, services.lifecycle)
         self.authenticator = authenticator or Anonymous()
         self.server, self.port = build_server(
             settings.listen,
@@ -133,6 +153,7 @@ class Application:
             credentials=credentials,
             extra_handlers=extra_handlers,
         )
+        self.scheduler = Periodic("kms-scheduler", services.scheduler.run_once, settings.scheduler_interval.total_seconds())
         self._stopped = threading.Event()
 
     @property
@@ -146,6 +167,7 @@ class Application:
             start_http_server(port, addr=host)
         self.server.start()
         self.health.start()
+        self.scheduler.start()
         log.info("kms serving", extra={"fields": {"target": self.target, "serving": self.health.serving}})
 
     def stop(self, grace: float | None = None) -> None:
@@ -157,6 +179,7 @@ class Application:
         self.health.stop()
         grace = self.settings.shutdown_grace.total_seconds() if grace is None else grace
         self.server.stop(grace).wait()
+        self.scheduler.stop()
         self.services.close()
         log.info("kms stopped")
 

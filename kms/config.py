@@ -59,7 +59,12 @@ class Settings(BaseSettings):
     metadata_cache_ttl: Duration = timedelta(seconds=1)
     metadata_max_stale: Duration = timedelta(seconds=30)
     data_key_source: Literal["os", "hsm"] = "os"
+    # Shortest rotation period a key may have (tests and demos lower it to watch rotation).
     min_rotation_period: Duration = timedelta(hours=1)
+    # Shortest wait between scheduling a version's destruction and the destruction.
+    min_destroy_pending_window: Duration = timedelta(hours=24)
+    # How often each replica looks for due rotations and destructions and writes usage counts.
+    scheduler_interval: Duration = timedelta(seconds=5)
 
     shutdown_grace: Duration = timedelta(seconds=10)
     health_interval: Duration = timedelta(seconds=2)

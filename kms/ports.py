@@ -6,13 +6,14 @@ Clock. The service depends only on these contracts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from kms.domain.keys import Key, KeyVersion
+from kms.domain.usage import UsageDelta
 
 
 class Clock(Protocol):
@@ -121,6 +122,23 @@ class KeyRepository(Protocol):
 
         Saving a new key whose id another transaction committed first raises KeyAlreadyExists.
         """
+        ...
+
+    def try_transaction(self, key_id: str) -> AbstractContextManager[KeyTransaction | None]:
+        """As ``transaction``, but yields None at once if another transaction holds the key
+        (how replicas split scheduled work without waiting on each other)."""
+        ...
+
+    def due_for_rotation(self, now: datetime, limit: int) -> list[str]:
+        """Ids of keys with a rotation period whose next rotation time has come, oldest first."""
+        ...
+
+    def due_for_destruction(self, now: datetime, limit: int) -> list[tuple[str, int]]:
+        """(key id, version) of DESTROY_SCHEDULED versions whose destroy time has come."""
+        ...
+
+    def add_usage(self, deltas: Mapping[tuple[str, int], UsageDelta]) -> None:
+        """Adds counted uses to the stored totals of each (key id, version)."""
         ...
 
     def all_keys(self) -> Iterator[Key]:

@@ -8,7 +8,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from kms.api.proto import pb
 from kms.domain.keys import Key, KeyVersion
-from kms.errors import InvalidRotationPeriod
+from kms.errors import InvalidArgument
 from kms.service.data_keys import DataKey, Rewrapped
 
 
@@ -28,13 +28,13 @@ def duration(value: timedelta | None) -> duration_pb2.Duration | None:
     return message
 
 
-def optional_duration(message: object, field: str) -> timedelta | None:
+def optional_duration(message: object, field: str, error: type[InvalidArgument] = InvalidArgument) -> timedelta | None:
     """The Duration in ``field`` if set; rejects negative or out-of-range values."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
     value = getattr(message, field)
     if value.seconds < 0 or value.nanos < 0 or value.seconds > 10**11:
-        raise InvalidRotationPeriod("rotation_period must be positive")
+        raise error(f"{field} must be a positive duration")
     return value.ToTimedelta()
 
 
@@ -46,6 +46,9 @@ def key_version(version: KeyVersion) -> pb.KeyVersion:
         destroy_time=timestamp(version.destroy_time),
         hsm_label=version.master_key_label,
         hsm_object_id=version.master_key_id,
+        data_keys_issued=version.usage.data_keys_issued,
+        decrypts=version.usage.decrypts,
+        last_used_time=timestamp(version.usage.last_used_time),
     )
 
 

@@ -7,23 +7,30 @@ are raised as KmsError and mapped to statuses there.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 
 from kms.api import convert
 from kms.api.errors import item_error
 from kms.api.proto import pb
-from kms.errors import KmsError
+from kms.errors import InvalidArgument, InvalidRotationPeriod, KmsError
 from kms.service.calls import Call
 from kms.service.data_keys import DataKeyRequest, DataKeyService, UnwrapRequest
 from kms.service.keys import KeyService
+from kms.service.lifecycle import LifecycleService
+
+
+UPDATABLE = frozenset({"description", "rotation_period", "min_decryption_version"})
+DEFAULT_RETIRE_MIN_IDLE = timedelta(days=7)
 
 
 class KeyManagementServicer:
-    def __init__(self, keys: KeyService, data_keys: DataKeyService) -> None:
+    def __init__(self, keys: KeyService, data_keys: DataKeyService, lifecycle: LifecycleService) -> None:
         self._keys = keys
         self._data_keys = data_keys
+        self._lifecycle = lifecycle
 
     def CreateKey(self, request: pb.CreateKeyRequest, call: Call) -> pb.Key:
-        rotation_period = convert.optional_duration(request, "rotation_period")
+        rotation_period = convert.optional_duration(request, "rotation_period", InvalidRotationPeriod)
         return convert.key(self._keys.create_key(call, request.key_id, request.description, rotation_period))
 
     def GetKey(self, request: pb.GetKeyRequest, call: Call) -> pb.Key:
@@ -35,6 +42,46 @@ class KeyManagementServicer:
 
     def RotateKey(self, request: pb.RotateKeyRequest, call: Call) -> pb.Key:
         return convert.key(self._keys.rotate_key(call, request.key_id))
+
+    def UpdateKey(self, request: pb.UpdateKeyRequest, call: Call) -> pb.Key:
+        paths = set(request.update_mask.paths)
+        if not paths:
+            raise InvalidArgument("update_mask must name the fields to change")
+        if unknown := paths - UPDATABLE:
+            raise InvalidArgument(f"update_mask names fields that cannot be updated: {', '.join(sorted(unknown))}")
+        changes: dict[str, object] = {}
+        if "description" in paths:
+            changes["description"] = request.description
+        if "rotation_period" in paths:
+            changes["rotation_period"] = convert.optional_duration(request, "rotation_period", InvalidRotationPeriod)
+        if "min_decryption_version" in paths:
+            changes["min_decryption_version"] = request.min_decryption_version
+        return convert.key(self._lifecycle.update_key(call, request.key_id, **changes))
+
+    def DisableKeyVersion(self, request: pb.DisableKeyVersionRequest, call: Call) -> pb.Key:
+        return convert.key(self._lifecycle.disable_version(call, request.key_id, request.version))
+
+    def EnableKeyVersion(self, request: pb.EnableKeyVersionRequest, call: Call) -> pb.Key:
+        return convert.key(self._lifecycle.enable_version(call, request.key_id, request.version))
+
+    def ScheduleKeyVersionDestruction(self, request: pb.ScheduleKeyVersionDestructionRequest, call: Call) -> pb.Key:
+        window = convert.optional_duration(request, "pending_window")
+        return convert.key(self._lifecycle.schedule_destruction(call, request.key_id, request.version, window))
+
+    def CancelKeyVersionDestruction(self, request: pb.CancelKeyVersionDestructionRequest, call: Call) -> pb.Key:
+        return convert.key(self._lifecycle.cancel_destruction(call, request.key_id, request.version))
+
+    def RetireKeyVersion(self, request: pb.RetireKeyVersionRequest, call: Call) -> pb.Key:
+        min_idle = convert.optional_duration(request, "min_idle")
+        return convert.key(
+            self._lifecycle.retire_version(
+                call,
+                request.key_id,
+                request.version,
+                min_idle=DEFAULT_RETIRE_MIN_IDLE if min_idle is None else min_idle,
+                pending_window=convert.optional_duration(request, "pending_window"),
+            )
+        )
 
     def GenerateDataKey(self, request: pb.GenerateDataKeyRequest, call: Call) -> pb.GenerateDataKeyResponse:
         return convert.data_key(self._data_keys.generate_data_key(call, request.key_id, request.encryption_context))

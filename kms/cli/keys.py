@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 
 import click
 
 from kms.cli.common import DURATION, remote
 from kms.cli.output import emit_json, show_key, show_keys
+from kms.rewrap.report import Report
 from kms_client import KmsClient
 
 
@@ -51,4 +54,95 @@ def list_(client: KmsClient, as_json: bool, page_size: int) -> None:
 def rotate(client: KmsClient, as_json: bool, key_id: str) -> None:
     """Add a new version of KEY_ID and make it primary."""
     key = client.rotate_key(key_id)
+    emit_json(key) if as_json else show_key(key)
+
+
+@keys.command()
+@click.argument("key_id")
+@click.option("--description", default=None, help="New description.")
+@click.option("--rotation-period", type=DURATION, default=None, help="New rotation period (e.g. 90d).")
+@click.option("--no-rotation", is_flag=True, help="Stop scheduled rotation.")
+@click.option("--min-decryption-version", type=click.IntRange(min=1), default=None,
+              help="Versions below this stop decrypting at once (the single switch to cut off old versions).")
+@remote
+def update(client: KmsClient, as_json: bool, key_id: str, description: str | None, rotation_period: timedelta | None,
+           no_rotation: bool, min_decryption_version: int | None) -> None:
+    """Change KEY_ID's description, rotation schedule or decryption floor."""
+    if no_rotation and rotation_period is not None:
+        raise click.UsageError("--rotation-period and --no-rotation contradict each other")
+    changes: dict[str, object] = {}
+    if description is not None:
+        changes["description"] = description
+    if rotation_period is not None or no_rotation:
+        changes["rotation_period"] = rotation_period
+    if min_decryption_version is not None:
+        changes["min_decryption_version"] = min_decryption_version
+    if not changes:
+        raise click.UsageError("nothing to change")
+    key = client.update_key(key_id, **changes)
+    emit_json(key) if as_json else show_key(key)
+
+
+@keys.command()
+@click.argument("key_id")
+@click.argument("version", type=click.IntRange(min=1))
+@remote
+def disable(client: KmsClient, as_json: bool, key_id: str, version: int) -> None:
+    """Stop VERSION of KEY_ID from decrypting (reversible)."""
+    key = client.disable_key_version(key_id, version)
+    emit_json(key) if as_json else show_key(key)
+
+
+@keys.command()
+@click.argument("key_id")
+@click.argument("version", type=click.IntRange(min=1))
+@remote
+def enable(client: KmsClient, as_json: bool, key_id: str, version: int) -> None:
+    """Let a disabled VERSION of KEY_ID decrypt again."""
+    key = client.enable_key_version(key_id, version)
+    emit_json(key) if as_json else show_key(key)
+
+
+@keys.command(name="schedule-destruction")
+@click.argument("key_id")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--pending-window", type=DURATION, default=None, help="Wait before destroying (default 30d).")
+@remote
+def schedule_destruction(client: KmsClient, as_json: bool, key_id: str, version: int,
+                         pending_window: timedelta | None) -> None:
+    """Destroy VERSION's master key once the pending window has passed (cancellable until then)."""
+    key = client.schedule_key_version_destruction(key_id, version, pending_window=pending_window)
+    emit_json(key) if as_json else show_key(key)
+
+
+@keys.command(name="cancel-destruction")
+@click.argument("key_id")
+@click.argument("version", type=click.IntRange(min=1))
+@remote
+def cancel_destruction(client: KmsClient, as_json: bool, key_id: str, version: int) -> None:
+    """Cancel a scheduled destruction; the version is left DISABLED."""
+    key = client.cancel_key_version_destruction(key_id, version)
+    emit_json(key) if as_json else show_key(key)
+
+
+@keys.command()
+@click.argument("key_id")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--min-idle", type=DURATION, default=None, help="Refuse if used more recently (default 7d).")
+@click.option("--pending-window", type=DURATION, default=None, help="Wait before destroying (default 30d).")
+@click.option("--rewrap-report", "reports", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Report of a kms rewrap run (--report); refuse if it left items on VERSION or did not finish.")
+@remote
+def retire(client: KmsClient, as_json: bool, key_id: str, version: int, min_idle: timedelta | None,
+           pending_window: timedelta | None, reports: tuple[Path, ...]) -> None:
+    """Disable VERSION and schedule its destruction, unless anything shows it is still in use."""
+    for path in reports:
+        report = Report.from_dict(json.loads(path.read_text()))
+        if not report.complete or report.dry_run:
+            raise click.ClickException(f"{path}: that rewrap run did not complete (or was a dry run); finish it first")
+        if left := report.remaining_on(key_id, version):
+            raise click.ClickException(
+                f"{path}: {left} items are still under {key_id} version {version}; re-run kms rewrap until none are"
+            )
+    key = client.retire_key_version(key_id, version, min_idle=min_idle, pending_window=pending_window)
     emit_json(key) if as_json else show_key(key)

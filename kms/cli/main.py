@@ -7,6 +7,7 @@ import click
 from kms.cli.db import db
 from kms.cli.hsm import hsm
 from kms.cli.keys import keys
+from kms.cli.rewrap import rewrap
 from kms.cli.serve import serve
 
 
@@ -19,6 +20,7 @@ cli.add_command(serve)
 cli.add_command(keys)
 cli.add_command(db)
 cli.add_command(hsm)
+cli.add_command(rewrap)
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ def show_key(key: Key) -> None:
     console.print(f"  next rotation           {_time(key.next_rotation_time)}")
     console.print(f"  created                 {_time(key.create_time)}")
     table = Table(box=None, pad_edge=False)
-    for column in ("VERSION", "STATE", "CREATED", "DESTROY TIME", "HSM LABEL", "HSM OBJECT ID"):
+    for column in ("VERSION", "STATE", "CREATED", "DESTROY TIME", "ISSUED", "DECRYPTS", "LAST USED", "HSM LABEL", "HSM OBJECT ID"):
         table.add_column(column)
     for version in key.versions:
         marker = " *" if version.version == key.primary_version else ""
@@ -69,6 +69,9 @@ def show_key(key: Key) -> None:
             version.state,
             _time(version.create_time),
             _time(version.destroy_time),
+            str(version.data_keys_issued),
+            str(version.decrypts),
+            _time(version.last_used_time),
             version.hsm_label,
             version.hsm_object_id,
         )

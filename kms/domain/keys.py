@@ -45,6 +45,16 @@ _UNUSABLE = {
 
 
 @dataclass(frozen=True, slots=True)
+class VersionUsage:
+    """How much a version has been used, as counted by every replica (lower bounds: counts are
+    written in batches, so a crash loses the last few seconds of them)."""
+
+    data_keys_issued: int = 0  # wraps: new data keys and re-wraps onto this version
+    decrypts: int = 0  # unwraps: decrypts and re-wraps away from this version
+    last_used_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class KeyVersion:
     """One master key generation. ``master_key_id`` names its object in the HSM."""
 
@@ -55,11 +65,15 @@ class KeyVersion:
     master_key_label: str
     create_time: datetime
     destroy_time: datetime | None = None
+    usage: VersionUsage = VersionUsage()
 
-    @property
-    def has_material(self) -> bool:
-        """Whether the HSM object must exist (everything but a tombstone)."""
-        return self.state is not VersionState.DESTROYED
+    def must_have_material(self, now: datetime) -> bool:
+        """Whether the HSM object must exist: not for a tombstone, nor for a version whose
+        destruction is due (the HSM may have destroyed it before the record was updated)."""
+        if self.state is VersionState.DESTROYED:
+            return False
+        due = self.destroy_time is not None and self.destroy_time <= now
+        return not (self.state is VersionState.DESTROY_SCHEDULED and due)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +131,15 @@ class Key:
             update_time=now,
             next_rotation_time=now + self.rotation_period if self.rotation_period else None,
         )
+
+    def is_rotation_due(self, now: datetime) -> bool:
+        return self.rotation_period is not None and self.next_rotation_time is not None and self.next_rotation_time <= now
+
+    def with_rotation_period(self, period: timedelta | None, now: datetime) -> Key:
+        """A new schedule counts from the primary version's creation, so shortening the period
+        of a key whose primary is already older than the new period makes it due at once."""
+        next_rotation = self.version(self.primary_version).create_time + period if period else None
+        return replace(self, rotation_period=period, next_rotation_time=next_rotation, update_time=now)
 
     def with_adopted_version(self, version: KeyVersion, now: datetime) -> Key:
         """Records an existing master key as the next version without changing the primary."""

@@ -21,6 +21,7 @@ from kms.errors import BatchTooLarge, InvalidCiphertext, KeyNotFound, KeyVersion
 from kms.ports import MasterKeyStore
 from kms.service.calls import Call
 from kms.service.key_cache import KeyCache
+from kms.service.usage import UsageRecorder
 
 MAX_BATCH = 1000
 MAX_WRAPPED_KEY_BYTES = 1024
@@ -60,9 +61,12 @@ class UnwrapRequest:
 
 
 class DataKeyService:
-    def __init__(self, cache: KeyCache, master_keys: MasterKeyStore, data_key_source: str = "os") -> None:
+    def __init__(
+        self, cache: KeyCache, master_keys: MasterKeyStore, usage: UsageRecorder, data_key_source: str = "os"
+    ) -> None:
         self._cache = cache
         self._master_keys = master_keys
+        self._usage = usage
         self._random: Callable[[int], bytes] = master_keys.random_bytes if data_key_source == "hsm" else os.urandom
 
     def generate_data_key(
@@ -82,6 +86,7 @@ class DataKeyService:
         )
         if len(plaintext) != DATA_KEY_LENGTH:
             raise InvalidCiphertext()
+        self._usage.unwrapped(version)
         return DataKey(version.key_id, version.version, wrapped, plaintext)
 
     def rewrap(self, call: Call, wrapped: bytes, context: Mapping[str, str], destination_key_id: str = "") -> Rewrapped:
@@ -122,6 +127,7 @@ class DataKeyService:
     def _wrap(self, version: KeyVersion, plaintext: bytes, encoded_context: bytes) -> bytes:
         header = WrappedKeyHeader(version.key_id, version.version)
         iv, sealed = self._master_keys.encrypt(version, plaintext, header.associated_data(encoded_context))
+        self._usage.wrapped(version)
         return WrappedKey(header, iv, sealed).encode()
 
     def _resolve(self, wrapped: bytes, context: Mapping[str, str]) -> tuple[WrappedKey, KeyVersion, bytes]:

@@ -15,14 +15,15 @@ import base64
 import binascii
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from kms.crashpoints import crash_point
 from kms.domain.keys import Key, KeyVersion, VersionState, new_key, validate_key_id
 from kms.errors import InvalidArgument, InvalidPageToken, InvalidRotationPeriod, KeyAlreadyExists, KeyNotFound
-from kms.ports import Clock, KeyRepository, MasterKeyStore
+from kms.ports import Clock, KeyRepository, KeyTransaction, MasterKeyStore
 from kms.service.calls import Call
 from kms.service.key_cache import KeyCache
+from kms.service.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class KeyService:
         master_keys: MasterKeyStore,
         cache: KeyCache,
         clock: Clock,
+        usage: UsageRecorder,
         *,
         min_rotation_period: timedelta,
     ) -> None:
@@ -46,13 +48,14 @@ class KeyService:
         self._master_keys = master_keys
         self._cache = cache
         self._clock = clock
+        self._usage = usage
         self._min_rotation_period = min_rotation_period
 
     def create_key(
         self, call: Call, key_id: str, description: str = "", rotation_period: timedelta | None = None
     ) -> Key:
         validate_key_id(key_id)
-        _validate_description(description)
+        validate_description(description)
         self.validate_rotation_period(rotation_period)
         call.check_deadline()
         with self._repository.transaction(key_id) as transaction:
@@ -70,6 +73,7 @@ class KeyService:
 
     def get_key(self, call: Call, key_id: str) -> Key:
         validate_key_id(key_id)
+        self._usage.flush()  # so that this replica's latest uses show
         key = self._repository.get(key_id)
         self._cache.put(key)
         return key
@@ -88,19 +92,35 @@ class KeyService:
         validate_key_id(key_id)
         call.check_deadline()
         with self._repository.transaction(key_id) as transaction:
-            current = transaction.key
-            if current is None:
+            if transaction.key is None:
                 raise KeyNotFound(key_id)
-            version = self._master_key_for(key_id, current.latest_version + 1)
-            crash_point("rotate_key.after_hsm_create")
-            rotated = current.with_new_primary(version, self._clock.now())
-            transaction.save(rotated)
-            crash_point("rotate_key.before_commit")
+            rotated = self._rotate(transaction, transaction.key, "rotate_key")
         crash_point("rotate_key.after_commit")
+        return self._rotated(rotated, call.identity)
+
+    def rotate_if_due(self, key_id: str, now: datetime) -> Key | None:
+        """The scheduler's rotation: only if the key is still due once its lock is held, and
+        only if no other replica holds the lock (it is rotating the key, or just has)."""
+        with self._repository.try_transaction(key_id) as transaction:
+            if transaction is None or transaction.key is None or not transaction.key.is_rotation_due(now):
+                return None
+            rotated = self._rotate(transaction, transaction.key, "scheduled_rotation")
+        crash_point("scheduled_rotation.after_commit")
+        return self._rotated(rotated, "kms:scheduler")
+
+    def _rotate(self, transaction: KeyTransaction, current: Key, step: str) -> Key:
+        version = self._master_key_for(current.key_id, current.latest_version + 1)
+        crash_point(f"{step}.after_hsm_create")
+        rotated = current.with_new_primary(version, self._clock.now())
+        transaction.save(rotated)
+        crash_point(f"{step}.before_commit")
+        return rotated
+
+    def _rotated(self, rotated: Key, identity: str) -> Key:
         self._cache.put(rotated)
         log.info(
             "key rotated",
-            extra={"fields": {"key_id": key_id, "version": version.version, "identity": call.identity}},
+            extra={"fields": {"key_id": rotated.key_id, "version": rotated.primary_version, "identity": identity}},
         )
         return rotated
 
@@ -141,7 +161,7 @@ class KeyService:
         )
 
 
-def _validate_description(description: str) -> None:
+def validate_description(description: str) -> None:
     if len(description) > MAX_DESCRIPTION_LENGTH:
         raise InvalidArgument(f"description must be at most {MAX_DESCRIPTION_LENGTH} characters")
 

@@ -59,10 +59,11 @@ class Reconciler:
         objects = self._master_keys.list_objects()
         present = {found.master_key_id for found in objects}
         referenced: set[str] = set()
+        now = self._clock.now()
         for key in self._repository.all_keys():
             for version in key.versions:
                 referenced.add(version.master_key_id)
-                if version.has_material and version.master_key_id not in present:
+                if version.must_have_material(now) and version.master_key_id not in present:
                     report.missing.append(version)
         leftovers: dict[str, list[MasterKeyObject]] = defaultdict(list)
         for found in objects:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, bindparam, case, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from kms.domain.keys import Key, KeyVersion, VersionState
+from kms.domain.keys import Key, KeyVersion, VersionState, VersionUsage
+from kms.domain.usage import UsageDelta
 from kms.errors import DatabaseUnavailable, KeyAlreadyExists, KeyNotFound
 from kms.store.database import WRITE_OPTION
 from kms.store.tables import KeyRow, KeyVersionRow
@@ -52,9 +53,67 @@ class SqlKeyRepository:
 
     @contextmanager
     def transaction(self, key_id: str) -> Iterator[_KeyTransaction]:
+        with self._transaction(key_id, wait=True) as transaction:
+            assert transaction is not None
+            yield transaction
+
+    @contextmanager
+    def try_transaction(self, key_id: str) -> Iterator[_KeyTransaction | None]:
+        """As ``transaction``, but yields None at once when another replica holds the key."""
+        with self._transaction(key_id, wait=False) as transaction:
+            yield transaction
+
+    @contextmanager
+    def _transaction(self, key_id: str, wait: bool) -> Iterator[_KeyTransaction | None]:
         with database_errors(), self._sessions.begin() as session:
             session.connection(execution_options={WRITE_OPTION: True})
-            yield _KeyTransaction(session, key_id)
+            yield _KeyTransaction(session, key_id) if _lock_key(session, key_id, wait) else None
+
+    def due_for_rotation(self, now: datetime, limit: int) -> list[str]:
+        query = (
+            select(KeyRow.key_id)
+            .where(KeyRow.next_rotation_time <= now, KeyRow.rotation_period_seconds.is_not(None))
+            .order_by(KeyRow.next_rotation_time)
+            .limit(limit)
+        )
+        with database_errors(), self._sessions() as session:
+            return list(session.scalars(query))
+
+    def due_for_destruction(self, now: datetime, limit: int) -> list[tuple[str, int]]:
+        query = (
+            select(KeyVersionRow.key_id, KeyVersionRow.version)
+            .where(KeyVersionRow.state == VersionState.DESTROY_SCHEDULED.value, KeyVersionRow.destroy_time <= now)
+            .order_by(KeyVersionRow.destroy_time)
+            .limit(limit)
+        )
+        with database_errors(), self._sessions() as session:
+            return [(row.key_id, row.version) for row in session.execute(query)]
+
+    def add_usage(self, deltas: Mapping[tuple[str, int], UsageDelta]) -> None:
+        """Adds counted uses to the versions' totals; concurrent replicas add, never overwrite."""
+        if not deltas:
+            return
+        table = KeyVersionRow.__table__
+        statement = (
+            update(table)
+            .where(table.c.key_id == bindparam("k"), table.c.version == bindparam("v"))
+            .values(
+                data_keys_issued=table.c.data_keys_issued + bindparam("wraps"),
+                decrypts=table.c.decrypts + bindparam("unwraps"),
+                last_used_time=case(
+                    (or_(table.c.last_used_time.is_(None), table.c.last_used_time < bindparam("used")), bindparam("used")),
+                    else_=table.c.last_used_time,
+                ),
+            )
+        )
+        rows = [
+            {"k": key_id, "v": version, "wraps": d.wraps, "unwraps": d.unwraps, "used": d.last_used}
+            for (key_id, version), d in sorted(deltas.items())
+        ]
+        with database_errors(), self._engine.connect() as connection:
+            connection = connection.execution_options(**{WRITE_OPTION: True})
+            with connection.begin():
+                connection.execute(statement, rows)
 
     def all_keys(self) -> Iterator[Key]:
         after = None
@@ -74,13 +133,21 @@ def _advisory_lock_id(key_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(b"kms-key:" + key_id.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+def _lock_key(session: Session, key_id: str, wait: bool) -> bool:
+    """Takes the key's write lock for the transaction; without ``wait``, gives up (False) when
+    another transaction holds it. On SQLite, BEGIN IMMEDIATE has already locked the database."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    # Row locks cannot cover a key that does not exist yet; a transaction-scoped advisory lock on
+    # the id serializes creation too, and SELECT ... FOR UPDATE below then never waits.
+    function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    acquired = session.execute(text(f"SELECT {function}(:id)"), {"id": _advisory_lock_id(key_id)}).scalar()
+    return wait or bool(acquired)
+
+
 class _KeyTransaction:
     def __init__(self, session: Session, key_id: str) -> None:
         self._session = session
-        if session.get_bind().dialect.name == "postgresql":
-            # Row locks cannot cover a key that does not exist yet; a transaction-scoped advisory
-            # lock on the id serializes creation too. (SQLite's BEGIN IMMEDIATE already does.)
-            session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _advisory_lock_id(key_id)})
         self._row = session.scalars(select(KeyRow).where(KeyRow.key_id == key_id).with_for_update()).one_or_none()
         self._key = _to_key(self._row) if self._row is not None else None
 
@@ -125,6 +192,7 @@ def _to_version(row: KeyVersionRow) -> KeyVersion:
         master_key_label=row.master_key_label,
         create_time=row.create_time,
         destroy_time=row.destroy_time,
+        usage=VersionUsage(row.data_keys_issued or 0, row.decrypts or 0, row.last_used_time),
     )
 
 

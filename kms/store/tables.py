@@ -52,5 +52,11 @@ class KeyVersionRow(Base):
     master_key_label: Mapped[str] = mapped_column(String(160))
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
     destroy_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Usage, only ever incremented (see SqlKeyRepository.add_usage), never rewritten by a save.
+    data_keys_issued: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    decrypts: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    last_used_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     key: Mapped[KeyRow] = relationship(back_populates="versions")
+
+    __table_args__ = (Index(None, "state", "destroy_time"),)

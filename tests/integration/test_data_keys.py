@@ -150,6 +150,8 @@ def test_data_keys_from_the_hsm_rng_work_the_same(sqlite_services):
     from kms.service.data_keys import DataKeyService
 
     sqlite_services.keys.create_key(Call(), "hsm-rng")
-    service = DataKeyService(sqlite_services.cache, sqlite_services.master_keys, data_key_source="hsm")
+    service = DataKeyService(
+        sqlite_services.cache, sqlite_services.master_keys, sqlite_services.usage, data_key_source="hsm"
+    )
     issued = service.generate_data_key(Call(), "hsm-rng", {})
     assert service.decrypt(Call(), issued.wrapped_key, {}).plaintext == issued.plaintext

@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -34,7 +35,7 @@ class Key(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., primary_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_rotation_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_decryption_version: _Optional[int] = ...) -> None: ...
 
 class KeyVersion(_message.Message):
-    __slots__ = ("version", "state", "create_time", "destroy_time", "hsm_label", "hsm_object_id")
+    __slots__ = ("version", "state", "create_time", "destroy_time", "hsm_label", "hsm_object_id", "data_keys_issued", "decrypts", "last_used_time")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[KeyVersion.State]
@@ -53,13 +54,19 @@ class KeyVersion(_message.Message):
     DESTROY_TIME_FIELD_NUMBER: _ClassVar[int]
     HSM_LABEL_FIELD_NUMBER: _ClassVar[int]
     HSM_OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_KEYS_ISSUED_FIELD_NUMBER: _ClassVar[int]
+    DECRYPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_TIME_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: KeyVersion.State
     create_time: _timestamp_pb2.Timestamp
     destroy_time: _timestamp_pb2.Timestamp
     hsm_label: str
     hsm_object_id: str
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[KeyVersion.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroy_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hsm_label: _Optional[str] = ..., hsm_object_id: _Optional[str] = ...) -> None: ...
+    data_keys_issued: int
+    decrypts: int
+    last_used_time: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[KeyVersion.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroy_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hsm_label: _Optional[str] = ..., hsm_object_id: _Optional[str] = ..., data_keys_issued: _Optional[int] = ..., decrypts: _Optional[int] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("key_id", "description", "rotation_period")
@@ -98,6 +105,66 @@ class RotateKeyRequest(_message.Message):
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class UpdateKeyRequest(_message.Message):
+    __slots__ = ("key_id", "description", "rotation_period", "min_decryption_version", "update_mask")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    MIN_DECRYPTION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    description: str
+    rotation_period: _duration_pb2.Duration
+    min_decryption_version: int
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_decryption_version: _Optional[int] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class DisableKeyVersionRequest(_message.Message):
+    __slots__ = ("key_id", "version")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    version: int
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class EnableKeyVersionRequest(_message.Message):
+    __slots__ = ("key_id", "version")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    version: int
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ScheduleKeyVersionDestructionRequest(_message.Message):
+    __slots__ = ("key_id", "version", "pending_window")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    version: int
+    pending_window: _duration_pb2.Duration
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., pending_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CancelKeyVersionDestructionRequest(_message.Message):
+    __slots__ = ("key_id", "version")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    version: int
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RetireKeyVersionRequest(_message.Message):
+    __slots__ = ("key_id", "version", "min_idle", "pending_window")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MIN_IDLE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    version: int
+    min_idle: _duration_pb2.Duration
+    pending_window: _duration_pb2.Duration
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ..., min_idle: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., pending_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GenerateDataKeyRequest(_message.Message):
     __slots__ = ("key_id", "encryption_context")

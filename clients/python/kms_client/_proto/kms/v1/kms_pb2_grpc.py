@@ -54,6 +54,36 @@ class KeyManagementServiceStub:
                 request_serializer=kms_dot_v1_dot_kms__pb2.RotateKeyRequest.SerializeToString,
                 response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
+        self.UpdateKey = channel.unary_unary(
+                '/kms.v1.KeyManagementService/UpdateKey',
+                request_serializer=kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                _registered_method=True)
+        self.DisableKeyVersion = channel.unary_unary(
+                '/kms.v1.KeyManagementService/DisableKeyVersion',
+                request_serializer=kms_dot_v1_dot_kms__pb2.DisableKeyVersionRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                _registered_method=True)
+        self.EnableKeyVersion = channel.unary_unary(
+                '/kms.v1.KeyManagementService/EnableKeyVersion',
+                request_serializer=kms_dot_v1_dot_kms__pb2.EnableKeyVersionRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                _registered_method=True)
+        self.ScheduleKeyVersionDestruction = channel.unary_unary(
+                '/kms.v1.KeyManagementService/ScheduleKeyVersionDestruction',
+                request_serializer=kms_dot_v1_dot_kms__pb2.ScheduleKeyVersionDestructionRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                _registered_method=True)
+        self.CancelKeyVersionDestruction = channel.unary_unary(
+                '/kms.v1.KeyManagementService/CancelKeyVersionDestruction',
+                request_serializer=kms_dot_v1_dot_kms__pb2.CancelKeyVersionDestructionRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                _registered_method=True)
+        self.RetireKeyVersion = channel.unary_unary(
+                '/kms.v1.KeyManagementService/RetireKeyVersion',
+                request_serializer=kms_dot_v1_dot_kms__pb2.RetireKeyVersionRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                _registered_method=True)
         self.GenerateDataKey = channel.unary_unary(
                 '/kms.v1.KeyManagementService/GenerateDataKey',
                 request_serializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
@@ -127,6 +157,59 @@ class KeyManagementServiceServicer:
         """Adds a new version generated inside the HSM and makes it primary.
         After it returns: new data keys are wrapped by the new version; every
         older version that was usable for decryption still is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateKey(self, request, context):
+        """Changes the settings named in update_mask: description, rotation_period
+        (unset in the request but named in the mask: rotation stops),
+        min_decryption_version. After it returns the change is durable; other
+        replicas apply it within their metadata cache TTL (1 s by default). A new
+        rotation period counts from the primary version's creation time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableKeyVersion(self, request, context):
+        """ENABLED -> DISABLED. The version no longer unwraps; nothing is destroyed
+        and EnableKeyVersion undoes it. The primary version cannot be disabled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableKeyVersion(self, request, context):
+        """DISABLED -> ENABLED. The version unwraps again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleKeyVersionDestruction(self, request, context):
+        """ENABLED or DISABLED -> DESTROY_SCHEDULED. The version no longer unwraps;
+        its master key is destroyed in the HSM once pending_window (default 30
+        days, at least the server's minimum) has passed, unless cancelled. The
+        primary version cannot be scheduled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelKeyVersionDestruction(self, request, context):
+        """DESTROY_SCHEDULED -> DISABLED. Nothing will be destroyed; enable the
+        version to use it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireKeyVersion(self, request, context):
+        """Disables the version and schedules its destruction, in one step, but only
+        if usage tracking shows it unused for min_idle: otherwise
+        FAILED_PRECONDITION saying when it was last used.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,6 +306,36 @@ def add_KeyManagementServiceServicer_to_server(servicer, server):
             'RotateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateKey,
                     request_deserializer=kms_dot_v1_dot_kms__pb2.RotateKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+            ),
+            'UpdateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateKey,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+            ),
+            'DisableKeyVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableKeyVersion,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.DisableKeyVersionRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+            ),
+            'EnableKeyVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableKeyVersion,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.EnableKeyVersionRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+            ),
+            'ScheduleKeyVersionDestruction': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleKeyVersionDestruction,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.ScheduleKeyVersionDestructionRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+            ),
+            'CancelKeyVersionDestruction': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelKeyVersionDestruction,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.CancelKeyVersionDestructionRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+            ),
+            'RetireKeyVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireKeyVersion,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.RetireKeyVersionRequest.FromString,
                     response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'GenerateDataKey': grpc.unary_unary_rpc_method_handler(
@@ -373,6 +486,168 @@ class KeyManagementService:
             target,
             '/kms.v1.KeyManagementService/RotateKey',
             kms_dot_v1_dot_kms__pb2.RotateKeyRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KeyManagementService/UpdateKey',
+            kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableKeyVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KeyManagementService/DisableKeyVersion',
+            kms_dot_v1_dot_kms__pb2.DisableKeyVersionRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableKeyVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KeyManagementService/EnableKeyVersion',
+            kms_dot_v1_dot_kms__pb2.EnableKeyVersionRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleKeyVersionDestruction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KeyManagementService/ScheduleKeyVersionDestruction',
+            kms_dot_v1_dot_kms__pb2.ScheduleKeyVersionDestructionRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelKeyVersionDestruction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KeyManagementService/CancelKeyVersionDestruction',
+            kms_dot_v1_dot_kms__pb2.CancelKeyVersionDestructionRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireKeyVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KeyManagementService/RetireKeyVersion',
+            kms_dot_v1_dot_kms__pb2.RetireKeyVersionRequest.SerializeToString,
             kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,173 @@
+"""Changing keys and their versions after creation: settings, states, retirement, destruction.
+
+Every change runs under the key's write lock: read, apply a pure transition from
+kms.domain.lifecycle, save. Destroying a master key follows the crash-safe order: the version
+is already unusable (DESTROY_SCHEDULED, past its window) when the HSM object is destroyed, and
+the tombstone is written after; a crash in between leaves a version that the next scheduler
+pass (or reconciliation) finishes, never a usable version without its key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from kms.crashpoints import crash_point
+from kms.domain import lifecycle
+from kms.domain.keys import Key, validate_key_id
+from kms.errors import FailedPrecondition, KeyNotFound
+from kms.ports import Clock, KeyRepository, MasterKeyStore
+from kms.service.calls import Call
+from kms.service.key_cache import KeyCache
+from kms.service.keys import KeyService, validate_description
+from kms.service.usage import UsageRecorder
+
+log = logging.getLogger(__name__)
+
+UNSET: object = object()
+
+
+class VersionStillInUse(FailedPrecondition):
+    def __init__(self, key_id: str, version: int, detail: str) -> None:
+        super().__init__(f"key {key_id!r} version {version} is still in use: {detail}")
+
+
+class LifecycleService:
+    def __init__(
+        self,
+        repository: KeyRepository,
+        master_keys: MasterKeyStore,
+        cache: KeyCache,
+        clock: Clock,
+        usage: UsageRecorder,
+        keys: KeyService,
+        *,
+        min_destroy_pending_window: timedelta,
+    ) -> None:
+        self._repository = repository
+        self._master_keys = master_keys
+        self._cache = cache
+        self._clock = clock
+        self._usage = usage
+        self._keys = keys
+        self._min_window = min_destroy_pending_window
+
+    def update_key(
+        self,
+        call: Call,
+        key_id: str,
+        *,
+        description: str | object = UNSET,
+        rotation_period: timedelta | None | object = UNSET,
+        min_decryption_version: int | object = UNSET,
+    ) -> Key:
+        """Changes the given settings only. A new rotation period counts from the primary
+        version's creation (see Key.with_rotation_period)."""
+        if description is not UNSET:
+            validate_description(description)  # type: ignore[arg-type]
+        if rotation_period is not UNSET:
+            self._keys.validate_rotation_period(rotation_period)  # type: ignore[arg-type]
+
+        def update(key: Key, now: datetime) -> Key:
+            if description is not UNSET and description != key.description:
+                key = replace(key, description=description, update_time=now)
+            if rotation_period is not UNSET and rotation_period != key.rotation_period:
+                key = key.with_rotation_period(rotation_period, now)  # type: ignore[arg-type]
+            if min_decryption_version is not UNSET and min_decryption_version != key.min_decryption_version:
+                key = lifecycle.set_min_decryption_version(key, min_decryption_version, now)  # type: ignore[arg-type]
+            return key
+
+        return self._change(call, key_id, update, "key updated")
+
+    def disable_version(self, call: Call, key_id: str, version: int) -> Key:
+        return self._change(call, key_id, lambda k, now: lifecycle.disable(k, version, now), "version disabled", version)
+
+    def enable_version(self, call: Call, key_id: str, version: int) -> Key:
+        return self._change(call, key_id, lambda k, now: lifecycle.enable(k, version, now), "version enabled", version)
+
+    def schedule_destruction(
+        self, call: Call, key_id: str, version: int, pending_window: timedelta | None = None
+    ) -> Key:
+        window = pending_window or lifecycle.DEFAULT_DESTROY_PENDING_WINDOW
+        return self._change(
+            call,
+            key_id,
+            lambda k, now: lifecycle.schedule_destruction(k, version, now, window, self._min_window),
+            "version destruction scheduled",
+            version,
+        )
+
+    def cancel_destruction(self, call: Call, key_id: str, version: int) -> Key:
+        return self._change(
+            call, key_id, lambda k, now: lifecycle.cancel_destruction(k, version, now), "destruction cancelled", version
+        )
+
+    def retire_version(
+        self, call: Call, key_id: str, version: int, *, min_idle: timedelta, pending_window: timedelta | None = None
+    ) -> Key:
+        """Disables a version and schedules its destruction, refusing while usage shows it was
+        used within ``min_idle`` (counts from every replica, flushed first from this one)."""
+        window = pending_window or lifecycle.DEFAULT_DESTROY_PENDING_WINDOW
+        self._usage.flush()
+
+        def retire(key: Key, now: datetime) -> Key:
+            used = key.version(version).usage
+            if used.last_used_time is not None and used.last_used_time > now - min_idle:
+                idle = now - used.last_used_time
+                raise VersionStillInUse(
+                    key_id,
+                    version,
+                    f"last used {_ago(idle)} ago ({used.decrypts} decrypts, {used.data_keys_issued} data keys issued "
+                    f"in all); it must be idle for {_ago(min_idle)}. Re-wrap what it protects first (kms rewrap)",
+                )
+            if key.version(version).state.value == "ENABLED":
+                key = lifecycle.disable(key, version, now)
+            return lifecycle.schedule_destruction(key, version, now, window, self._min_window)
+
+        return self._change(call, key_id, retire, "version retired", version)
+
+    def destroy_if_due(self, key_id: str, version: int) -> bool:
+        """Destroys the master key of a version whose destruction is due, keeping a tombstone.
+        Returns False when there is nothing to do or another replica holds the key."""
+        with self._repository.try_transaction(key_id) as transaction:
+            if transaction is None or transaction.key is None:
+                return False
+            key = transaction.key
+            now = self._clock.now()
+            if not lifecycle.is_destruction_due(key.version(version), now):
+                return False
+            self._master_keys.destroy(key.version(version).master_key_id)
+            crash_point("destroy_version.after_hsm_destroy")
+            destroyed = lifecycle.mark_destroyed(key, version, now)
+            transaction.save(destroyed)
+        self._cache.put(destroyed)
+        log.warning("master key destroyed", extra={"fields": {"key_id": key_id, "version": version}})
+        return True
+
+    def _change(
+        self, call: Call, key_id: str, transition: Callable[[Key, datetime], Key], event: str, version: int = 0
+    ) -> Key:
+        validate_key_id(key_id)
+        call.check_deadline()
+        with self._repository.transaction(key_id) as transaction:
+            if transaction.key is None:
+                raise KeyNotFound(key_id)
+            changed = transition(transaction.key, self._clock.now())
+            if changed is not transaction.key:
+                transaction.save(changed)
+        self._cache.put(changed)
+        fields = {"key_id": key_id, "identity": call.identity}
+        if version:
+            fields["version"] = version
+        log.info(event, extra={"fields": fields})
+        return changed
+
+
+def _ago(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

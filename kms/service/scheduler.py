@@ -1,0 +1,102 @@
+"""Scheduled work, run by every replica: rotating due keys, destroying versions whose pending
+window has ended, writing usage counts.
+
+Replicas coordinate through the database only. Each due key is taken with a non-blocking lock
+(PostgreSQL: pg_try_advisory_xact_lock; SQLite: one process) and is rotated only if it is still
+due once the lock is held, so a due rotation happens exactly once however many replicas race for
+it; a replica that finds the lock taken simply moves on. A server that was down for several
+periods rotates a key once when it comes back, not once per missed period.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kms.errors import KmsError
+from kms.ports import Clock, KeyRepository
+from kms.service.keys import KeyService
+from kms.service.lifecycle import LifecycleService
+from kms.service.usage import UsageRecorder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SchedulerPass:
+    rotated: list[tuple[str, int]] = field(default_factory=list)
+    destroyed: list[tuple[str, int]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        repository: KeyRepository,
+        keys: KeyService,
+        lifecycle: LifecycleService,
+        usage: UsageRecorder,
+        clock: Clock,
+        *,
+        batch: int = 100,
+    ) -> None:
+        self._repository = repository
+        self._keys = keys
+        self._lifecycle = lifecycle
+        self._usage = usage
+        self._clock = clock
+        self._batch = batch
+
+    def run_once(self) -> SchedulerPass:
+        """One pass over everything due now. A failure on one key is logged and left for the
+        next pass; it never stops the others."""
+        done = SchedulerPass()
+        now = self._clock.now()
+        for key_id in self._repository.due_for_rotation(now, self._batch):
+            try:
+                rotated = self._keys.rotate_if_due(key_id, now)
+            except KmsError as error:
+                done.failed.append((key_id, error.message))
+                log.warning("scheduled rotation failed", extra={"fields": {"key_id": key_id, "error": error.message}})
+                continue
+            if rotated is not None:
+                done.rotated.append((key_id, rotated.primary_version))
+        for key_id, version in self._repository.due_for_destruction(now, self._batch):
+            try:
+                if self._lifecycle.destroy_if_due(key_id, version):
+                    done.destroyed.append((key_id, version))
+            except KmsError as error:
+                done.failed.append((key_id, error.message))
+                log.warning("scheduled destruction failed", extra={"fields": {"key_id": key_id, "error": error.message}})
+        self._usage.flush()
+        return done
+
+
+class Periodic:
+    """Runs ``task`` every ``interval`` seconds on a daemon thread until stopped; a failing run
+    is logged and retried at the next tick."""
+
+    def __init__(self, name: str, task: Callable[[], object], interval: float) -> None:
+        self._task = task
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._task()
+            except KmsError as error:
+                log.warning("background task failed", extra={"fields": {"task": self._thread.name, "error": error.message}})
+            except Exception:
+                log.exception("background task crashed", extra={"fields": {"task": self._thread.name}})
