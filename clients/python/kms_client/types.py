@@ -16,6 +16,10 @@ class KeyVersion:
     destroy_time: datetime | None = None
     hsm_label: str = ""
     hsm_object_id: str = ""
+    # Usage counted by the service (lower bounds: written in batches every few seconds).
+    data_keys_issued: int = 0
+    decrypts: int = 0
+    last_used_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ def key_from_pb(message: pb.Key) -> Key:
                 destroy_time=_time(v, "destroy_time"),
                 hsm_label=v.hsm_label,
                 hsm_object_id=v.hsm_object_id,
+                data_keys_issued=v.data_keys_issued,
+                decrypts=v.decrypts,
+                last_used_time=_time(v, "last_used_time"),
             )
             for v in message.versions
         ),
