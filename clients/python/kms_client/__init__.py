@@ -1,10 +1,13 @@
 """Client SDK of the key management service."""
 
 from kms_client._retry import RetryPolicy
+from kms_client.caching import DataKeyCaching
 from kms_client.client import KmsClient, tls_credentials
+from kms_client.envelope import DEFAULT_FRAME_SIZE, MAX_FRAME_SIZE, Header, parse_header_bytes
 from kms_client.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    EncryptionContextMismatch,
     FailedPrecondition,
     InvalidArgument,
     InvalidCiphertext,
@@ -23,16 +26,22 @@ from kms_client.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    TruncatedCiphertext,
     Unauthenticated,
     Unavailable,
 )
 from kms_client.types import DataKey, Key, KeyVersion, Rewrapped
 
 __all__ = [
+    "DEFAULT_FRAME_SIZE",
+    "MAX_FRAME_SIZE",
     "AlreadyExists",
     "DataKey",
+    "DataKeyCaching",
     "DeadlineExceeded",
+    "EncryptionContextMismatch",
     "FailedPrecondition",
+    "Header",
     "InvalidArgument",
     "InvalidCiphertext",
     "InvalidEncryptionContext",
@@ -55,7 +64,9 @@ __all__ = [
     "ResourceExhausted",
     "RetryPolicy",
     "Rewrapped",
+    "TruncatedCiphertext",
     "Unauthenticated",
     "Unavailable",
+    "parse_header_bytes",
     "tls_credentials",
 ]

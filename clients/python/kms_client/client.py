@@ -6,14 +6,18 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
 
+from kms_client._admin import AdminMixin
 from kms_client._proto.kms.v1 import kms_pb2 as pb
 from kms_client._proto.kms.v1 import kms_pb2_grpc
 from kms_client._retry import NO_RETRY, RetryPolicy
+from kms_client.caching import DataKeyCache, DataKeyCaching
+from kms_client.encryption import EnvelopeEncryption
+from kms_client.envelope import DEFAULT_FRAME_SIZE
 from kms_client.errors import KmsError, error_for, from_rpc_error
 from kms_client.types import DataKey, Key, Rewrapped, key_from_pb, rewrapped_from_pb
 
@@ -38,7 +42,7 @@ def tls_credentials(
     return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
 
 
-class KmsClient:
+class KmsClient(AdminMixin):
     """A client of the key management service.
 
     ``KmsClient("127.0.0.1:50051")`` connects without TLS (loopback development);
@@ -47,6 +51,10 @@ class KmsClient:
 
     Every method raises a ``kms_client.errors.KmsError`` subclass, never ``grpc.RpcError``.
     UNAVAILABLE is retried with backoff and jitter within ``timeout`` (per call, seconds).
+
+    ``encrypt``/``decrypt``, their ``*_stream`` forms and ``rewrap`` implement envelope
+    encryption in the format of docs/envelope-format.md. ``data_key_caching=DataKeyCaching()``
+    turns on data key reuse (kms_client.caching explains its limits); it is off by default.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class KmsClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        data_key_caching: DataKeyCaching | None = None,
     ) -> None:
         if channel is None:
             if target is None:
@@ -74,6 +83,8 @@ class KmsClient:
         self._stub = kms_pb2_grpc.KeyManagementServiceStub(channel)
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
+        self._data_key_cache = None if data_key_caching is None else DataKeyCache(data_key_caching)
+        self._envelope = EnvelopeEncryption(self, self._data_key_cache)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -220,6 +231,75 @@ class KmsClient:
                 yield _rewrap_result(result)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+    # -- envelope encryption (docs/envelope-format.md) ----------------------------------------
+    #
+    # The context is a map of non-secret strings; the same map must be given to decrypt and
+    # rewrap (None is the empty map). Every integrity failure raises InvalidCiphertext or one of
+    # its subclasses: TruncatedCiphertext, EncryptionContextMismatch.
+
+    def encrypt(
+        self,
+        plaintext: bytes | bytearray | memoryview,
+        *,
+        key_id: str,
+        context: Mapping[str, str] | None = None,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+    ) -> bytes:
+        """``plaintext`` encrypted under a data key of ``key_id``, bound to ``context``: a header
+        naming the key, the context and the wrapped data key, then AES-256-GCM frames."""
+        return self._envelope.encrypt(plaintext, key_id, context, frame_size)
+
+    def decrypt(self, ciphertext: bytes | bytearray | memoryview, *, context: Mapping[str, str] | None = None) -> bytes:
+        """The plaintext of an ``encrypt`` result. Raises EncryptionContextMismatch when
+        ``context`` is not the one it was encrypted with, TruncatedCiphertext when it was cut
+        short, InvalidCiphertext for any other alteration."""
+        return self._envelope.decrypt(ciphertext, context)
+
+    def encrypt_stream(
+        self,
+        src: BinaryIO,
+        dst: BinaryIO,
+        *,
+        key_id: str,
+        context: Mapping[str, str] | None = None,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+    ) -> int:
+        """Reads ``src`` to its end and writes the ciphertext to ``dst`` (binary file-like
+        objects), in constant memory. Returns the number of plaintext bytes. Always uses a fresh
+        data key. The ciphertext is the same format as ``encrypt``'s."""
+        return self._envelope.encrypt_stream(src, dst, key_id, context, frame_size)
+
+    def decrypt_stream(self, src: BinaryIO, dst: BinaryIO, *, context: Mapping[str, str] | None = None) -> int:
+        """Reads one ciphertext from ``src`` to its end and writes the plaintext to ``dst``, in
+        constant memory; returns the number of plaintext bytes. Each frame is written only
+        after it is authenticated, but earlier frames are already in ``dst`` when a later one
+        fails or the input ends early (TruncatedCiphertext): write to a temporary place and
+        publish it only once this returns."""
+        return self._envelope.decrypt_stream(src, dst, context)
+
+    def rewrap(self, ciphertext: bytes | bytearray | memoryview, *, context: Mapping[str, str] | None = None) -> bytes:
+        """``ciphertext`` with its data key re-wrapped under the primary version of its key (by
+        the service's ReWrap: the data key never reaches this process). Every byte but the
+        wrapped key is unchanged; returned as is when it was already current."""
+        return self._envelope.rewrap(ciphertext, context)
+
+    def rewrap_stream(self, src: BinaryIO, dst: BinaryIO, *, context: Mapping[str, str] | None = None) -> int:
+        """``rewrap`` for a ciphertext in a file: writes the new header, then copies the body
+        unchanged. Returns the number of body bytes copied."""
+        return self._envelope.rewrap_stream(src, dst, context)
+
+    def rewrap_many(
+        self, items: Iterable[tuple[bytes, Mapping[str, str] | None]]
+    ) -> list[bytes | KmsError]:
+        """``rewrap`` for many (ciphertext, context) pairs through BatchReWrap, one call per
+        1000 distinct wrapped keys. Each result is the new ciphertext or that item's error."""
+        return self._envelope.rewrap_many(items)
+
+    def clear_data_key_cache(self) -> None:
+        """Drops every cached data key (no-op without caching)."""
+        if self._data_key_cache is not None:
+            self._data_key_cache.clear()
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -42,6 +42,16 @@ class InvalidCiphertext(InvalidArgument):
     wrong encryption context. Deliberately does not say which."""
 
 
+class TruncatedCiphertext(InvalidCiphertext):
+    """The ciphertext ended before its final frame: inside the header, on a frame boundary, or
+    inside a frame's tag. Plaintext already written by ``decrypt_stream`` is incomplete."""
+
+
+class EncryptionContextMismatch(InvalidCiphertext):
+    """The caller's encryption context is not the one recorded in the ciphertext's header.
+    Raised before the service is asked for the data key (the header's context is public)."""
+
+
 class NotFound(KmsError):
     code = grpc.StatusCode.NOT_FOUND
 

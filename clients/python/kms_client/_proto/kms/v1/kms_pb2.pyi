@@ -328,3 +328,161 @@ class BatchReWrapResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ReWrapResult]
     def __init__(self, results: _Optional[_Iterable[_Union[ReWrapResult, _Mapping]]] = ...) -> None: ...
+
+class Grant(_message.Message):
+    __slots__ = ("grant_id", "principal", "resource", "permissions", "encryption_context_equals", "created_by")
+    class EncryptionContextEqualsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_EQUALS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    principal: str
+    resource: str
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    encryption_context_equals: _containers.ScalarMap[str, str]
+    created_by: str
+    def __init__(self, grant_id: _Optional[str] = ..., principal: _Optional[str] = ..., resource: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., encryption_context_equals: _Optional[_Mapping[str, str]] = ..., created_by: _Optional[str] = ...) -> None: ...
+
+class GrantPermissionsRequest(_message.Message):
+    __slots__ = ("principal", "resource", "permissions", "encryption_context_equals")
+    class EncryptionContextEqualsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_CONTEXT_EQUALS_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    resource: str
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    encryption_context_equals: _containers.ScalarMap[str, str]
+    def __init__(self, principal: _Optional[str] = ..., resource: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ..., encryption_context_equals: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RevokeGrantRequest(_message.Message):
+    __slots__ = ("grant_id",)
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    def __init__(self, grant_id: _Optional[str] = ...) -> None: ...
+
+class ListGrantsRequest(_message.Message):
+    __slots__ = ("principal", "resource")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    resource: str
+    def __init__(self, principal: _Optional[str] = ..., resource: _Optional[str] = ...) -> None: ...
+
+class ListGrantsResponse(_message.Message):
+    __slots__ = ("grants",)
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    grants: _containers.RepeatedCompositeFieldContainer[Grant]
+    def __init__(self, grants: _Optional[_Iterable[_Union[Grant, _Mapping]]] = ...) -> None: ...
+
+class GroupMemberRequest(_message.Message):
+    __slots__ = ("group", "identity")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    identity: str
+    def __init__(self, group: _Optional[str] = ..., identity: _Optional[str] = ...) -> None: ...
+
+class GroupMembership(_message.Message):
+    __slots__ = ("group", "identity", "changed")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    identity: str
+    changed: bool
+    def __init__(self, group: _Optional[str] = ..., identity: _Optional[str] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ListGroupMembersRequest(_message.Message):
+    __slots__ = ("group",)
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    def __init__(self, group: _Optional[str] = ...) -> None: ...
+
+class ListGroupMembersResponse(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[GroupMembership]
+    def __init__(self, members: _Optional[_Iterable[_Union[GroupMembership, _Mapping]]] = ...) -> None: ...
+
+class AuditEvent(_message.Message):
+    __slots__ = ("seq", "time", "identity", "rpc", "key_id", "key_version", "outcome", "reason", "request_id", "peer", "context_digest", "item", "detail", "prev_hash", "hash")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: _timestamp_pb2.Timestamp
+    identity: str
+    rpc: str
+    key_id: str
+    key_version: int
+    outcome: str
+    reason: str
+    request_id: str
+    peer: str
+    context_digest: str
+    item: int
+    detail: str
+    prev_hash: str
+    hash: str
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., identity: _Optional[str] = ..., rpc: _Optional[str] = ..., key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., outcome: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ..., peer: _Optional[str] = ..., context_digest: _Optional[str] = ..., item: _Optional[int] = ..., detail: _Optional[str] = ..., prev_hash: _Optional[str] = ..., hash: _Optional[str] = ...) -> None: ...
+
+class ListAuditEventsRequest(_message.Message):
+    __slots__ = ("start_time", "end_time", "key_id", "identity", "after_seq")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    key_id: str
+    identity: str
+    after_seq: int
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., key_id: _Optional[str] = ..., identity: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class VerifyAuditLogRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VerifyAuditLogResponse(_message.Message):
+    __slots__ = ("intact", "records_checked", "checkpoints_checked", "problem_seq", "problem")
+    INTACT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    intact: bool
+    records_checked: int
+    checkpoints_checked: int
+    problem_seq: int
+    problem: str
+    def __init__(self, intact: _Optional[bool] = ..., records_checked: _Optional[int] = ..., checkpoints_checked: _Optional[int] = ..., problem_seq: _Optional[int] = ..., problem: _Optional[str] = ...) -> None: ...

@@ -874,3 +874,435 @@ class KeyManagementService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PolicyServiceStub:
+    """Who may do what. Default deny: a call is allowed only by a grant (or by the
+    bootstrap admin). Every RPC here needs the admin permission over what it
+    touches: for grants, an unconstrained admin grant covering the resource; for
+    groups, admin on "*".
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GrantPermissions = channel.unary_unary(
+                '/kms.v1.PolicyService/GrantPermissions',
+                request_serializer=kms_dot_v1_dot_kms__pb2.GrantPermissionsRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.Grant.FromString,
+                _registered_method=True)
+        self.RevokeGrant = channel.unary_unary(
+                '/kms.v1.PolicyService/RevokeGrant',
+                request_serializer=kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.Grant.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/kms.v1.PolicyService/ListGrants',
+                request_serializer=kms_dot_v1_dot_kms__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.AddGroupMember = channel.unary_unary(
+                '/kms.v1.PolicyService/AddGroupMember',
+                request_serializer=kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
+                _registered_method=True)
+        self.RemoveGroupMember = channel.unary_unary(
+                '/kms.v1.PolicyService/RemoveGroupMember',
+                request_serializer=kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
+                _registered_method=True)
+        self.ListGroupMembers = channel.unary_unary(
+                '/kms.v1.PolicyService/ListGroupMembers',
+                request_serializer=kms_dot_v1_dot_kms__pb2.ListGroupMembersRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.ListGroupMembersResponse.FromString,
+                _registered_method=True)
+
+
+class PolicyServiceServicer:
+    """Who may do what. Default deny: a call is allowed only by a grant (or by the
+    bootstrap admin). Every RPC here needs the admin permission over what it
+    touches: for grants, an unconstrained admin grant covering the resource; for
+    groups, admin on "*".
+    """
+
+    def GrantPermissions(self, request, context):
+        """Grants permissions to a principal on a resource. After it returns the
+        grant is durable and every replica honours it within one second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeGrant(self, request, context):
+        """Removes a grant. After it returns every replica stops honouring it within
+        one second. NOT_FOUND for an unknown grant id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """Lists the grants the caller administers. Nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddGroupMember(self, request, context):
+        """Puts an identity into a group (grants to "group:<name>" then apply to it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveGroupMember(self, request, context):
+        """Takes an identity out of a group.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGroupMembers(self, request, context):
+        """Lists group memberships. Nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PolicyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GrantPermissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantPermissions,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.GrantPermissionsRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.Grant.SerializeToString,
+            ),
+            'RevokeGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeGrant,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.Grant.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.ListGrantsRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'AddGroupMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddGroupMember,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.GroupMemberRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.GroupMembership.SerializeToString,
+            ),
+            'RemoveGroupMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveGroupMember,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.GroupMemberRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.GroupMembership.SerializeToString,
+            ),
+            'ListGroupMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGroupMembers,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.ListGroupMembersRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.ListGroupMembersResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'kms.v1.PolicyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('kms.v1.PolicyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PolicyService:
+    """Who may do what. Default deny: a call is allowed only by a grant (or by the
+    bootstrap admin). Every RPC here needs the admin permission over what it
+    touches: for grants, an unconstrained admin grant covering the resource; for
+    groups, admin on "*".
+    """
+
+    @staticmethod
+    def GrantPermissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.PolicyService/GrantPermissions',
+            kms_dot_v1_dot_kms__pb2.GrantPermissionsRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.Grant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.PolicyService/RevokeGrant',
+            kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.Grant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.PolicyService/ListGrants',
+            kms_dot_v1_dot_kms__pb2.ListGrantsRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddGroupMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.PolicyService/AddGroupMember',
+            kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveGroupMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.PolicyService/RemoveGroupMember',
+            kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGroupMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.PolicyService/ListGroupMembers',
+            kms_dot_v1_dot_kms__pb2.ListGroupMembersRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.ListGroupMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AuditServiceStub:
+    """The tamper-evident audit log (the audit-read permission; on "*" for the
+    whole log, on a key for its records only).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListAuditEvents = channel.unary_stream(
+                '/kms.v1.AuditService/ListAuditEvents',
+                request_serializer=kms_dot_v1_dot_kms__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.AuditEvent.FromString,
+                _registered_method=True)
+        self.VerifyAuditLog = channel.unary_unary(
+                '/kms.v1.AuditService/VerifyAuditLog',
+                request_serializer=kms_dot_v1_dot_kms__pb2.VerifyAuditLogRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.VerifyAuditLogResponse.FromString,
+                _registered_method=True)
+
+
+class AuditServiceServicer:
+    """The tamper-evident audit log (the audit-read permission; on "*" for the
+    whole log, on a key for its records only).
+    """
+
+    def ListAuditEvents(self, request, context):
+        """Streams records in sequence order, filtered. Nothing changes (the read
+        itself is audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAuditLog(self, request, context):
+        """Checks the whole hash chain and every checkpoint's HSM MAC, and says where
+        the first problem is. Nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuditServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListAuditEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.AuditEvent.SerializeToString,
+            ),
+            'VerifyAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAuditLog,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.VerifyAuditLogRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.VerifyAuditLogResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'kms.v1.AuditService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('kms.v1.AuditService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AuditService:
+    """The tamper-evident audit log (the audit-read permission; on "*" for the
+    whole log, on a key for its records only).
+    """
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kms.v1.AuditService/ListAuditEvents',
+            kms_dot_v1_dot_kms__pb2.ListAuditEventsRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.AuditEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.AuditService/VerifyAuditLog',
+            kms_dot_v1_dot_kms__pb2.VerifyAuditLogRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.VerifyAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,171 @@
+"""Envelope encryption recipes: the service's data keys plus the local format of
+kms_client.envelope. KmsClient's ``encrypt``, ``decrypt``, ``*_stream`` and ``rewrap*`` methods
+delegate here; nothing in this module touches a cipher directly.
+
+Order of checks on decrypt, before any plaintext is released:
+1. the header parses (magic, version, suite, limits);
+2. the caller's encryption context equals the header's, byte for byte in canonical form
+   (EncryptionContextMismatch, without a call to the service);
+3. the service unwraps the wrapped key with that context (it binds the context to the wrapped
+   key) and says which key opened it: it must be the header's key id;
+4. the key commitment and then the header tag are checked with keys derived from the data key;
+5. each frame is authenticated before its plaintext is written out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, BinaryIO
+
+from kms_client import envelope, streaming
+from kms_client._context import encode_context
+from kms_client.caching import DataKeyCache
+from kms_client.errors import EncryptionContextMismatch, InvalidCiphertext, KmsError
+from kms_client.types import DataKey
+
+if TYPE_CHECKING:
+    from kms_client.client import KmsClient
+
+MAX_REWRAP_BATCH = 1000  # the service's BatchReWrap limit
+COPY_CHUNK = 1024 * 1024
+
+
+class EnvelopeEncryption:
+    def __init__(self, client: KmsClient, cache: DataKeyCache | None) -> None:
+        self._client = client
+        self._cache = cache
+
+    # -- data keys -----------------------------------------------------------------------
+
+    def _data_key_for_encrypt(self, key_id: str, context: Mapping[str, str], encoded: bytes, size: int | None) -> DataKey:
+        if self._cache is not None and size is not None:
+            cached = self._cache.take_for_encrypt(key_id, encoded, size)
+            if cached is not None:
+                return cached
+        data_key = self._client.generate_data_key(key_id, dict(context))
+        if len(data_key.plaintext) != envelope.DATA_KEY_BYTES or data_key.key_id != key_id:
+            raise KmsError("the service returned a data key that does not fit the request")
+        if self._cache is not None and size is not None:
+            self._cache.store_for_encrypt(key_id, encoded, data_key, size)
+        return data_key
+
+    def _data_key_for_decrypt(self, header: envelope.Header, context: Mapping[str, str], encoded: bytes) -> bytes:
+        _check_context(header, encoded)
+        data_key = None if self._cache is None else self._cache.get_for_decrypt(header.wrapped_key, encoded)
+        if data_key is None:
+            data_key = self._client.decrypt_data_key(header.wrapped_key, dict(context))
+            if data_key.key_id != header.key_id or len(data_key.plaintext) != envelope.DATA_KEY_BYTES:
+                raise InvalidCiphertext(envelope.INVALID)
+            if self._cache is not None:
+                self._cache.store_for_decrypt(header.wrapped_key, encoded, data_key)
+        return data_key.plaintext
+
+    def _seal_header(
+        self, key_id: str, context: Mapping[str, str] | None, frame_size: int, size: int | None
+    ) -> tuple[envelope.Header, envelope.FrameSealer]:
+        envelope.check_frame_size(frame_size)
+        context = context or {}
+        encoded = encode_context(context)
+        data_key = self._data_key_for_encrypt(key_id, context, encoded, size)
+        return envelope.seal_header(
+            data_key.plaintext,
+            key_id=key_id,
+            encoded_context=encoded,
+            wrapped_key=data_key.wrapped_key,
+            frame_size=frame_size,
+            salt=os.urandom(envelope.SALT_BYTES),
+        )
+
+    def _open_header(self, header: envelope.Header, context: Mapping[str, str] | None) -> envelope.FrameOpener:
+        context = context or {}
+        data_key = self._data_key_for_decrypt(header, context, encode_context(context))
+        return envelope.open_header(data_key, header)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def encrypt(
+        self, plaintext: bytes | bytearray | memoryview, key_id: str, context: Mapping[str, str] | None, frame_size: int
+    ) -> bytes:
+        view = memoryview(plaintext).cast("B")
+        header, sealer = self._seal_header(key_id, context, frame_size, len(view))
+        return header.encode() + envelope.seal_frames(sealer, view)
+
+    def decrypt(self, ciphertext: bytes | bytearray | memoryview, context: Mapping[str, str] | None) -> bytes:
+        view = memoryview(ciphertext).cast("B")
+        header = envelope.parse_header_bytes(view)
+        opener = self._open_header(header, context)
+        return envelope.open_frames(opener, view[header.length :])
+
+    def encrypt_stream(
+        self, src: BinaryIO, dst: BinaryIO, key_id: str, context: Mapping[str, str] | None, frame_size: int
+    ) -> int:
+        header, sealer = self._seal_header(key_id, context, frame_size, None)
+        return streaming.seal_stream(src, dst, header, sealer)
+
+    def decrypt_stream(self, src: BinaryIO, dst: BinaryIO, context: Mapping[str, str] | None) -> int:
+        header = streaming.read_header(src)
+        opener = self._open_header(header, context)
+        return streaming.open_stream(src, dst, opener)
+
+    # -- rewrap --------------------------------------------------------------------------
+
+    def _rewrapped_header(self, header: envelope.Header, context: Mapping[str, str] | None) -> envelope.Header:
+        context = context or {}
+        _check_context(header, encode_context(context))
+        result = self._client.rewrap_data_key(header.wrapped_key, dict(context))
+        if result.key_id != header.key_id:
+            raise InvalidCiphertext(envelope.INVALID)
+        return header.with_wrapped_key(result.wrapped_key)
+
+    def rewrap(self, ciphertext: bytes | bytearray | memoryview, context: Mapping[str, str] | None) -> bytes:
+        view = memoryview(ciphertext).cast("B")
+        header = envelope.parse_header_bytes(view)
+        return envelope.replace_wrapped_key(view, self._rewrapped_header(header, context).wrapped_key)
+
+    def rewrap_stream(self, src: BinaryIO, dst: BinaryIO, context: Mapping[str, str] | None) -> int:
+        header = streaming.read_header(src)
+        new_header = self._rewrapped_header(header, context)
+        streaming.write_all(dst, memoryview(new_header.encode()))
+        buffer = memoryview(bytearray(COPY_CHUNK))
+        copied = 0
+        while count := streaming.fill(src, buffer):
+            streaming.write_all(dst, buffer[:count])
+            copied += count
+        return copied
+
+    def rewrap_many(self, items: Iterable[tuple[bytes, Mapping[str, str] | None]]) -> list[bytes | KmsError]:
+        """Each item's ciphertext rewrapped, or the error for that item alone. Ciphertexts that
+        share a wrapped key (a cached data key) cost one item of a BatchReWrap between them."""
+        results: list[bytes | KmsError] = []
+        groups: dict[tuple[bytes, bytes], tuple[str, Mapping[str, str], list[int]]] = {}
+        for index, (ciphertext, context) in enumerate(items):
+            try:
+                header = envelope.parse_header_bytes(ciphertext)
+                _check_context(header, encode_context(context or {}))
+            except KmsError as error:
+                results.append(error)
+                continue
+            results.append(bytes(ciphertext))
+            slot = (header.wrapped_key, header.encoded_context)
+            groups.setdefault(slot, (header.key_id, context or {}, []))[2].append(index)
+        slots = list(groups)
+        for start in range(0, len(slots), MAX_REWRAP_BATCH):
+            batch = slots[start : start + MAX_REWRAP_BATCH]
+            answers = self._client.rewrap_data_keys([(wrapped, dict(groups[(wrapped, c)][1])) for wrapped, c in batch])
+            for slot, answer in zip(batch, answers, strict=True):
+                key_id, _, indexes = groups[slot]
+                if not isinstance(answer, KmsError) and answer.key_id != key_id:
+                    answer = InvalidCiphertext(envelope.INVALID)
+                for index in indexes:
+                    current = results[index]
+                    assert isinstance(current, bytes)
+                    results[index] = (
+                        answer if isinstance(answer, KmsError) else envelope.replace_wrapped_key(current, answer.wrapped_key)
+                    )
+        return results
+
+
+def _check_context(header: envelope.Header, encoded_context: bytes) -> None:
+    if encoded_context != header.encoded_context:
+        raise EncryptionContextMismatch("the encryption context does not match the one in the ciphertext")

@@ -1,0 +1,142 @@
+"""The SDK's primitives against Wycheproof (AES-256-GCM, HKDF-SHA256) and its context encoding
+against the service's (kms.crypto.context), which binds the same bytes to wrapped keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kms.crypto.context import encode_context as service_encode_context
+from kms_client import envelope
+from kms_client._context import decode_context, encode_context
+from kms_client.errors import InvalidCiphertext, InvalidEncryptionContext
+
+WYCHEPROOF = Path(__file__).resolve().parents[3] / "tests" / "vectors" / "wycheproof"
+
+
+def _load(name: str) -> dict:
+    return json.loads((WYCHEPROOF / name).read_text())
+
+
+GCM_VECTORS = [
+    pytest.param(test, id=f"tc{test['tcId']}-{test['result']}")
+    for group in _load("aes_gcm_test.json")["testGroups"]
+    if group["keySize"] == 256 and group["ivSize"] == 96 and group["tagSize"] == 128
+    for test in group["tests"]
+]
+HKDF_VECTORS = [
+    pytest.param(test, id=f"tc{test['tcId']}-{test['result']}")
+    for group in _load("hkdf_sha256_test.json")["testGroups"]
+    for test in group["tests"]
+]
+
+
+def test_the_vector_selections_cover_valid_and_invalid_cases():
+    assert len(GCM_VECTORS) >= 60 and {p.values[0]["result"] for p in GCM_VECTORS} == {"valid", "invalid"}
+    assert len(HKDF_VECTORS) >= 80 and {p.values[0]["result"] for p in HKDF_VECTORS} == {"valid", "invalid"}
+
+
+@pytest.mark.parametrize("vector", GCM_VECTORS)
+def test_frame_cipher_against_wycheproof(vector):
+    gcm = envelope.Aes256Gcm(bytes.fromhex(vector["key"]))
+    nonce, aad, msg = (bytes.fromhex(vector[name]) for name in ("iv", "aad", "msg"))
+    sealed = bytes.fromhex(vector["ct"]) + bytes.fromhex(vector["tag"])
+    out = bytearray(max(len(sealed) - 16, 0))
+    if vector["result"] == "valid":
+        assert gcm.seal(nonce, msg, aad) == sealed
+        assert gcm.open(nonce, sealed, aad) == msg
+        gcm.open_into(nonce, memoryview(sealed), aad, memoryview(out))
+        assert out == msg
+        into = bytearray(len(sealed))
+        gcm.seal_into(nonce, memoryview(msg), aad, memoryview(into))
+        assert into == sealed
+    else:
+        with pytest.raises(InvalidCiphertext):
+            gcm.open(nonce, sealed, aad)
+        with pytest.raises(InvalidCiphertext):
+            gcm.open_into(nonce, memoryview(sealed), aad, memoryview(out))
+        assert out == bytes(len(out))
+
+
+@pytest.mark.parametrize("vector", HKDF_VECTORS)
+def test_hkdf_against_wycheproof(vector):
+    ikm, salt, info = (bytes.fromhex(vector[name]) for name in ("ikm", "salt", "info"))
+    if vector["result"] == "valid":
+        assert envelope.hkdf_sha256(ikm, salt, info, vector["size"]).hex() == vector["okm"]
+    else:
+        with pytest.raises(ValueError):
+            envelope.hkdf_sha256(ikm, salt, info, vector["size"])
+
+
+def test_message_keys_are_the_three_thirds_of_one_hkdf_output():
+    data_key, salt = bytes(range(32)), bytes(range(32, 64))
+    okm = envelope.hkdf_sha256(data_key, salt, b"KMSE\x01\x00\x01", 96)
+    keys = envelope.derive_message_keys(data_key, salt)
+    assert (keys.frame_key, keys.header_key, keys.commitment) == (okm[:32], okm[32:64], okm[64:])
+    assert data_key.hex() not in repr(keys) and keys.frame_key.hex() not in repr(keys)
+
+
+contexts = st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=30), max_size=8)
+
+
+@settings(max_examples=300)
+@given(contexts)
+def test_context_encoding_is_the_services_and_decodes_back(context):
+    encoded = encode_context(context)
+    assert encoded == service_encode_context(context)
+    assert decode_context(encoded) == context
+
+
+def test_context_example_from_the_wrapped_key_specification():
+    encoded = encode_context({"tenant": "acme", "a": ""})
+    assert encoded.hex() == "0002" "0001" "61" "0000" "0006" "74656e616e74" "0004" "61636d65"
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {str(i): "" for i in range(65)},
+        {"": "x"},
+        {"k" * 129: ""},
+        {"k": "v" * 1025},
+        {f"{i:03d}" + "k" * 120: "v" * 1000 for i in range(9)},
+        {"\ud800": "lone surrogate"},
+    ],
+    ids=["entries", "empty-key", "long-key", "long-value", "total", "surrogate"],
+)
+def test_contexts_over_a_limit_are_refused_like_the_service_does(context):
+    with pytest.raises(InvalidEncryptionContext):
+        encode_context(context)
+    with pytest.raises(Exception, match="encryption context"):
+        service_encode_context(context)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        "0002" "0001" "62" "0000" "0001" "61" "0000",  # keys out of order
+        "0002" "0001" "61" "0000" "0001" "61" "0000",  # duplicate key
+        "0001" "0001" "61" "0000" "00",  # trailing byte
+        "0001" "0002" "61",  # key runs past the end
+        "0001" "0000" "0000",  # empty key
+        "0001" "0001" "ff" "0000",  # not UTF-8
+        "00",  # too short
+    ],
+)
+def test_non_canonical_context_encodings_are_refused(encoded):
+    with pytest.raises(InvalidCiphertext):
+        decode_context(bytes.fromhex(encoded))
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=200))
+def test_fuzz_context_decoder(data):
+    try:
+        context = decode_context(data)
+    except InvalidCiphertext:
+        return
+    assert encode_context(context) == data
