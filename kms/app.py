@@ -10,25 +10,39 @@ import grpc
 from prometheus_client import start_http_server
 from sqlalchemy import Engine
 
-from kms.api.handlers import Anonymous, Authenticator, build_handler
+from kms.api.audit_entries import AuditEntries
+from kms.api.audit_servicer import AuditServicer
+from kms.api.handlers import Auditor, Authenticator, build_handlers
 from kms.api.health import HealthMonitor
+from kms.api.policy_servicer import PolicyServicer
+from kms.api.proto import AUDIT_SERVICE, POLICY_SERVICE, SERVICE
 from kms.api.server import build_server, split_listen
 from kms.api.servicer import KeyManagementServicer
+from kms.api.tls import LOCAL, CertificateIdentity, LoopbackIdentity, ReloadingServerCredentials
 from kms.clock import SystemClock
 from kms.config import Settings
+from kms.crypto.random import random_bytes
 from kms.errors import KmsError
+from kms.domain.policy import Permission
+from kms.domain.quota import Limit
 from kms.hsm import softhsm
+from kms.hsm.audit_seal import Pkcs11AuditSealer
 from kms.hsm.master_keys import Pkcs11MasterKeyStore
 from kms.hsm.pool import SessionPool
 from kms.ports import Clock
+from kms.service.audit import AuditLog, AuditService
+from kms.service.authz import Authorizer, PolicyCache, QuotaBook
 from kms.service.data_keys import DataKeyService
 from kms.service.key_cache import KeyCache
 from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
+from kms.service.policy import PolicyService
 from kms.service.reconcile import Reconciler
 from kms.service.scheduler import Periodic, Scheduler
 from kms.service.usage import UsageRecorder
+from kms.store.audit import SqlAuditRepository
 from kms.store.database import make_engine, upgrade
+from kms.store.policy import SqlPolicyRepository
 from kms.store.repository import SqlKeyRepository
 
 log = logging.getLogger(__name__)
@@ -56,6 +70,7 @@ class Services:
     """Everything but the server: what the CLI's local commands and the tests use directly."""
 
     settings: Settings
+    clock: Clock
     engine: Engine
     repository: SqlKeyRepository
     pool: SessionPool
@@ -67,14 +82,37 @@ class Services:
     usage: UsageRecorder
     scheduler: Scheduler
     reconciler: Reconciler
+    policy_cache: PolicyCache
+    authorizer: Authorizer
+    policies: PolicyService
+    audit_log: AuditLog
+    audit: AuditService
 
     def close(self) -> None:
+        self.policy_cache.stop()
+        self.audit_log.stop()
         try:
             self.usage.flush()
         except KmsError:
             log.warning("usage counts could not be written at shutdown")
         self.pool.close()
         self.engine.dispose()
+
+
+def superusers(settings: Settings) -> set[str]:
+    """The bootstrap admin; in development (plaintext on loopback, no bootstrap admin), "local"."""
+    if settings.bootstrap_admin:
+        return {settings.bootstrap_admin}
+    return set() if settings.tls else {LOCAL}
+
+
+def quota_limits(settings: Settings) -> dict[Permission, Limit]:
+    limits = {}
+    for permission in Permission:
+        configured = settings.quota(permission.value)
+        if configured is not None:
+            limits[permission] = Limit(*configured)
+    return limits
 
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
@@ -91,31 +129,45 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         size=settings.max_workers + 4,
         retry_interval=settings.hsm_retry_interval.total_seconds(),
     )
-    master_keys = Pkcs11MasterKeyStore(pool, clock, settings.pkcs11_label_prefix)
+    master_keys = Pkcs11MasterKeyStore(pool, clock, settings.pkcs11_label_prefix, random_bytes)
     cache = KeyCache(
         repository,
         settings.metadata_cache_ttl.total_seconds(),
         max_stale=settings.metadata_max_stale.total_seconds(),
     )
     usage = UsageRecorder(repository, clock)
-    keys = KeyService(repository, master_keys, cache, clock, usage, min_rotation_period=settings.min_rotation_period)
+    policy_repository = SqlPolicyRepository(engine)
+    policy_cache = PolicyCache(policy_repository, settings.policy_poll_interval.total_seconds())
+    policy_cache.refresh(force=True)
+    authorizer = Authorizer(policy_cache, QuotaBook(quota_limits(settings)), superusers(settings))
+    keys = KeyService(
+        repository, master_keys, cache, clock, usage, authorizer, min_rotation_period=settings.min_rotation_period
+    )
     lifecycle = LifecycleService(
-        repository, master_keys, cache, clock, usage, keys,
+        repository, master_keys, cache, clock, usage, keys, authorizer,
         min_destroy_pending_window=settings.min_destroy_pending_window,
     )
+    audit_repository = SqlAuditRepository(engine)
+    sealer = Pkcs11AuditSealer(pool, clock, settings.pkcs11_label_prefix)
     return Services(
         settings=settings,
+        clock=clock,
         engine=engine,
         repository=repository,
         pool=pool,
         master_keys=master_keys,
         cache=cache,
         keys=keys,
-        data_keys=DataKeyService(cache, master_keys, usage, settings.data_key_source),
+        data_keys=DataKeyService(cache, master_keys, usage, authorizer, settings.data_key_source),
         lifecycle=lifecycle,
         usage=usage,
         scheduler=Scheduler(repository, keys, lifecycle, usage, clock),
         reconciler=Reconciler(repository, master_keys, cache, clock),
+        policy_cache=policy_cache,
+        authorizer=authorizer,
+        policies=PolicyService(policy_repository, policy_cache, authorizer, clock),
+        audit_log=AuditLog(audit_repository, sealer, clock, fail_open=settings.audit_fail_open),
+        audit=AuditService(audit_repository, sealer, authorizer),
     )
 
 
@@ -128,30 +180,47 @@ class Application:
         *,
         clock: Clock | None = None,
         authenticator: Authenticator | None = None,
-        credentials: grpc.ServerCredentials | None = None,
-        extra_handlers: tuple[grpc.GenericRpcHandler, ...] = (),
+        extra_services: tuple[tuple[object, object], ...] = (),
+        auditor: Auditor | None = None,
     ) -> None:
-        """``extra_handlers`` serve further services on the same server (the benchmarks' empty
-        RPC, built with kms.api.handlers.Pipeline so it takes the same path as every call)."""
+        """``extra_services`` are further (descriptor, servicer) pairs served through the same
+        pipeline as every call (the benchmarks' empty RPC). ``auditor`` replaces the audit log
+        in the request path: only the benchmark that measures the audit log's cost uses it."""
         self.settings = settings
         self.services = build_services(settings, clock)
         services = self.services
         self.health = HealthMonitor(
-            {"hsm": services.master_keys.check, "database": services.repository.ping},
+            {"hsm": services.master_keys.check, "database": services.repository.ping,
+             "audit": services.audit_log.check_writable},
             settings.health_interval.total_seconds(),
             startup=lambda: services.reconciler.reconcile(),
         )
-        servicer = KeyManagementServicer(services.keys, services.data_keys, services.lifecycle)
-        self.authenticator = authenticator or Anonymous()
+        self.tls = (
+            ReloadingServerCredentials(settings.tls_cert, settings.tls_key, settings.client_ca)
+            if settings.tls_cert and settings.tls_key
+            else None
+        )
+        self.authenticator = authenticator or (CertificateIdentity() if self.tls else LoopbackIdentity())
+        if settings.tls and not settings.bootstrap_admin:
+            log.warning("TLS is on and KMS_BOOTSTRAP_ADMIN is not set: no identity may manage keys or grants")
+        served = [
+            (SERVICE, KeyManagementServicer(services.keys, services.data_keys, services.lifecycle)),
+            (POLICY_SERVICE, PolicyServicer(services.policies)),
+            (AUDIT_SERVICE, AuditServicer(services.audit)),
+            *extra_services,
+        ]
+        handlers = build_handlers(
+            served, self.authenticator, auditor or services.audit_log, AuditEntries(services.clock.now)
+        )
         self.server, self.port = build_server(
             settings.listen,
-            build_handler(servicer, self.authenticator),
+            handlers[0],
             self.health.servicer,
             max_workers=settings.max_workers,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
             max_message_bytes=settings.max_message_bytes,
-            credentials=credentials,
-            extra_handlers=extra_handlers,
+            credentials=self.tls.credentials() if self.tls else None,
+            extra_handlers=handlers[1:],
         )
         self.scheduler = Periodic("kms-scheduler", services.scheduler.run_once, settings.scheduler_interval.total_seconds())
         self._stopped = threading.Event()
@@ -166,6 +235,7 @@ class Application:
             host, port = split_listen(self.settings.metrics_listen)
             start_http_server(port, addr=host)
         self.server.start()
+        self.services.policy_cache.start()
         self.health.start()
         self.scheduler.start()
         log.info("kms serving", extra={"fields": {"target": self.target, "serving": self.health.serving}})

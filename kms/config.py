@@ -66,6 +66,26 @@ class Settings(BaseSettings):
     # How often each replica looks for due rotations and destructions and writes usage counts.
     scheduler_interval: Duration = timedelta(seconds=5)
 
+    # Transport security. With a certificate and key the server speaks TLS (re-read for new
+    # connections whenever the files change); with a client CA it requires and verifies client
+    # certificates, and callers are identified by them (URI SAN such as spiffe://..., else CN).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    # The identity that may do everything (and so grant narrower permissions to others).
+    bootstrap_admin: str | None = None
+    # How often each replica checks for policy changes made elsewhere.
+    policy_poll_interval: Duration = timedelta(milliseconds=250)
+    # Per-identity rate limits per permission: "RATE" or "RATE:BURST" (calls per second).
+    quota_admin: str | None = None
+    quota_encrypt: str | None = None
+    quota_decrypt: str | None = None
+    quota_rewrap: str | None = None
+    quota_rotate: str | None = None
+    quota_audit_read: str | None = None
+    # When the audit log cannot be written: refuse calls (False, the default) or log and go on.
+    audit_fail_open: bool = False
+
     shutdown_grace: Duration = timedelta(seconds=10)
     health_interval: Duration = timedelta(seconds=2)
     log_level: str = "INFO"
@@ -73,10 +93,35 @@ class Settings(BaseSettings):
     metrics_listen: str | None = None
 
     @model_validator(mode="after")
-    def _one_pin_source(self) -> Settings:
+    def _consistent(self) -> Settings:
         if self.pkcs11_pin is not None and self.pkcs11_pin_file is not None:
             raise ValueError("set KMS_PKCS11_PIN or KMS_PKCS11_PIN_FILE, not both")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both KMS_TLS_CERT and KMS_TLS_KEY (--tls-cert, --tls-key), or neither")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("KMS_CLIENT_CA (--client-ca) needs TLS: also set KMS_TLS_CERT and KMS_TLS_KEY")
+        for name in ("admin", "encrypt", "decrypt", "rewrap", "rotate", "audit_read"):
+            self.quota(name)  # validates
         return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def quota(self, permission: str) -> tuple[float, float] | None:
+        """(rate, burst) for a permission ("audit-read" or "audit_read"), None if unlimited."""
+        value = getattr(self, f"quota_{permission.replace('-', '_')}")
+        if not value:
+            return None
+        rate_text, _, burst_text = value.partition(":")
+        try:
+            rate = float(rate_text)
+            burst = float(burst_text) if burst_text else max(1.0, rate)
+        except ValueError:
+            raise ValueError(f"KMS_QUOTA_{permission.upper()} must be RATE or RATE:BURST, not {value!r}") from None
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"KMS_QUOTA_{permission.upper()}: rate must be positive and burst at least 1")
+        return rate, burst
 
     def database_url_or_default(self) -> str:
         if self.database_url:

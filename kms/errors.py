@@ -143,6 +143,28 @@ class InvalidStateTransition(FailedPrecondition):
     pass
 
 
+# PERMISSION_DENIED / UNAUTHENTICATED / RESOURCE_EXHAUSTED ----------------------------------
+
+
+class PermissionDenied(KmsError):
+    """Says which permission was missing on which key id (the caller's own words), never
+    whether that key exists."""
+
+    code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(KmsError):
+    code = "UNAUTHENTICATED"
+
+
+class RateLimited(KmsError):
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, permission: str, retry_after: float) -> None:
+        super().__init__(f"rate limit for {permission} exceeded; retry in {retry_after:.3f}s")
+        self.retry_after = retry_after
+
+
 # UNAVAILABLE / DEADLINE_EXCEEDED ---------------------------------------------------------
 
 
@@ -165,6 +187,21 @@ class HsmOperationFailed(Unavailable):
 class DatabaseUnavailable(Unavailable):
     def __init__(self, detail: str = "database is unavailable") -> None:
         super().__init__(detail)
+
+
+class AuditUnavailable(Unavailable):
+    """The audit record of a call could not be written, so its result is withheld."""
+
+    def __init__(self) -> None:
+        super().__init__("audit log cannot be written; the call's result is withheld")
+
+
+class AuditTampered(Unavailable):
+    """The audit chain's head is not the one its last checkpoint sealed: records were written
+    outside the service. Nothing more is appended until an operator has looked."""
+
+    def __init__(self, head_seq: int) -> None:
+        super().__init__(f"audit log head (record {head_seq}) is not sealed by its checkpoint; run kms audit verify")
 
 
 class ConcurrentCreation(Unavailable):

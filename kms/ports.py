@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from kms.domain.audit import AuditEntry, AuditRecord, Checkpoint
 from kms.domain.keys import Key, KeyVersion
+from kms.domain.policy import Grant, PolicySnapshot
 from kms.domain.usage import UsageDelta
 
 
@@ -148,3 +150,46 @@ class KeyRepository(Protocol):
     def ping(self) -> None:
         """Returns when the database answers, else raises DatabaseUnavailable."""
         ...
+
+
+class PolicyRepository(Protocol):
+    """Grants and group memberships; every change bumps one revision number."""
+
+    def revision(self) -> int: ...
+
+    def snapshot(self) -> PolicySnapshot:
+        """All grants and memberships, and the revision they are at, read consistently."""
+        ...
+
+    def add_grant(self, grant: Grant, now: datetime) -> Grant:
+        """Stores ``grant`` under a new grant id and returns it with that id."""
+        ...
+
+    def delete_grant(self, grant_id: str) -> bool: ...
+
+    def add_member(self, group: str, identity: str) -> bool: ...
+
+    def remove_member(self, group: str, identity: str) -> bool: ...
+
+
+class AuditRepository(Protocol):
+    def append(self, entries: Sequence[AuditEntry], sealer: AuditSeal, now: datetime) -> list[AuditRecord]:
+        """Appends ``entries`` to the one chain and seals them with a checkpoint, atomically,
+        after checking that the chain's head is sealed. Raises AuditTampered."""
+        ...
+
+    def records(self, **filters: object) -> Iterator[AuditRecord]:
+        """Records in seq order, filtered by after_seq, since, until, key_id, identity."""
+        ...
+
+    def checkpoints(self) -> Iterator[Checkpoint]: ...
+
+
+class AuditSeal(Protocol):
+    """A MAC whose key the database cannot reach (an HSM key)."""
+
+    def seal(self, message: bytes) -> str:
+        """The MAC of ``message``, in hex."""
+        ...
+
+    def check(self, message: bytes, mac_hex: str) -> bool: ...

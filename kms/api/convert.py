@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -33,9 +33,20 @@ def optional_duration(message: object, field: str, error: type[InvalidArgument] 
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
     value = getattr(message, field)
-    if value.seconds < 0 or value.nanos < 0 or value.seconds > 10**11:
+    if value.seconds < 0 or value.nanos < 0 or value.seconds > 10**11 or value.nanos >= 10**9:
         raise error(f"{field} must be a positive duration")
     return value.ToTimedelta()
+
+
+def optional_time(message: object, field: str) -> datetime | None:
+    """The Timestamp in ``field`` if set, as an aware datetime; rejects values outside the
+    range a Timestamp may hold (years 1 to 9999)."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    try:
+        return getattr(message, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{field} is not a valid time") from None
 
 
 def key_version(version: KeyVersion) -> pb.KeyVersion:

@@ -1,32 +1,40 @@
-"""The path every RPC takes: parse, authenticate, call the servicer, map errors, measure.
+"""The path every RPC takes: parse, authenticate, call the servicer, audit, map errors, measure.
 
-Handlers are built from the service descriptor instead of the generated ``add_*_to_server``
-so that request bytes are parsed here: grpcio answers a request it cannot deserialize with
-INTERNAL, while a client that sends garbage deserves INVALID_ARGUMENT.
+Handlers are built from the service descriptors instead of the generated ``add_*_to_server`` so
+that request bytes are parsed here: grpcio answers a request it cannot deserialize with INTERNAL,
+while a client that sends garbage deserves INVALID_ARGUMENT.
+
+No result leaves before its audit record is durable (kms.service.audit): when the record cannot
+be written the caller gets UNAVAILABLE instead of the result.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
+from kms.api.audit_entries import AuditEntries
 from kms.api.errors import REASON_KEY, status_code
-from kms.api.proto import SERVICE, SERVICE_NAME, pb
-from kms.errors import KmsError, MalformedRequest
+from kms.errors import AuditUnavailable, KmsError, MalformedRequest, RateLimited
 from kms.service.calls import Call
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
+RETRY_AFTER_KEY = "retry-after-ms"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_MAX_UNAUDITED_RESULTS = 512  # stream results held back while their audit records are written
 
 RPCS = Counter("kms_rpcs", "RPCs handled, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -45,9 +53,12 @@ class Authenticator(Protocol):
         ...
 
 
-class Anonymous:
-    def authenticate(self, context: grpc.ServicerContext) -> tuple[str, frozenset[str]]:
-        return "anonymous", frozenset()
+class Auditor(Protocol):
+    def submit(self, entries: Sequence[Any]) -> Any: ...
+
+    def wait(self, ticket: Any, entries: Sequence[Any]) -> None: ...
+
+    def record(self, entries: Sequence[Any], *, fail_open: bool = False) -> None: ...
 
 
 class InternalError(KmsError):
@@ -59,84 +70,155 @@ class InternalError(KmsError):
         super().__init__(f"internal error (request id {request_id})")
 
 
-def build_handler(servicer: object, authenticator: Authenticator) -> grpc.GenericRpcHandler:
-    pipeline = Pipeline(authenticator)
-    handlers = {}
-    for method in SERVICE.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
-        behavior = getattr(servicer, method.name)
-        if method.client_streaming and method.server_streaming:
-            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                pipeline.streaming(method.name, request_type, behavior),
-                response_serializer=response_type.SerializeToString,
-            )
-        elif not method.client_streaming and not method.server_streaming:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                pipeline.unary(method.name, request_type, behavior),
-                response_serializer=response_type.SerializeToString,
-            )
-        else:
-            raise TypeError(f"no handler shape for {method.name}")
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+# Reading and verifying the audit log releases no key material, and must keep working when the
+# log itself is damaged: its own records are logged rather than withheld if they cannot be written.
+_AUDIT_FAIL_OPEN = frozenset({"ListAuditEvents", "VerifyAuditLog"})
+
+
+def build_handlers(
+    services: Sequence[tuple[Any, object]], authenticator: Authenticator, audit: Auditor, entries: AuditEntries
+) -> list[grpc.GenericRpcHandler]:
+    """One generic handler per (service descriptor, servicer)."""
+    pipeline = Pipeline(authenticator, audit, entries)
+    handlers = []
+    for descriptor, servicer in services:
+        methods = {}
+        for method in descriptor.methods:
+            request_type = message_factory.GetMessageClass(method.input_type)
+            serializer = message_factory.GetMessageClass(method.output_type).SerializeToString
+            behavior = getattr(servicer, method.name)
+            if method.client_streaming and method.server_streaming:
+                methods[method.name] = grpc.stream_stream_rpc_method_handler(
+                    pipeline.bidirectional(method.name, request_type, behavior), response_serializer=serializer
+                )
+            elif method.server_streaming:
+                methods[method.name] = grpc.unary_stream_rpc_method_handler(
+                    pipeline.server_streaming(method.name, request_type, behavior), response_serializer=serializer
+                )
+            elif not method.client_streaming:
+                methods[method.name] = grpc.unary_unary_rpc_method_handler(
+                    pipeline.unary(method.name, request_type, behavior), response_serializer=serializer
+                )
+            else:
+                raise TypeError(f"no handler shape for {method.name}")
+        handlers.append(grpc.method_handlers_generic_handler(descriptor.full_name, methods))
+    return handlers
 
 
 class Pipeline:
     """Wraps a behavior ``(request, call) -> response`` into a grpcio handler function."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, audit: Auditor, entries: AuditEntries) -> None:
         self._authenticator = authenticator
+        self._audit = audit
+        self._entries = entries
 
     def unary(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Any]) -> Callable:
         def handle(raw: bytes, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             call, error = self._begin(context, name)
+            request = response = None
             if error is None:
                 try:
-                    return behavior(_parse(request_type, raw), call)
+                    request = _parse(request_type, raw)
+                    response = behavior(request, call)
                 except KmsError as exc:
                     error = exc
                 except Exception:
-                    log.exception("unhandled error", extra={"fields": {"method": name, "request_id": call.request_id}})
-                    error = InternalError(call.request_id)
-                finally:
-                    _record(name, error, started)
-            else:
-                _record(name, error, started)
+                    error = _internal(name, call)
+            error = self._audited(name, call, request, response, error)
+            _record(name, error, started)
+            if error is None:
+                return response
             _abort(context, call, error)
 
         return handle
 
-    def streaming(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]) -> Callable:
-        def handle(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+    def server_streaming(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]) -> Callable:
+        """The call is audited once it has started (permission checked, first result ready)."""
+
+        def handle(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             call, error = self._begin(context, name)
+            request, results, first = None, iter(()), _END
             if error is None:
                 try:
-                    yield from behavior(_parse_each(request_type, raw_requests), call)
+                    request = _parse(request_type, raw)
+                    results = iter(behavior(request, call))
+                    first = next(results, _END)
                 except KmsError as exc:
                     error = exc
                 except Exception:
-                    log.exception("unhandled error", extra={"fields": {"method": name, "request_id": call.request_id}})
-                    error = InternalError(call.request_id)
-                finally:
-                    _record(name, error, started)
-            else:
-                _record(name, error, started)
+                    error = _internal(name, call)
+            error = self._audited(name, call, request, None, error)
+            if error is None:
+                try:
+                    if first is not _END:
+                        yield first
+                    yield from results
+                except KmsError as exc:
+                    error = exc
+                except Exception:
+                    error = _internal(name, call)
+            _record(name, error, started)
             if error is not None:
                 _abort(context, call, error)
 
         return handle
+
+    def bidirectional(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]) -> Callable:
+        """For streams whose results answer the requests one for one and in order (StreamReWrap):
+        each result is held back until its own audit record is durable, with up to
+        _MAX_UNAUDITED_RESULTS in flight so the stream is not slowed to one write per item."""
+
+        def handle(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            call, error = self._begin(context, name)
+            seen: deque[Any] = deque()
+            held: deque[tuple[Any, list, Any]] = deque()
+            if error is None:
+                try:
+                    for index, result in enumerate(behavior(_parse_each(request_type, raw_requests, seen), call)):
+                        entry = [self._entries.for_item(name, name, call, index, seen.popleft(), result, "rewrapped")]
+                        held.append((self._audit.submit(entry), entry, result))
+                        while held and (held[0][0].done.is_set() or len(held) > _MAX_UNAUDITED_RESULTS):
+                            ticket, entries, ready = held.popleft()
+                            self._audit.wait(ticket, entries)
+                            yield ready
+                    while held:
+                        ticket, entries, ready = held.popleft()
+                        self._audit.wait(ticket, entries)
+                        yield ready
+                except KmsError as exc:
+                    error = exc
+                except Exception:
+                    error = _internal(name, call)
+            else:
+                error = self._audited(name, call, None, None, error)
+            _record(name, error, started)
+            if error is not None:
+                _abort(context, call, error)
+
+        return handle
+
+    def _audited(self, name: str, call: Call, request: Any, response: Any, error: KmsError | None) -> KmsError | None:
+        """Writes the call's records; their failure replaces the outcome with AuditUnavailable."""
+        try:
+            self._audit.record(self._entries.for_call(name, call, request, response, error),
+                               fail_open=name in _AUDIT_FAIL_OPEN)
+        except AuditUnavailable as unavailable:
+            return unavailable
+        return error
 
     def _begin(self, context: grpc.ServicerContext, name: str) -> tuple[Call, KmsError | None]:
         request_id = ""
         for key, value in context.invocation_metadata():
             if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
                 request_id = value
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or f"{_ID_PREFIX}-{next(_ids):x}"
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        call = Call(request_id=request_id, peer=context.peer(), method=name, deadline=deadline)
+        call = Call(identity="", request_id=request_id, peer=context.peer(), method=name, deadline=deadline)
         try:
             identity, groups = self._authenticator.authenticate(context)
         except KmsError as error:
@@ -146,6 +228,17 @@ class Pipeline:
         ), None
 
 
+_END = object()
+# Request ids for callers that send none: unique per process start, without a system call.
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ids = itertools.count(1)
+
+
+def _internal(name: str, call: Call) -> InternalError:
+    log.exception("unhandled error", extra={"fields": {"method": name, "request_id": call.request_id}})
+    return InternalError(call.request_id)
+
+
 def _parse(request_type: Any, raw: bytes) -> Any:
     try:
         return request_type.FromString(raw)
@@ -153,14 +246,16 @@ def _parse(request_type: Any, raw: bytes) -> Any:
         raise MalformedRequest(f"request is not a valid {request_type.DESCRIPTOR.full_name}") from None
 
 
-def _parse_each(request_type: Any, raw_requests: Iterator[bytes]) -> Iterator[Any]:
-    """Each request parsed; one that does not parse becomes a MalformedRequest item, so the
-    stream goes on."""
+def _parse_each(request_type: Any, raw_requests: Iterator[bytes], seen: deque) -> Iterator[Any]:
+    """Each request parsed (and remembered in ``seen`` for its audit record); one that does not
+    parse becomes a MalformedRequest item, so the stream goes on."""
     for raw in raw_requests:
         try:
-            yield _parse(request_type, raw)
+            request = _parse(request_type, raw)
         except MalformedRequest as error:
-            yield error
+            request = error
+        seen.append(None if isinstance(request, KmsError) else request)
+        yield request
 
 
 def _record(name: str, error: KmsError | None, started: float) -> None:
@@ -171,5 +266,8 @@ def _record(name: str, error: KmsError | None, started: float) -> None:
 
 def _abort(context: grpc.ServicerContext, call: Call, error: KmsError | None) -> None:
     assert error is not None
-    context.set_trailing_metadata(((REASON_KEY, error.reason), (REQUEST_ID_KEY, call.request_id)))
+    metadata = [(REASON_KEY, error.reason), (REQUEST_ID_KEY, call.request_id)]
+    if isinstance(error, RateLimited):
+        metadata.append((RETRY_AFTER_KEY, str(max(1, int(error.retry_after * 1000)))))
+    context.set_trailing_metadata(tuple(metadata))
     context.abort(status_code(error), error.message)

@@ -1,8 +1,11 @@
-"""The generated messages and service descriptor, which live in the SDK (see scripts/gen_proto.py)."""
+"""The generated messages and service descriptors, which live in the SDK (see scripts/gen_proto.py)."""
 
 from kms_client._proto.kms.v1 import kms_pb2 as pb
 
 SERVICE_NAME = "kms.v1.KeyManagementService"
 SERVICE = pb.DESCRIPTOR.services_by_name["KeyManagementService"]
+POLICY_SERVICE = pb.DESCRIPTOR.services_by_name["PolicyService"]
+AUDIT_SERVICE = pb.DESCRIPTOR.services_by_name["AuditService"]
+SERVICES = (SERVICE, POLICY_SERVICE, AUDIT_SERVICE)
 
-__all__ = ["pb", "SERVICE", "SERVICE_NAME"]
+__all__ = ["pb", "SERVICE", "SERVICE_NAME", "POLICY_SERVICE", "AUDIT_SERVICE", "SERVICES"]

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from kms.api.proto import SERVICE_NAME
+from kms.api.proto import SERVICES
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ def build_server(
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (*(service.full_name for service in SERVICES), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
     )
     try:
         port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)

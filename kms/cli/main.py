@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import click
 
+from kms.cli import crypt
+from kms.cli.audit import audit
 from kms.cli.db import db
 from kms.cli.hsm import hsm
 from kms.cli.keys import keys
+from kms.cli.policy import policy
 from kms.cli.rewrap import rewrap
 from kms.cli.serve import serve
 
@@ -20,7 +23,10 @@ cli.add_command(serve)
 cli.add_command(keys)
 cli.add_command(db)
 cli.add_command(hsm)
+crypt.register(cli)
 cli.add_command(rewrap)
+cli.add_command(policy)
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import click
 
 from kms import logs
 from kms.api.server import ListenRefused
+from kms.api.tls import CertificateError
 from kms.app import Application
 from kms.config import Settings
 from kms.errors import KmsError
@@ -21,18 +22,30 @@ from kms.hsm.module import ModuleError
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data directory (KMS_DATA_DIR, default ./kms-data).")
 @click.option("--metrics-listen", default=None, help="HOST:PORT for Prometheus metrics (KMS_METRICS_LISTEN).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None, help="KMS_LOG_FORMAT, default json.")
-def serve(listen: str | None, data_dir: str | None, metrics_listen: str | None, log_format: str | None) -> None:
-    """Run the key management service until SIGTERM or SIGINT."""
-    overrides: dict[str, Any] = {
-        name: value
-        for name, value in (("listen", listen), ("data_dir", data_dir), ("metrics_listen", metrics_listen), ("log_format", log_format))
-        if value is not None
-    }
-    settings = Settings(**overrides)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Server certificate chain, PEM (KMS_TLS_CERT). Re-read when it changes.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Server private key, PEM (KMS_TLS_KEY).")
+@click.option("--client-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA that signs client certificates, PEM (KMS_CLIENT_CA): turns on mutual TLS.")
+def serve(listen: str | None, data_dir: str | None, metrics_listen: str | None, log_format: str | None,
+          tls_cert: str | None, tls_key: str | None, client_ca: str | None) -> None:
+    """Run the key management service until SIGTERM or SIGINT.
+
+    The HSM PIN is read from KMS_PKCS11_PIN or KMS_PKCS11_PIN_FILE, never from a flag.
+    """
+    given = (("listen", listen), ("data_dir", data_dir), ("metrics_listen", metrics_listen), ("log_format", log_format),
+             ("tls_cert", tls_cert), ("tls_key", tls_key), ("client_ca", client_ca))
+    overrides: dict[str, Any] = {name: value for name, value in given if value is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValueError as error:  # pydantic's ValidationError; inputs are hidden from its text
+        click.echo(f"kms serve: {error}", err=True)
+        sys.exit(2)
     logs.configure(settings.log_level, settings.log_format)
     try:
         app = Application(settings)
-    except (ListenRefused, ModuleError, ValueError, KmsError) as error:
+    except (ListenRefused, ModuleError, ValueError, KmsError, CertificateError) as error:
         click.echo(f"kms serve: {error}", err=True)
         sys.exit(2)
 

@@ -29,7 +29,6 @@ from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 from kms.domain.keys import KeyVersion, VersionState
 from kms.errors import KeyMaterialMissing
 from kms.hsm import gcm
-from kms.hsm.gate import Gate
 from kms.hsm.pool import PooledSession, SessionPool
 from kms.hsm.quirks import Quirks, quirks_for
 from kms.ports import Clock, MasterKeyObject
@@ -87,7 +86,15 @@ def object_id_time(object_id: bytes) -> datetime:
 
 
 class Pkcs11MasterKeyStore:
-    def __init__(self, pool: SessionPool, clock: Clock, label_prefix: str = "kms") -> None:
+    def __init__(
+        self,
+        pool: SessionPool,
+        clock: Clock,
+        label_prefix: str = "kms",
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """``random_bytes`` supplies the GCM IVs: a CSPRNG (kms.crypto.random in the server)."""
+        self._random_bytes = random_bytes
         if not _PREFIX.fullmatch(label_prefix):
             raise ValueError("label prefix must be 1-32 characters of A-Z, a-z, 0-9, '_', '.', '-'")
         self._pool = pool
@@ -95,10 +102,7 @@ class Pkcs11MasterKeyStore:
         self._prefix = label_prefix
         self._label = re.compile(re.escape(label_prefix) + r":([A-Za-z0-9_-]{1,64}):v([1-9][0-9]{0,9})")
         self._quirks: Quirks | None = None
-        # SoftHSM 2.6 fails C_GenerateKey (CKR_GENERAL_ERROR) when another thread searches
-        # objects at the same time, locking on or not. Creating and destroying objects is rare,
-        # so they exclude searches everywhere; wrapping with a found key is not affected.
-        self._objects = Gate()
+        self._objects = pool.objects
 
     @property
     def quirks(self) -> Quirks:
@@ -155,7 +159,7 @@ class Pkcs11MasterKeyStore:
             )
 
     def encrypt(self, version: KeyVersion, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
-        iv = os.urandom(gcm.IV_LENGTH)
+        iv = self._random_bytes(gcm.IV_LENGTH)
         sealed = self._with_key(version, lambda key: gcm.encrypt(key, iv, plaintext, associated_data))
         return iv, sealed
 
@@ -206,9 +210,7 @@ class Pkcs11MasterKeyStore:
         result = self._pool.run(with_cached_key)
         if not isinstance(result, _Miss):
             return result
-        # Searching must not overlap object creation (see __init__). The gate is taken outside
-        # pool.run, always in that order, so a module re-initialization cannot deadlock with it.
-        with self._objects.shared():
+        with self._objects.shared():  # see SessionPool.objects
             return self._pool.run(with_found_key)
 
     def _describe_all(self, objects: list[pkcs11.Object]) -> list[MasterKeyObject]:

@@ -93,6 +93,11 @@ class SessionPool:
         self._lock = threading.Lock()  # guards the fields below
         self._connect_lock = threading.Lock()
         self._gate = Gate()  # re-initializing the module waits for every call inside it
+        # SoftHSM 2.6 fails C_GenerateKey (CKR_GENERAL_ERROR) when another thread searches
+        # objects at the same time, locking on or not. Everything that creates or destroys
+        # objects takes this exclusively and every search takes it shared, always outside run()
+        # (so a module re-initialization, which takes _gate exclusively, cannot deadlock with it).
+        self.objects = Gate()
         self._module: Pkcs11Module | None = None
         self._token: pkcs11.Token | None = None
         self._login_session: pkcs11.Session | None = None

@@ -13,6 +13,8 @@ from typing import Any
 
 from kms.crypto import wrapped_key as wrapped_key_format
 from kms.errors import InvalidCiphertext
+from kms_client import KmsError as KmsClientError
+from kms_client import envelope
 
 
 @dataclass(frozen=True)
@@ -42,5 +44,14 @@ def read_value(data: bytes, as_stored: Any) -> StoredValue:
 
 
 def _sdk_envelope(data: bytes) -> Callable[[Any], StoredValue] | None:
-    """Recognizes an SDK ciphertext; filled in with the SDK's header functions."""
-    return None
+    """An SDK ciphertext: its header holds the wrapped key and the context; re-wrapping
+    replaces the wrapped key and keeps every other byte (kms_client.envelope.replace_wrapped_key)."""
+    if not data.startswith(envelope.MAGIC):
+        return None
+    try:
+        header = envelope.parse_header_bytes(data)
+    except KmsClientError:
+        raise ValueError("unreadable SDK ciphertext header") from None
+    return lambda as_stored: StoredValue(
+        header.wrapped_key, dict(header.context), as_stored, lambda new: envelope.replace_wrapped_key(data, new)
+    )

@@ -12,11 +12,12 @@ from kms.errors import DeadlineExceeded
 class Call:
     """One request, as the service sees it.
 
-    ``identity`` is the authenticated caller ("anonymous" until TLS client identity is on),
-    ``deadline`` a time.monotonic() value or None.
+    ``identity`` is the authenticated caller: a TLS client certificate's identity,
+    "anonymous" over TLS without one, or "local" for plaintext loopback callers (development).
+    ``deadline`` is a time.monotonic() value or None.
     """
 
-    identity: str = "anonymous"
+    identity: str = "local"
     request_id: str = ""
     peer: str = ""
     method: str = ""

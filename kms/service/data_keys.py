@@ -1,6 +1,7 @@
 """Data keys: generating, unwrapping and re-wrapping them under master keys in the HSM.
 
-Data keys come from the operating system's CSPRNG by default (getrandom(2)): the plaintext is
+Data keys come from the operating system's CSPRNG by default (getrandom(2), buffered per thread
+by kms.crypto.random): the plaintext is
 handed to the caller anyway, so the HSM boundary would not protect it, and skipping the HSM's
 RNG saves a round trip per call. ``data_key_source="hsm"`` draws them from the HSM's RNG for
 deployments whose compliance regime requires it.
@@ -8,17 +9,19 @@ deployments whose compliance regime requires it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from kms.crypto import wrapped_key
 from kms.crypto.context import encode_context
+from kms.crypto.random import random_bytes
 from kms.crypto.wrapped_key import DATA_KEY_LENGTH, WrappedKey, WrappedKeyHeader
 from kms.domain.keys import Key, KeyVersion, validate_key_id
+from kms.domain.policy import Permission
 from kms.errors import BatchTooLarge, InvalidCiphertext, KeyNotFound, KeyVersionNotFound, KmsError
 from kms.ports import MasterKeyStore
+from kms.service.authz import Authorizer
 from kms.service.calls import Call
 from kms.service.key_cache import KeyCache
 from kms.service.usage import UsageRecorder
@@ -62,25 +65,35 @@ class UnwrapRequest:
 
 class DataKeyService:
     def __init__(
-        self, cache: KeyCache, master_keys: MasterKeyStore, usage: UsageRecorder, data_key_source: str = "os"
+        self,
+        cache: KeyCache,
+        master_keys: MasterKeyStore,
+        usage: UsageRecorder,
+        authorizer: Authorizer,
+        data_key_source: str = "os",
     ) -> None:
+        self._authorizer = authorizer
         self._cache = cache
         self._master_keys = master_keys
         self._usage = usage
-        self._random: Callable[[int], bytes] = master_keys.random_bytes if data_key_source == "hsm" else os.urandom
+        self._random: Callable[[int], bytes] = master_keys.random_bytes if data_key_source == "hsm" else random_bytes
 
     def generate_data_key(
         self, call: Call, key_id: str, context: Mapping[str, str], *, include_plaintext: bool = True
     ) -> DataKey:
         validate_key_id(key_id)
         encoded_context = encode_context(context)
+        self._authorizer.require(call, Permission.ENCRYPT, key_id, context)
         version = self._cache.get(key_id).primary_for_encrypt()
         plaintext = self._random(DATA_KEY_LENGTH)
         wrapped = self._wrap(version, plaintext, encoded_context)
         return DataKey(key_id, version.version, wrapped, plaintext if include_plaintext else b"")
 
     def decrypt(self, call: Call, wrapped: bytes, context: Mapping[str, str]) -> DataKey:
-        parsed, version, encoded_context = self._resolve(wrapped, context)
+        parsed, version, encoded_context = self._resolve(call, Permission.DECRYPT, wrapped, context)
+        return self._open(parsed, version, encoded_context, wrapped)
+
+    def _open(self, parsed: WrappedKey, version: KeyVersion, encoded_context: bytes, wrapped: bytes) -> DataKey:
         plaintext = self._master_keys.decrypt(
             version, parsed.iv, parsed.sealed, parsed.header.associated_data(encoded_context)
         )
@@ -97,12 +110,15 @@ class DataKeyService:
         """
         if destination_key_id:
             validate_key_id(destination_key_id)
-        source = self.decrypt(call, wrapped, context)
+        parsed, version, encoded_context = self._resolve(call, Permission.REWRAP, wrapped, context)
+        if destination_key_id and destination_key_id != version.key_id:
+            self._authorizer.require(call, Permission.REWRAP, destination_key_id, context)
+        source = self._open(parsed, version, encoded_context, wrapped)
         destination = self._cache.get(destination_key_id or source.key_id).primary_for_encrypt()
         if (destination.key_id, destination.version) == (source.key_id, source.key_version):
             result = wrapped
         else:
-            result = self._wrap(destination, source.plaintext, encode_context(context))
+            result = self._wrap(destination, source.plaintext, encoded_context)
         return Rewrapped(destination.key_id, destination.version, source.key_id, source.key_version, result)
 
     # -- batches -----------------------------------------------------------------------
@@ -130,16 +146,21 @@ class DataKeyService:
         self._usage.wrapped(version)
         return WrappedKey(header, iv, sealed).encode()
 
-    def _resolve(self, wrapped: bytes, context: Mapping[str, str]) -> tuple[WrappedKey, KeyVersion, bytes]:
+    def _resolve(
+        self, call: Call, permission: Permission, wrapped: bytes, context: Mapping[str, str]
+    ) -> tuple[WrappedKey, KeyVersion, bytes]:
         """The parsed wrapped key and the version that must open it.
 
-        A wrapped key naming a key or version that does not exist is reported exactly like a
-        corrupted one, so flipping bits in the header learns nothing.
+        The permission is checked on the key the wrapped key names before that key is looked
+        up, so a denial never says whether it exists. A wrapped key naming a key or version
+        that does not exist is reported exactly like a corrupted one, so flipping bits in the
+        header learns nothing.
         """
         if len(wrapped) > MAX_WRAPPED_KEY_BYTES:
             raise InvalidCiphertext()
         parsed = wrapped_key.parse(wrapped)
         encoded_context = encode_context(context)
+        self._authorizer.require(call, permission, parsed.header.key_id, context)
         try:
             key: Key = self._cache.get(parsed.header.key_id)
             version = key.version_for_decrypt(parsed.header.key_version)

@@ -19,8 +19,10 @@ from datetime import datetime, timedelta
 
 from kms.crashpoints import crash_point
 from kms.domain.keys import Key, KeyVersion, VersionState, new_key, validate_key_id
+from kms.domain.policy import Permission
 from kms.errors import InvalidArgument, InvalidPageToken, InvalidRotationPeriod, KeyAlreadyExists, KeyNotFound
 from kms.ports import Clock, KeyRepository, KeyTransaction, MasterKeyStore
+from kms.service.authz import Authorizer
 from kms.service.calls import Call
 from kms.service.key_cache import KeyCache
 from kms.service.usage import UsageRecorder
@@ -31,6 +33,7 @@ MAX_DESCRIPTION_LENGTH = 1024
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_ROTATION_PERIOD = timedelta(days=100 * 365)
+MAX_LIST_SCANS = 20  # pages read per ListKeys call when filtering by permission
 
 
 class KeyService:
@@ -41,9 +44,11 @@ class KeyService:
         cache: KeyCache,
         clock: Clock,
         usage: UsageRecorder,
+        authorizer: Authorizer,
         *,
         min_rotation_period: timedelta,
     ) -> None:
+        self._authorizer = authorizer
         self._repository = repository
         self._master_keys = master_keys
         self._cache = cache
@@ -55,6 +60,7 @@ class KeyService:
         self, call: Call, key_id: str, description: str = "", rotation_period: timedelta | None = None
     ) -> Key:
         validate_key_id(key_id)
+        self._authorizer.require(call, Permission.ADMIN, key_id)
         validate_description(description)
         self.validate_rotation_period(rotation_period)
         call.check_deadline()
@@ -73,23 +79,41 @@ class KeyService:
 
     def get_key(self, call: Call, key_id: str) -> Key:
         validate_key_id(key_id)
+        self._authorizer.require_any(call, key_id)
         self._usage.flush()  # so that this replica's latest uses show
         key = self._repository.get(key_id)
         self._cache.put(key)
         return key
 
     def list_keys(self, call: Call, page_size: int = 0, page_token: str = "") -> tuple[Sequence[Key], str]:
-        """One page of keys in id order, and the token of the next page ("" after the last)."""
+        """One page of the keys the caller holds some permission on, in id order, and the token
+        of the next page ("" after the last). When most keys are not the caller's, a page may be
+        short, and the last page may be empty."""
         if page_size < 0:
             raise InvalidArgument("page_size must not be negative")
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        keys = self._repository.list(limit + 1, _decode_page_token(page_token))
-        if len(keys) > limit:
-            return keys[:limit], _encode_page_token(keys[limit - 1].key_id)
-        return keys, ""
+        after = _decode_page_token(page_token)
+        if self._authorizer.is_superuser(call):
+            keys = self._repository.list(limit + 1, after)
+            if len(keys) > limit:
+                return keys[:limit], _encode_page_token(keys[limit - 1].key_id)
+            return keys, ""
+        visible: list[Key] = []
+        for _scan in range(MAX_LIST_SCANS):
+            batch = self._repository.list(limit, after)
+            for key in batch:
+                after = key.key_id
+                if self._authorizer.may_see(call, key.key_id):
+                    visible.append(key)
+                    if len(visible) == limit:
+                        return visible, _encode_page_token(after)
+            if len(batch) < limit:
+                return visible, ""
+        return visible, _encode_page_token(after) if after else ""
 
     def rotate_key(self, call: Call, key_id: str) -> Key:
         validate_key_id(key_id)
+        self._authorizer.require(call, Permission.ROTATE, key_id)
         call.check_deadline()
         with self._repository.transaction(key_id) as transaction:
             if transaction.key is None:

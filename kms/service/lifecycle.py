@@ -17,8 +17,10 @@ from datetime import datetime, timedelta
 from kms.crashpoints import crash_point
 from kms.domain import lifecycle
 from kms.domain.keys import Key, validate_key_id
+from kms.domain.policy import Permission
 from kms.errors import FailedPrecondition, KeyNotFound
 from kms.ports import Clock, KeyRepository, MasterKeyStore
+from kms.service.authz import Authorizer
 from kms.service.calls import Call
 from kms.service.key_cache import KeyCache
 from kms.service.keys import KeyService, validate_description
@@ -43,9 +45,11 @@ class LifecycleService:
         clock: Clock,
         usage: UsageRecorder,
         keys: KeyService,
+        authorizer: Authorizer,
         *,
         min_destroy_pending_window: timedelta,
     ) -> None:
+        self._authorizer = authorizer
         self._repository = repository
         self._master_keys = master_keys
         self._cache = cache
@@ -110,6 +114,8 @@ class LifecycleService:
         """Disables a version and schedules its destruction, refusing while usage shows it was
         used within ``min_idle`` (counts from every replica, flushed first from this one)."""
         window = pending_window or lifecycle.DEFAULT_DESTROY_PENDING_WINDOW
+        validate_key_id(key_id)
+        self._authorizer.require(call, Permission.ADMIN, key_id)
         self._usage.flush()
 
         def retire(key: Key, now: datetime) -> Key:
@@ -150,6 +156,7 @@ class LifecycleService:
         self, call: Call, key_id: str, transition: Callable[[Key, datetime], Key], event: str, version: int = 0
     ) -> Key:
         validate_key_id(key_id)
+        self._authorizer.require(call, Permission.ADMIN, key_id)
         call.check_deadline()
         with self._repository.transaction(key_id) as transaction:
             if transaction.key is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, MetaData, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from kms.store.types import UtcDateTime
@@ -60,3 +60,80 @@ class KeyVersionRow(Base):
     key: Mapped[KeyRow] = relationship(back_populates="versions")
 
     __table_args__ = (Index(None, "state", "destroy_time"),)
+
+
+# --- authorization -------------------------------------------------------------------
+
+
+class GrantRow(Base):
+    __tablename__ = "grants"
+
+    grant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(520), index=True)
+    resource: Mapped[str] = mapped_column(String(72))
+    permissions: Mapped[str] = mapped_column(String(128))  # comma-separated names
+    context_json: Mapped[str] = mapped_column(Text, default="{}")
+    created_by: Mapped[str] = mapped_column(String(520))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class GroupMemberRow(Base):
+    __tablename__ = "group_members"
+
+    group_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    identity: Mapped[str] = mapped_column(String(512), primary_key=True)
+
+
+class PolicyStateRow(Base):
+    """One row: a revision number bumped by every policy change, which replicas poll."""
+
+    __tablename__ = "policy_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- audit -------------------------------------------------------------------------
+
+
+class AuditRecordRow(Base):
+    """Append-only and hash-chained (see kms.domain.audit)."""
+
+    __tablename__ = "audit_records"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    identity: Mapped[str] = mapped_column(String(512), index=True)
+    rpc: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_version: Mapped[int] = mapped_column(BigInteger)
+    outcome: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str] = mapped_column(String(64))
+    peer: Mapped[str] = mapped_column(String(256))
+    context_digest: Mapped[str] = mapped_column(String(64))
+    item: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(String(512))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpointRow(Base):
+    """A MAC, computed in the HSM, over the chain's hash at ``seq``."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[str] = mapped_column(String(64))
+    time: Mapped[datetime] = mapped_column(UtcDateTime)
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHeadRow(Base):
+    """One row, locked by every append: the newest seq and hash, so replicas extend one chain."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

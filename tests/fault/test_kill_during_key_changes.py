@@ -27,8 +27,9 @@ def _assert_all_open(client: kms_client.KmsClient, issued: list[kms_client.DataK
 
 
 def _one_object_per_version(hsm_token, prefix: str) -> collections.Counter:
+    """Master key objects of key "orders" by label (the audit seal key shares the prefix)."""
     labels = collections.Counter(
-        o["label"] for o in pkcs11_tool_secret_keys(hsm_token) if o.get("label", "").startswith(prefix + ":")
+        o["label"] for o in pkcs11_tool_secret_keys(hsm_token) if o.get("label", "").startswith(prefix + ":orders:")
     )
     assert all(count == 1 for count in labels.values()), labels
     return labels

@@ -151,7 +151,8 @@ def test_data_keys_from_the_hsm_rng_work_the_same(sqlite_services):
 
     sqlite_services.keys.create_key(Call(), "hsm-rng")
     service = DataKeyService(
-        sqlite_services.cache, sqlite_services.master_keys, sqlite_services.usage, data_key_source="hsm"
+        sqlite_services.cache, sqlite_services.master_keys, sqlite_services.usage, sqlite_services.authorizer,
+        data_key_source="hsm",
     )
     issued = service.generate_data_key(Call(), "hsm-rng", {})
     assert service.decrypt(Call(), issued.wrapped_key, {}).plaintext == issued.plaintext

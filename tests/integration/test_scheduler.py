@@ -74,11 +74,11 @@ def test_destruction_after_the_window_removes_the_hsm_object_and_keeps_a_tombsto
 
     clock.advance(DAY)
     assert replica.scheduler.run_once().destroyed == []
-    assert master_key_id in {o["id"] for o in pkcs11_tool_secret_keys(hsm_token)}
+    assert master_key_id in {o.get("id") for o in pkcs11_tool_secret_keys(hsm_token)}
 
     clock.advance(DAY + timedelta(seconds=1))
     assert replica.scheduler.run_once().destroyed == [("k", 1)]
-    assert master_key_id not in {o["id"] for o in pkcs11_tool_secret_keys(hsm_token)}
+    assert master_key_id not in {o.get("id") for o in pkcs11_tool_secret_keys(hsm_token)}
     tombstone = replica.keys.get_key(Call(), "k").versions[0]
     assert (tombstone.state, tombstone.destroy_time) == (VersionState.DESTROYED, clock.now())
     with pytest.raises(KeyVersionDestroyed, match="version 1 is DESTROYED"):

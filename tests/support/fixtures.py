@@ -153,3 +153,58 @@ def client(server):
 
     with KmsClient(server.target, timeout=30) as connected:
         yield connected
+
+
+# --- TLS ------------------------------------------------------------------------------
+
+ADMIN = "spiffe://kms.dev/admin"
+APP = "spiffe://kms.dev/app"
+
+
+@pytest.fixture(scope="session")
+def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A development CA and certificates made by scripts/make-dev-certs.sh (openssl)."""
+    import subprocess
+
+    directory = tmp_path_factory.mktemp("certs")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make-dev-certs.sh"
+    subprocess.run([str(script), str(directory), "admin", "app", "auditor", "other"], check=True, capture_output=True)
+    return directory
+
+
+@pytest.fixture
+def mtls_settings(hsm_token, tmp_path, sqlite_url, label_prefix, dev_certs):
+    return make_settings(
+        hsm_token, tmp_path, sqlite_url, label_prefix,
+        tls_cert=dev_certs / "server.crt", tls_key=dev_certs / "server.key", client_ca=dev_certs / "ca.crt",
+        bootstrap_admin=ADMIN,
+    )
+
+
+@pytest.fixture
+def mtls_server(mtls_settings):
+    app = _running(mtls_settings)
+    yield app
+    app.stop(grace=1)
+
+
+@pytest.fixture
+def connect(dev_certs):
+    """connect(server, "app") -> a KmsClient presenting that client certificate (no retries)."""
+    from kms_client import KmsClient, RetryPolicy, tls_credentials
+
+    opened = []
+
+    def make(server, name: str | None, ca: str = "ca.crt"):
+        cert = str(dev_certs / f"{name}.crt") if name else None
+        key = str(dev_certs / f"{name}.key") if name else None
+        client = KmsClient(
+            server.target, credentials=tls_credentials(str(dev_certs / ca), cert, key),
+            retry=RetryPolicy(max_attempts=1), timeout=10,
+        )
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.close()

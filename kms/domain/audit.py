@@ -1,0 +1,160 @@
+"""The audit log's integrity: canonical record bytes, the hash chain, and its verification.
+
+Each record's hash is SHA-256 over its canonical bytes, which include the previous record's
+hash; so changing, removing, inserting or reordering a record breaks the chain at that point.
+Because anyone can compute SHA-256, the chain alone cannot stop someone with write access to
+the database from rewriting everything after a point consistently: every appended batch is
+therefore sealed by a checkpoint, an HMAC-SHA256 over (seq, hash) computed inside the HSM with
+a key that never leaves it. Records after the last checkpoint, or a rewritten stretch between
+two checkpoints, are reported as such.
+
+Canonical bytes of record ``seq`` (integers big-endian):
+
+    "kms-audit-v1" || uint64 seq || prev_hash (32 bytes)
+    then, each as uint32 length || UTF-8: time (ISO 8601, UTC, microseconds, "Z"), identity,
+    rpc, key_id, key_version (decimal), outcome, reason, request_id, peer, context_digest,
+    item (decimal, -1 for the call itself), detail
+
+Checkpoint MAC input: "kms-audit-checkpoint-v1" || uint64 seq || hash (32 bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+GENESIS = "0" * 64
+_RECORD_TAG = b"kms-audit-v1"
+_CHECKPOINT_TAG = b"kms-audit-checkpoint-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audited event, as the service reports it (before it has a place in the chain)."""
+
+    time: datetime
+    identity: str
+    rpc: str
+    outcome: str
+    key_id: str = ""
+    key_version: int = 0
+    reason: str = ""
+    request_id: str = ""
+    peer: str = ""
+    context_digest: str = ""
+    item: int = -1
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    entry: AuditEntry
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    seq: int
+    hash: str
+    time: datetime
+    mac: str
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def record_bytes(seq: int, entry: AuditEntry, prev_hash: str) -> bytes:
+    fields = (
+        format_time(entry.time), entry.identity, entry.rpc, entry.key_id, str(entry.key_version), entry.outcome,
+        entry.reason, entry.request_id, entry.peer, entry.context_digest, str(entry.item), entry.detail,
+    )
+    parts = [_RECORD_TAG, struct.pack(">Q", seq), bytes.fromhex(prev_hash)]
+    for value in fields:
+        encoded = value.encode("utf-8", "surrogatepass")
+        parts += [struct.pack(">I", len(encoded)), encoded]
+    return b"".join(parts)
+
+
+def chain_hash(seq: int, entry: AuditEntry, prev_hash: str) -> str:
+    return hashlib.sha256(record_bytes(seq, entry, prev_hash)).hexdigest()
+
+
+def extend(head_seq: int, head_hash: str, entries: Iterable[AuditEntry]) -> list[AuditRecord]:
+    records = []
+    for offset, entry in enumerate(entries, start=1):
+        seq = head_seq + offset
+        digest = chain_hash(seq, entry, head_hash)
+        records.append(AuditRecord(seq, entry, head_hash, digest))
+        head_hash = digest
+    return records
+
+
+def checkpoint_message(seq: int, hash_hex: str) -> bytes:
+    return _CHECKPOINT_TAG + struct.pack(">Q", seq) + bytes.fromhex(hash_hex)
+
+
+def context_digest(encoded_context: bytes) -> str:
+    """SHA-256 of the canonical context encoding: a client can compute it to find its calls."""
+    return hashlib.sha256(encoded_context).hexdigest()
+
+
+@dataclass
+class Verification:
+    records: int = 0
+    checkpoints: int = 0
+    problem_seq: int = 0
+    problem: str = ""
+
+    @property
+    def intact(self) -> bool:
+        return not self.problem
+
+
+def verify(
+    records: Iterable[AuditRecord], checkpoints: Iterable[Checkpoint], mac_ok: Callable[[bytes, str], bool]
+) -> Verification:
+    """Walks the log in seq order and reports the first problem, and where it is."""
+    result = Verification()
+    pending: Iterator[Checkpoint] = iter(checkpoints)
+    checkpoint = next(pending, None)
+    expected, previous_hash, sealed_seq = 1, GENESIS, 0
+
+    def fail(seq: int, problem: str) -> Verification:
+        result.problem_seq, result.problem = seq, problem
+        return result
+
+    for record in records:
+        if record.seq != expected:
+            if record.seq > expected:
+                missing = f"{expected}" if record.seq == expected + 1 else f"{expected}-{record.seq - 1}"
+                return fail(expected, f"record {missing} is missing (removed)")
+            return fail(record.seq, f"record {record.seq} is out of order")
+        if record.prev_hash != previous_hash:
+            return fail(record.seq, f"record {record.seq} does not follow record {record.seq - 1} (inserted, removed or reordered)")
+        if chain_hash(record.seq, record.entry, record.prev_hash) != record.hash:
+            return fail(record.seq, f"record {record.seq} was changed")
+        while checkpoint is not None and checkpoint.seq <= record.seq:
+            if checkpoint.seq < record.seq or checkpoint.hash != record.hash:
+                return fail(
+                    checkpoint.seq,
+                    f"records {sealed_seq + 1}-{checkpoint.seq} do not match their checkpoint (rewritten)",
+                )
+            if not mac_ok(checkpoint_message(checkpoint.seq, checkpoint.hash), checkpoint.mac):
+                return fail(checkpoint.seq, f"checkpoint at record {checkpoint.seq} is forged")
+            sealed_seq = checkpoint.seq
+            result.checkpoints += 1
+            checkpoint = next(pending, None)
+        previous_hash, expected = record.hash, expected + 1
+        result.records += 1
+    last = expected - 1
+    if checkpoint is not None:
+        return fail(last + 1, f"records {last + 1}-{checkpoint.seq} are missing (removed from the end)")
+    if last > sealed_seq:
+        return fail(sealed_seq + 1, f"records {sealed_seq + 1}-{last} are not sealed by any checkpoint (appended outside the service)")
+    return result

@@ -1,0 +1,199 @@
+"""The audit log, on SQLite and PostgreSQL: every call recorded, tampering found and located,
+results withheld when records cannot be written."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pytest
+from sqlalchemy import select, text
+
+import kms_client
+from kms.crypto.context import encode_context
+from kms.domain.audit import AuditEntry, chain_hash
+from kms.store.tables import AuditRecordRow
+
+CONTEXT = {"tenant": "acme", "secret-ish": "value-never-logged"}
+
+
+@pytest.fixture
+def audited(server_on_each_database):
+    """A server with some history: keys created, data keys issued and opened, a denial."""
+    app = server_on_each_database
+    with kms_client.KmsClient(app.target) as client:
+        client.create_key("orders")
+        issued = [client.generate_data_key("orders", CONTEXT) for _ in range(3)]
+        client.decrypt_data_key(issued[0].wrapped_key, CONTEXT)
+        client.generate_data_keys([("orders", CONTEXT), ("missing", {})])
+        with pytest.raises(kms_client.InvalidCiphertext):
+            client.decrypt_data_key(b"\x01junk", CONTEXT)
+        yield app, client, issued
+
+
+def _sql(app, statement: str, **params) -> None:
+    with app.services.engine.begin() as connection:
+        connection.execute(text(statement), params)
+
+
+def test_every_call_and_every_batch_item_is_recorded_without_secrets(audited):
+    app, client, issued = audited
+    events = list(client.audit_events())
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    rpcs = [(e.rpc, e.item, e.outcome) for e in events]
+    assert rpcs[:6] == [
+        ("CreateKey", -1, "OK"),
+        ("GenerateDataKey", -1, "OK"),
+        ("GenerateDataKey", -1, "OK"),
+        ("GenerateDataKey", -1, "OK"),
+        ("Decrypt", -1, "OK"),
+        ("BatchGenerateDataKey", 0, "OK"),
+    ]
+    assert ("BatchGenerateDataKey", 1, "NOT_FOUND") in rpcs and ("Decrypt", -1, "INVALID_ARGUMENT") in rpcs
+    decrypt = next(e for e in events if e.rpc == "Decrypt" and e.outcome == "OK")
+    assert (decrypt.key_id, decrypt.key_version, decrypt.identity) == ("orders", 1, "local")
+    assert decrypt.context_digest == hashlib.sha256(encode_context(CONTEXT)).hexdigest()
+    assert decrypt.request_id and decrypt.peer.startswith("ipv4:127.0.0.1")
+    dumped = repr(events)
+    assert "value-never-logged" not in dumped
+    for data_key in issued:
+        assert data_key.plaintext.hex() not in dumped and repr(data_key.plaintext) not in dumped
+    assert client.verify_audit_log().intact
+
+
+def _last_seq(app) -> int:
+    with app.services.engine.connect() as connection:
+        return connection.execute(text("SELECT max(seq) FROM audit_records")).scalar()
+
+
+def _record(app, seq: int):
+    table = AuditRecordRow.__table__
+    with app.services.engine.connect() as connection:
+        return connection.execute(select(table).where(table.c.seq == seq)).one()
+
+
+def test_a_changed_record_is_found_and_located(audited):
+    app, client, _ = audited
+    _sql(app, "UPDATE audit_records SET identity = 'someone-else' WHERE seq = 3")
+    result = client.verify_audit_log()
+    assert (result.intact, result.problem_seq, result.problem) == (False, 3, "record 3 was changed")
+
+
+def test_a_removed_record_is_found_and_located(audited):
+    app, client, _ = audited
+    _sql(app, "DELETE FROM audit_records WHERE seq = 4")
+    result = client.verify_audit_log()
+    assert (result.problem_seq, result.problem) == (4, "record 4 is missing (removed)")
+
+
+def test_records_removed_from_the_end_are_found(audited):
+    app, client, _ = audited
+    last = _last_seq(app)
+    _sql(app, "DELETE FROM audit_records WHERE seq >= :s", s=last - 1)
+    result = client.verify_audit_log()
+    assert not result.intact and result.problem_seq == last - 1 and "missing" in result.problem
+
+
+def test_reordered_records_are_found_and_located(audited):
+    app, client, _ = audited
+    third, fourth = _record(app, 3), _record(app, 4)
+    columns = [c for c in third._fields if c != "seq"]
+    swap = ", ".join(f"{c} = :{c}" for c in columns)
+    _sql(app, f"UPDATE audit_records SET {swap} WHERE seq = 3", **{c: getattr(fourth, c) for c in columns})
+    _sql(app, f"UPDATE audit_records SET {swap} WHERE seq = 4", **{c: getattr(third, c) for c in columns})
+    result = client.verify_audit_log()
+    assert (result.problem_seq, result.problem) == (3, "record 3 does not follow record 2 (inserted, removed or reordered)")
+
+
+def test_an_inserted_record_is_found_even_with_a_valid_hash(audited):
+    """Whoever can write the database can compute SHA-256, but not the HSM's checkpoint MAC."""
+    app, client, _ = audited
+    last = _record(app, _last_seq(app))
+    forged = AuditEntry(time=last.time, identity="spiffe://intruder", rpc="Decrypt", outcome="OK", key_id="orders",
+                        key_version=1)
+    seq = last.seq + 1
+    with app.services.engine.begin() as connection:
+        connection.execute(
+            AuditRecordRow.__table__.insert(),
+            {"seq": seq, "time": forged.time, "identity": forged.identity, "rpc": forged.rpc, "key_id": "orders",
+             "key_version": 1, "outcome": "OK", "reason": "", "request_id": "", "peer": "", "context_digest": "",
+             "item": -1, "detail": "", "prev_hash": last.hash, "hash": chain_hash(seq, forged, last.hash)},
+        )
+        connection.execute(text("UPDATE audit_head SET seq = :s, hash = :h"), {"s": seq, "h": chain_hash(seq, forged, last.hash)})
+    result = client.verify_audit_log()
+    assert not result.intact
+    assert result.problem_seq == seq and "not sealed by any checkpoint" in result.problem
+    # The service will not extend a chain whose head it did not seal: that would seal the forgery.
+    with pytest.raises(kms_client.Unavailable, match="audit log cannot be written"):
+        client.generate_data_key("orders", CONTEXT)
+
+
+def test_a_rewritten_stretch_of_the_chain_is_found_by_its_checkpoint(audited):
+    """Change a record and recompute every later hash: the chain is consistent again, but it
+    no longer matches the HSM-sealed checkpoint."""
+    app, client, _ = audited
+    previous = _record(app, 2).hash
+    for seq in range(3, _last_seq(app) + 1):
+        row = _record(app, seq)
+        entry = AuditEntry(
+            time=row.time, identity="rewritten" if seq == 3 else row.identity, rpc=row.rpc, outcome=row.outcome,
+            key_id=row.key_id, key_version=row.key_version, reason=row.reason, request_id=row.request_id,
+            peer=row.peer, context_digest=row.context_digest, item=row.item, detail=row.detail,
+        )
+        digest = chain_hash(seq, entry, previous)
+        _sql(app, "UPDATE audit_records SET identity = :i, prev_hash = :p, hash = :h WHERE seq = :s",
+             i=entry.identity, p=previous, h=digest, s=seq)
+        previous = digest
+    result = client.verify_audit_log()
+    assert not result.intact and result.problem_seq == 3 and "do not match their checkpoint" in result.problem
+
+
+def test_when_records_cannot_be_written_no_result_is_released(server_on_each_database):
+    app = server_on_each_database
+    dialect = app.services.engine.dialect.name
+    with kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
+        client.create_key("orders")
+        _make_audit_unwritable(app, dialect)
+        try:
+            with pytest.raises(kms_client.Unavailable, match="audit log cannot be written"):
+                client.generate_data_key("orders", CONTEXT)
+            with pytest.raises(kms_client.Unavailable):
+                client.create_key("another")
+        finally:
+            _make_audit_writable(app, dialect)
+        assert client.generate_data_key("orders", CONTEXT).key_id == "orders"
+        assert client.verify_audit_log().intact
+
+
+def test_fail_open_logs_the_records_instead(settings, caplog):
+    from tests.support.fixtures import _running
+
+    app = _running(settings.model_copy(update={"audit_fail_open": True}))
+    try:
+        dialect = app.services.engine.dialect.name
+        with kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
+            client.create_key("orders")
+            _make_audit_unwritable(app, dialect)
+            with caplog.at_level(logging.ERROR, logger="kms.service.audit"):
+                assert client.generate_data_key("orders", CONTEXT).key_id == "orders"
+            _make_audit_writable(app, dialect)
+        assert any(r.getMessage() == "audit record not stored (fail-open)" for r in caplog.records)
+    finally:
+        app.stop(grace=1)
+
+
+def _make_audit_unwritable(app, dialect: str) -> None:
+    """As a full disk or a revoked grant would: every insert into the audit table fails."""
+    if dialect == "sqlite":
+        _sql(app, "CREATE TRIGGER audit_full BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    else:
+        _sql(app, "CREATE FUNCTION audit_full() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql")
+        _sql(app, "CREATE TRIGGER audit_full BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION audit_full()")
+
+
+def _make_audit_writable(app, dialect: str) -> None:
+    if dialect == "sqlite":
+        _sql(app, "DROP TRIGGER audit_full")
+    else:
+        _sql(app, "DROP TRIGGER audit_full ON audit_records")
+        _sql(app, "DROP FUNCTION audit_full()")
