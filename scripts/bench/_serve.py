@@ -1,0 +1,90 @@
+"""The benchmark server: the KMS as ``kms serve`` builds it, plus ``kms.bench.v1.Bench/Empty``.
+
+Settings come from KMS_* variables (BenchServer sets them). The empty call is served through the
+same request pipeline as every KMS method (authentication, parsing, audit, error mapping,
+metrics) on the same server and thread pool; the difference between it and GenerateDataKey is
+the service's own work. With ``--no-audit`` the audit log is replaced by one that records
+nothing (only to measure what auditing costs). Prints the target it listens on as its one line
+of output, then serves until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Sequence
+
+from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2
+
+from kms import logs
+from kms.app import Application
+from kms.config import Settings
+from kms.service.calls import Call
+
+from _harness import BENCH_SERVICE
+
+
+def bench_service():
+    """The descriptor of kms.bench.v1.Bench, defined here rather than in proto/: it is not part
+    of the product's contract."""
+    pool = descriptor_pool.Default()
+    try:
+        return pool.FindServiceByName(BENCH_SERVICE)
+    except KeyError:
+        pass
+    package, _, name = BENCH_SERVICE.rpartition(".")
+    file = descriptor_pb2.FileDescriptorProto(
+        name="kms/bench/v1/bench.proto", package=package, syntax="proto3",
+        dependency=[empty_pb2.DESCRIPTOR.name],
+    )
+    file.service.add(name=name).method.add(
+        name="Empty", input_type=".google.protobuf.Empty", output_type=".google.protobuf.Empty"
+    )
+    pool.Add(file)
+    return pool.FindServiceByName(BENCH_SERVICE)
+
+
+class BenchServicer:
+    def Empty(self, request: empty_pb2.Empty, call: Call) -> empty_pb2.Empty:
+        return empty_pb2.Empty()
+
+
+class NoAudit:
+    """Records nothing: only for measuring what the audit log costs."""
+
+    class _Done:
+        class done:
+            @staticmethod
+            def is_set() -> bool:
+                return True
+
+    def submit(self, entries: Sequence[object]) -> object:
+        return self._Done()
+
+    def wait(self, ticket: object, entries: Sequence[object], *, fail_open: bool = False) -> None:
+        return None
+
+    def record(self, entries: Sequence[object], *, fail_open: bool = False) -> None:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-audit", action="store_true")
+    arguments = parser.parse_args()
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    app = Application(
+        settings,
+        extra_services=((bench_service(), BenchServicer()),),
+        auditor=NoAudit() if arguments.no_audit else None,
+    )
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: app.stop())
+    signal.signal(signal.SIGINT, lambda _signum, _frame: app.stop())
+    app.start()
+    print(app.target, flush=True)
+    app.wait()
+
+
+if __name__ == "__main__":
+    main()
