@@ -41,6 +41,7 @@ from kms.service.reconcile import Reconciler
 from kms.service.scheduler import Periodic, Scheduler
 from kms.service.usage import UsageRecorder
 from kms.store.audit import SqlAuditRepository
+from kms.store.audit_journal import FileAuditJournal
 from kms.store.database import make_engine, upgrade
 from kms.store.policy import SqlPolicyRepository
 from kms.store.repository import SqlKeyRepository
@@ -149,6 +150,10 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     )
     audit_repository = SqlAuditRepository(engine)
     sealer = Pkcs11AuditSealer(pool, clock, settings.pkcs11_label_prefix)
+    audit_log = AuditLog(
+        audit_repository, sealer, clock, FileAuditJournal(settings.data_dir / "audit-journal"),
+        fail_open=settings.audit_fail_open, max_lag=settings.audit_max_lag.total_seconds(),
+    )
     return Services(
         settings=settings,
         clock=clock,
@@ -166,8 +171,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         policy_cache=policy_cache,
         authorizer=authorizer,
         policies=PolicyService(policy_repository, policy_cache, authorizer, clock),
-        audit_log=AuditLog(audit_repository, sealer, clock, fail_open=settings.audit_fail_open),
-        audit=AuditService(audit_repository, sealer, authorizer),
+        audit_log=audit_log,
+        audit=AuditService(audit_repository, sealer, authorizer, audit_log),
     )
 
 

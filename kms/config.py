@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     quota_audit_read: str | None = None
     # When the audit log cannot be written: refuse calls (False, the default) or log and go on.
     audit_fail_open: bool = False
+    # Calls fail closed once audit records have waited this long to reach the chain.
+    audit_max_lag: Duration = timedelta(seconds=5)
 
     shutdown_grace: Duration = timedelta(seconds=10)
     health_interval: Duration = timedelta(seconds=2)

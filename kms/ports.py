@@ -173,9 +173,13 @@ class PolicyRepository(Protocol):
 
 
 class AuditRepository(Protocol):
-    def append(self, entries: Sequence[AuditEntry], sealer: AuditSeal, now: datetime) -> list[AuditRecord]:
-        """Appends ``entries`` to the one chain and seals them with a checkpoint, atomically,
-        after checking that the chain's head is sealed. Raises AuditTampered."""
+    def append(self, entries: Sequence[tuple[str, AuditEntry]], sealer: AuditSeal, now: datetime) -> list[AuditRecord]:
+        """Appends (origin, entry) pairs to the one chain and seals them with a checkpoint,
+        atomically, after checking that the chain's head is sealed. Raises AuditTampered."""
+        ...
+
+    def recorded_origins(self, origins: Sequence[str]) -> set[str]:
+        """Which of ``origins`` the chain holds already."""
         ...
 
     def records(self, **filters: object) -> Iterator[AuditRecord]:
@@ -183,6 +187,25 @@ class AuditRepository(Protocol):
         ...
 
     def checkpoints(self) -> Iterator[Checkpoint]: ...
+
+
+class AuditJournal(Protocol):
+    """Where a replica writes audit entries down before a call's result is released: cheap,
+    and durable against the process being killed (not against power loss)."""
+
+    def append(self, entries: Sequence[AuditEntry]) -> list[str]:
+        """Writes ``entries`` and returns their origins, in order. Raises OSError."""
+        ...
+
+    def recover(self) -> list[tuple[str, AuditEntry]]:
+        """Entries written by a previous process that may not have reached the chain."""
+        ...
+
+    def committed(self, origin: str) -> None:
+        """Everything up to ``origin`` (of its file) is in the chain: its file may go."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class AuditSeal(Protocol):

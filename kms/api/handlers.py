@@ -4,8 +4,8 @@ Handlers are built from the service descriptors instead of the generated ``add_*
 that request bytes are parsed here: grpcio answers a request it cannot deserialize with INTERNAL,
 while a client that sends garbage deserves INVALID_ARGUMENT.
 
-No result leaves before its audit record is durable (kms.service.audit): when the record cannot
-be written the caller gets UNAVAILABLE instead of the result.
+No result leaves before its audit record is written down (kms.service.audit): when the record
+cannot be, the caller gets UNAVAILABLE instead of the result.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID_KEY = "x-request-id"
 RETRY_AFTER_KEY = "retry-after-ms"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_MAX_UNAUDITED_RESULTS = 512  # stream results held back while their audit records are written
 
 RPCS = Counter("kms_rpcs", "RPCs handled, by method and status code", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -54,11 +53,9 @@ class Authenticator(Protocol):
 
 
 class Auditor(Protocol):
-    def submit(self, entries: Sequence[Any]) -> Any: ...
-
-    def wait(self, ticket: Any, entries: Sequence[Any]) -> None: ...
-
-    def record(self, entries: Sequence[Any], *, fail_open: bool = False) -> None: ...
+    def record(self, entries: Sequence[Any], *, fail_open: bool = False) -> None:
+        """Returns once ``entries`` are written down; raises AuditUnavailable otherwise."""
+        ...
 
 
 class InternalError(KmsError):
@@ -168,27 +165,18 @@ class Pipeline:
 
     def bidirectional(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]) -> Callable:
         """For streams whose results answer the requests one for one and in order (StreamReWrap):
-        each result is held back until its own audit record is durable, with up to
-        _MAX_UNAUDITED_RESULTS in flight so the stream is not slowed to one write per item."""
+        each result is released once its own audit record is written down."""
 
         def handle(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             call, error = self._begin(context, name)
             seen: deque[Any] = deque()
-            held: deque[tuple[Any, list, Any]] = deque()
             if error is None:
                 try:
                     for index, result in enumerate(behavior(_parse_each(request_type, raw_requests, seen), call)):
-                        entry = [self._entries.for_item(name, name, call, index, seen.popleft(), result, "rewrapped")]
-                        held.append((self._audit.submit(entry), entry, result))
-                        while held and (held[0][0].done.is_set() or len(held) > _MAX_UNAUDITED_RESULTS):
-                            ticket, entries, ready = held.popleft()
-                            self._audit.wait(ticket, entries)
-                            yield ready
-                    while held:
-                        ticket, entries, ready = held.popleft()
-                        self._audit.wait(ticket, entries)
-                        yield ready
+                        self._audit.record([self._entries.for_item(name, name, call, index, seen.popleft(), result,
+                                                                   "rewrapped")])
+                        yield result
                 except KmsError as exc:
                     error = exc
                 except Exception:

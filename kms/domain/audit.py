@@ -13,7 +13,7 @@ Canonical bytes of record ``seq`` (integers big-endian):
     "kms-audit-v1" || uint64 seq || prev_hash (32 bytes)
     then, each as uint32 length || UTF-8: time (ISO 8601, UTC, microseconds, "Z"), identity,
     rpc, key_id, key_version (decimal), outcome, reason, request_id, peer, context_digest,
-    item (decimal, -1 for the call itself), detail
+    item (decimal, -1 for the call itself), detail, origin
 
 Checkpoint MAC input: "kms-audit-checkpoint-v1" || uint64 seq || hash (32 bytes).
 """
@@ -51,8 +51,12 @@ class AuditEntry:
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
+    """An entry in its place in the chain. ``origin`` names where it was first written down
+    (a replica's journal), which makes replaying a journal idempotent."""
+
     seq: int
     entry: AuditEntry
+    origin: str
     prev_hash: str
     hash: str
 
@@ -69,10 +73,10 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def record_bytes(seq: int, entry: AuditEntry, prev_hash: str) -> bytes:
+def record_bytes(seq: int, entry: AuditEntry, origin: str, prev_hash: str) -> bytes:
     fields = (
         format_time(entry.time), entry.identity, entry.rpc, entry.key_id, str(entry.key_version), entry.outcome,
-        entry.reason, entry.request_id, entry.peer, entry.context_digest, str(entry.item), entry.detail,
+        entry.reason, entry.request_id, entry.peer, entry.context_digest, str(entry.item), entry.detail, origin,
     )
     parts = [_RECORD_TAG, struct.pack(">Q", seq), bytes.fromhex(prev_hash)]
     for value in fields:
@@ -81,16 +85,17 @@ def record_bytes(seq: int, entry: AuditEntry, prev_hash: str) -> bytes:
     return b"".join(parts)
 
 
-def chain_hash(seq: int, entry: AuditEntry, prev_hash: str) -> str:
-    return hashlib.sha256(record_bytes(seq, entry, prev_hash)).hexdigest()
+def chain_hash(seq: int, entry: AuditEntry, origin: str, prev_hash: str) -> str:
+    return hashlib.sha256(record_bytes(seq, entry, origin, prev_hash)).hexdigest()
 
 
-def extend(head_seq: int, head_hash: str, entries: Iterable[AuditEntry]) -> list[AuditRecord]:
+def extend(head_seq: int, head_hash: str, entries: Iterable[tuple[str, AuditEntry]]) -> list[AuditRecord]:
+    """Places (origin, entry) pairs after the head, in order."""
     records = []
-    for offset, entry in enumerate(entries, start=1):
+    for offset, (origin, entry) in enumerate(entries, start=1):
         seq = head_seq + offset
-        digest = chain_hash(seq, entry, head_hash)
-        records.append(AuditRecord(seq, entry, head_hash, digest))
+        digest = chain_hash(seq, entry, origin, head_hash)
+        records.append(AuditRecord(seq, entry, origin, head_hash, digest))
         head_hash = digest
     return records
 
@@ -137,7 +142,7 @@ def verify(
             return fail(record.seq, f"record {record.seq} is out of order")
         if record.prev_hash != previous_hash:
             return fail(record.seq, f"record {record.seq} does not follow record {record.seq - 1} (inserted, removed or reordered)")
-        if chain_hash(record.seq, record.entry, record.prev_hash) != record.hash:
+        if chain_hash(record.seq, record.entry, record.origin, record.prev_hash) != record.hash:
             return fail(record.seq, f"record {record.seq} was changed")
         while checkpoint is not None and checkpoint.seq <= record.seq:
             if checkpoint.seq < record.seq or checkpoint.hash != record.hash:

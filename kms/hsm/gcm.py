@@ -16,7 +16,13 @@ def encrypt(key: pkcs11.SecretKey, iv: bytes, plaintext: bytes, associated_data:
     """Returns the ciphertext followed by the 16-byte tag."""
     if len(iv) != IV_LENGTH:
         raise ValueError("GCM IVs are 96 bits here")
-    return key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data, TAG_BITS))
+    # buffer_size: the exact output, instead of python-pkcs11's 8 KiB allocation per call.
+    return key.encrypt(
+        plaintext,
+        mechanism=Mechanism.AES_GCM,
+        mechanism_param=GCMParams(iv, associated_data, TAG_BITS),
+        buffer_size=len(plaintext) + TAG_BITS // 8,
+    )
 
 
 def decrypt(
@@ -30,6 +36,11 @@ def decrypt(
     if len(iv) != IV_LENGTH or len(sealed) < TAG_BITS // 8:
         raise InvalidCiphertext()
     try:
-        return key.decrypt(sealed, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data, TAG_BITS))
+        return key.decrypt(
+            sealed,
+            mechanism=Mechanism.AES_GCM,
+            mechanism_param=GCMParams(iv, associated_data, TAG_BITS),
+            buffer_size=max(1, len(sealed) - TAG_BITS // 8),
+        )
     except auth_failures:
         raise InvalidCiphertext() from None

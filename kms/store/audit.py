@@ -21,7 +21,7 @@ class _DriverSql:
     """The append path's statements in the driver's own parameter style."""
 
     _COLUMNS = ("seq", "time", "identity", "rpc", "key_id", "key_version", "outcome", "reason", "request_id",
-                "peer", "context_digest", "item", "detail", "prev_hash", "hash")
+                "peer", "context_digest", "item", "detail", "origin", "prev_hash", "hash")
 
     def __init__(self, engine: Engine) -> None:
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
@@ -43,7 +43,7 @@ class _DriverSql:
     def record_row(self, record: AuditRecord) -> tuple:
         e = record.entry
         return (record.seq, self.time(e.time), e.identity, e.rpc, e.key_id, e.key_version, e.outcome, e.reason,
-                e.request_id, e.peer, e.context_digest, e.item, e.detail, record.prev_hash, record.hash)
+                e.request_id, e.peer, e.context_digest, e.item, e.detail, record.origin, record.prev_hash, record.hash)
 
 
 class SqlAuditRepository:
@@ -52,7 +52,7 @@ class SqlAuditRepository:
         self._sql = _DriverSql(engine)
         self._last_written: tuple[int, str] | None = None
 
-    def append(self, entries: Sequence[AuditEntry], sealer: AuditSeal, now: datetime) -> list[AuditRecord]:
+    def append(self, entries: Sequence[tuple[str, AuditEntry]], sealer: AuditSeal, now: datetime) -> list[AuditRecord]:
         """Appends ``entries`` after the current head and seals them with a checkpoint, in one
         transaction that holds the head's lock (so concurrent replicas extend one chain).
 
@@ -112,6 +112,16 @@ class SqlAuditRepository:
                 return
             after_seq = rows[-1].seq
 
+    def recorded_origins(self, origins: Sequence[str]) -> set[str]:
+        """Which of ``origins`` are in the chain already."""
+        table = AuditRecordRow.__table__
+        found: set[str] = set()
+        with database_errors(), self._engine.connect() as connection:
+            for start in range(0, len(origins), 500):
+                chunk = list(origins[start : start + 500])
+                found.update(connection.execute(select(table.c.origin).where(table.c.origin.in_(chunk))).scalars())
+        return found
+
     def checkpoints(self) -> Iterator[Checkpoint]:
         table = AuditCheckpointRow.__table__
         after = -1
@@ -140,4 +150,4 @@ def _record(row) -> AuditRecord:  # noqa: ANN001 - a SQLAlchemy Row
         item=row.item,
         detail=row.detail,
     )
-    return AuditRecord(row.seq, entry, row.prev_hash, row.hash)
+    return AuditRecord(row.seq, entry, row.origin, row.prev_hash, row.hash)

@@ -114,6 +114,9 @@ class AuditRecordRow(Base):
     context_digest: Mapped[str] = mapped_column(String(64))
     item: Mapped[int] = mapped_column(Integer)
     detail: Mapped[str] = mapped_column(String(512))
+    # Where the record was first written down: "<journal file id>:<n>", so that replaying a
+    # replica's journal after a crash never adds a record twice.
+    origin: Mapped[str] = mapped_column(String(64), unique=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
 

@@ -55,6 +55,25 @@ _START_DELAY = 0.25  # between handing out a run and its first call, so every ca
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for mutual TLS: the CA that signed the server, and the client's certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes())
+
+
+def open_channel(target: str, tls: TlsFiles | None, aio: bool = False):  # noqa: ANN201 - sync or aio channel
+    module = grpc.aio if aio else grpc
+    if tls is None:
+        return module.insecure_channel(target)
+    return module.secure_channel(target, tls.credentials())
+
+
+@dataclass(frozen=True)
 class Rpc:
     """A unary method (``/package.Service/Method``) and serialized requests, sent in turn."""
 
@@ -254,7 +273,10 @@ class BenchServer:
         env: Mapping[str, str] | None = None,
         launcher: Path = LAUNCHER,
         launcher_args: Sequence[str] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
+        """``tls``: the client files to reach a server configured (through ``env``) for mutual TLS."""
+        self.tls = tls
         self._database_prefix = database_url
         self._env = dict(env or {})
         self._launcher = launcher
@@ -313,7 +335,7 @@ class BenchServer:
 
     def _wait_serving(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
+        with open_channel(self.target, self.tls) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
@@ -389,14 +411,16 @@ class LoadGenerator:
     says how busy the server and the client processes were.
     """
 
-    def __init__(self, target: str, processes: int = 2, *, server_pid: int | None = None) -> None:
+    def __init__(
+        self, target: str, processes: int = 2, *, server_pid: int | None = None, tls: TlsFiles | None = None
+    ) -> None:
         self._server_pid = server_pid
         context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
         try:
             for _ in range(processes):
                 mine, theirs = context.Pipe()
-                worker = context.Process(target=_client_process, args=(target, theirs), daemon=True)
+                worker = context.Process(target=_client_process, args=(target, theirs, tls), daemon=True)
                 worker.start()
                 self._workers.append((worker, mine))
             for _, connection in self._workers:
@@ -451,13 +475,13 @@ class LoadGenerator:
         self._workers = []
 
 
-def _client_process(target: str, connection: Connection) -> None:
-    asyncio.run(_serve_jobs(target, connection))
+def _client_process(target: str, connection: Connection, tls: TlsFiles | None = None) -> None:
+    asyncio.run(_serve_jobs(target, connection, tls))
 
 
-async def _serve_jobs(target: str, connection: Connection) -> None:
+async def _serve_jobs(target: str, connection: Connection, tls: TlsFiles | None) -> None:
     loop = asyncio.get_running_loop()
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_channel(target, tls, aio=True) as channel:
         await channel.channel_ready()
         connection.send("ready")
         while (job := await loop.run_in_executor(None, connection.recv)) is not None:

@@ -52,18 +52,6 @@ class BenchServicer:
 class NoAudit:
     """Records nothing: only for measuring what the audit log costs."""
 
-    class _Done:
-        class done:
-            @staticmethod
-            def is_set() -> bool:
-                return True
-
-    def submit(self, entries: Sequence[object]) -> object:
-        return self._Done()
-
-    def wait(self, ticket: object, entries: Sequence[object], *, fail_open: bool = False) -> None:
-        return None
-
     def record(self, entries: Sequence[object], *, fail_open: bool = False) -> None:
         return None
 

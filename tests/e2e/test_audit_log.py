@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -32,6 +35,7 @@ def audited(server_on_each_database):
 
 
 def _sql(app, statement: str, **params) -> None:
+    app.services.audit_log.flush()  # tamper with a settled chain, not one the writer is extending
     with app.services.engine.begin() as connection:
         connection.execute(text(statement), params)
 
@@ -62,11 +66,13 @@ def test_every_call_and_every_batch_item_is_recorded_without_secrets(audited):
 
 
 def _last_seq(app) -> int:
+    app.services.audit_log.flush()
     with app.services.engine.connect() as connection:
         return connection.execute(text("SELECT max(seq) FROM audit_records")).scalar()
 
 
 def _record(app, seq: int):
+    app.services.audit_log.flush()
     table = AuditRecordRow.__table__
     with app.services.engine.connect() as connection:
         return connection.execute(select(table).where(table.c.seq == seq)).one()
@@ -99,8 +105,9 @@ def test_reordered_records_are_found_and_located(audited):
     third, fourth = _record(app, 3), _record(app, 4)
     columns = [c for c in third._fields if c != "seq"]
     swap = ", ".join(f"{c} = :{c}" for c in columns)
-    _sql(app, f"UPDATE audit_records SET {swap} WHERE seq = 3", **{c: getattr(fourth, c) for c in columns})
+    _sql(app, "UPDATE audit_records SET origin = 'moving' WHERE seq = 3")  # origins are unique
     _sql(app, f"UPDATE audit_records SET {swap} WHERE seq = 4", **{c: getattr(third, c) for c in columns})
+    _sql(app, f"UPDATE audit_records SET {swap} WHERE seq = 3", **{c: getattr(fourth, c) for c in columns})
     result = client.verify_audit_log()
     assert (result.problem_seq, result.problem) == (3, "record 3 does not follow record 2 (inserted, removed or reordered)")
 
@@ -117,15 +124,20 @@ def test_an_inserted_record_is_found_even_with_a_valid_hash(audited):
             AuditRecordRow.__table__.insert(),
             {"seq": seq, "time": forged.time, "identity": forged.identity, "rpc": forged.rpc, "key_id": "orders",
              "key_version": 1, "outcome": "OK", "reason": "", "request_id": "", "peer": "", "context_digest": "",
-             "item": -1, "detail": "", "prev_hash": last.hash, "hash": chain_hash(seq, forged, last.hash)},
+             "item": -1, "detail": "", "origin": "forged:1", "prev_hash": last.hash,
+             "hash": chain_hash(seq, forged, "forged:1", last.hash)},
         )
-        connection.execute(text("UPDATE audit_head SET seq = :s, hash = :h"), {"s": seq, "h": chain_hash(seq, forged, last.hash)})
+        connection.execute(text("UPDATE audit_head SET seq = :s, hash = :h"),
+                           {"s": seq, "h": chain_hash(seq, forged, "forged:1", last.hash)})
     result = client.verify_audit_log()
     assert not result.intact
     assert result.problem_seq == seq and "not sealed by any checkpoint" in result.problem
-    # The service will not extend a chain whose head it did not seal: that would seal the forgery.
+    # The service will not extend a chain whose head it did not seal (that would seal the
+    # forgery): as soon as its writer sees the head, calls fail closed.
     with pytest.raises(kms_client.Unavailable, match="audit log cannot be written"):
-        client.generate_data_key("orders", CONTEXT)
+        for _ in range(1000):
+            client.generate_data_key("orders", CONTEXT)
+            time.sleep(0.01)
 
 
 def test_a_rewritten_stretch_of_the_chain_is_found_by_its_checkpoint(audited):
@@ -140,27 +152,67 @@ def test_a_rewritten_stretch_of_the_chain_is_found_by_its_checkpoint(audited):
             key_id=row.key_id, key_version=row.key_version, reason=row.reason, request_id=row.request_id,
             peer=row.peer, context_digest=row.context_digest, item=row.item, detail=row.detail,
         )
-        digest = chain_hash(seq, entry, previous)
+        digest = chain_hash(seq, entry, row.origin, previous)
         _sql(app, "UPDATE audit_records SET identity = :i, prev_hash = :p, hash = :h WHERE seq = :s",
              i=entry.identity, p=previous, h=digest, s=seq)
         previous = digest
     result = client.verify_audit_log()
-    assert not result.intact and result.problem_seq == 3 and "do not match their checkpoint" in result.problem
+    assert not result.intact and "do not match their checkpoint (rewritten)" in result.problem
+    first, last = map(int, result.problem.split()[1].split("-"))  # "records A-B do not match ..."
+    assert first <= 3 <= last == result.problem_seq
 
 
-def test_when_records_cannot_be_written_no_result_is_released(server_on_each_database):
-    app = server_on_each_database
+def test_when_the_chain_cannot_be_written_calls_fail_closed_and_no_record_is_lost(settings):
+    """The database refuses audit records: calls go on only while the records wait in the
+    journal for less than KMS_AUDIT_MAX_LAG, then fail closed; once the database accepts them
+    again, every record journaled meanwhile reaches the chain."""
+    from tests.support.fixtures import _running
+
+    app = _running(settings.model_copy(update={"audit_max_lag": timedelta(seconds=0.3)}))
     dialect = app.services.engine.dialect.name
-    with kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
+    try:
+        with kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
+            client.create_key("orders")
+            _make_audit_unwritable(app, dialect)
+            answered = 0
+            try:
+                deadline = time.monotonic() + 30
+                with pytest.raises(kms_client.Unavailable, match="audit log cannot be written"):
+                    while time.monotonic() < deadline:
+                        client.generate_data_key("orders", CONTEXT)
+                        answered += 1
+                with pytest.raises(kms_client.Unavailable):
+                    client.create_key("another")
+            finally:
+                _make_audit_writable(app, dialect)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    client.generate_data_key("orders", CONTEXT)
+                    break
+                except kms_client.Unavailable:
+                    time.sleep(0.05)  # the writer is backing off; it retries within two seconds
+            issued = [e for e in client.audit_events() if e.rpc == "GenerateDataKey" and e.outcome == "OK"]
+            assert len(issued) == answered + 1  # none of the answered calls lost its record
+            assert client.verify_audit_log().intact
+    finally:
+        app.stop(grace=1)
+
+
+def test_when_the_journal_cannot_be_written_no_result_is_released(server):
+    """The journal's next file cannot be created (as on a full disk; here: a directory where no
+    file can be created, even by root): the result is withheld at once."""
+    with kms_client.KmsClient(server.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
         client.create_key("orders")
-        _make_audit_unwritable(app, dialect)
+        journal = server.services.audit_log._journal
+        client.generate_data_key("orders", CONTEXT)
+        directory, journal._directory = journal._directory, Path("/proc/self")
+        journal._current.size = len(journal._current.mapping)  # the current file is full
         try:
             with pytest.raises(kms_client.Unavailable, match="audit log cannot be written"):
                 client.generate_data_key("orders", CONTEXT)
-            with pytest.raises(kms_client.Unavailable):
-                client.create_key("another")
         finally:
-            _make_audit_writable(app, dialect)
+            journal._directory = directory
         assert client.generate_data_key("orders", CONTEXT).key_id == "orders"
         assert client.verify_audit_log().intact
 
@@ -168,18 +220,27 @@ def test_when_records_cannot_be_written_no_result_is_released(server_on_each_dat
 def test_fail_open_logs_the_records_instead(settings, caplog):
     from tests.support.fixtures import _running
 
-    app = _running(settings.model_copy(update={"audit_fail_open": True}))
+    app = _running(settings.model_copy(update={"audit_fail_open": True, "audit_max_lag": timedelta(seconds=0.2)}))
     try:
         dialect = app.services.engine.dialect.name
         with kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
             client.create_key("orders")
             _make_audit_unwritable(app, dialect)
-            with caplog.at_level(logging.ERROR, logger="kms.service.audit"):
-                assert client.generate_data_key("orders", CONTEXT).key_id == "orders"
-            _make_audit_writable(app, dialect)
-        assert any(r.getMessage() == "audit record not stored (fail-open)" for r in caplog.records)
+            try:
+                with caplog.at_level(logging.ERROR, logger="kms.service.audit"):
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline and not _logged_instead(caplog):
+                        assert client.generate_data_key("orders", CONTEXT).key_id == "orders"
+                        time.sleep(0.02)
+            finally:
+                _make_audit_writable(app, dialect)
+        assert _logged_instead(caplog)
     finally:
         app.stop(grace=1)
+
+
+def _logged_instead(caplog) -> bool:
+    return any(r.getMessage() == "audit record not stored (fail-open)" for r in caplog.records)
 
 
 def _make_audit_unwritable(app, dialect: str) -> None:

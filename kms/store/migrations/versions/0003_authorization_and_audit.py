@@ -44,9 +44,11 @@ def upgrade() -> None:
     sa.Column('context_digest', sa.String(length=64), nullable=False),
     sa.Column('item', sa.Integer(), nullable=False),
     sa.Column('detail', sa.String(length=512), nullable=False),
+    sa.Column('origin', sa.String(length=64), nullable=False),
     sa.Column('prev_hash', sa.String(length=64), nullable=False),
     sa.Column('hash', sa.String(length=64), nullable=False),
-    sa.PrimaryKeyConstraint('seq', name=op.f('pk_audit_records'))
+    sa.PrimaryKeyConstraint('seq', name=op.f('pk_audit_records')),
+    sa.UniqueConstraint('origin', name=op.f('uq_audit_records_origin'))
     )
     with op.batch_alter_table('audit_records', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_records_identity'), ['identity'], unique=False)
