@@ -76,6 +76,19 @@ class MasterKeyStore(Protocol):
         verify, KeyMaterialMissing when the HSM has no object for the version."""
         ...
 
+    def rewrap(
+        self,
+        source: KeyVersion,
+        iv: bytes,
+        sealed: bytes,
+        source_associated_data: bytes,
+        destination: KeyVersion,
+        destination_associated_data: bytes,
+    ) -> tuple[bytes, bytes]:
+        """decrypt under ``source`` then encrypt under ``destination`` (fresh IV), in one step:
+        the data key is never handed back to the caller. Raises as decrypt and encrypt do."""
+        ...
+
     def destroy(self, master_key_id: str) -> None:
         """Destroys the object. Succeeds when it is already gone."""
         ...

@@ -83,7 +83,6 @@ _PER_METHOD: dict[str, Callable[[Any, Any], Fields]] = {
     "GenerateDataKeyWithoutPlaintext": _data_key,
     "Decrypt": _decrypt,
     "ReWrap": _rewrap,
-    "StreamReWrap": _rewrap,
     "CreateKey": _key,
     "RotateKey": _key,
     "GetKey": lambda request, response: {"key_id": request.key_id},
@@ -105,6 +104,7 @@ _BATCHES = {
     "BatchGenerateDataKey": ("GenerateDataKey", "data_key"),
     "BatchDecrypt": ("Decrypt", "data_key"),
     "BatchReWrap": ("ReWrap", "rewrapped"),
+    "StreamReWrap": ("ReWrap", "rewrapped"),  # per message, as BatchReWrap
 }
 
 
@@ -112,13 +112,20 @@ class AuditEntries:
     def __init__(self, now: Callable[[], datetime]) -> None:
         self._now = now
 
-    def for_call(self, method: str, call: Call, request: Any, response: Any, error: KmsError | None) -> list[AuditEntry]:
+    def for_call(
+        self, method: str, call: Call, request: Any, response: Any, error: KmsError | None, first_item: int = 0
+    ) -> list[AuditEntry]:
+        """The call's records; a batch (or a stream message, whose items are numbered from
+        ``first_item``) has one per item."""
         batch = _BATCHES.get(method)
         if batch is not None and error is None and request is not None and response is not None:
             item_method, success = batch
+            if len(response.results) != len(request.requests):  # a message refused as a whole
+                failed = response.results[0]
+                return [self.for_item(method, item_method, call, first_item, None, failed, success)]
             return [
-                self.for_item(method, item_method, call, index, item, result, success)
-                for index, (item, result) in enumerate(zip(request.requests, response.results, strict=False))
+                self.for_item(method, item_method, call, first_item + index, item, result, success)
+                for index, (item, result) in enumerate(zip(request.requests, response.results, strict=True))
             ]
         fields = _safe_fields(method, request, response if error is None else None)
         return [self._entry(call, method, error.code if error else "OK", error.reason if error else "", fields)]

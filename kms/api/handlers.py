@@ -164,19 +164,23 @@ class Pipeline:
         return handle
 
     def bidirectional(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]) -> Callable:
-        """For streams whose results answer the requests one for one and in order (StreamReWrap):
-        each result is released once its own audit record is written down."""
+        """For streams whose response messages answer the request messages one for one and in
+        order (StreamReWrap): each response is released once its items' audit records are
+        written down."""
 
         def handle(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             call, error = self._begin(context, name)
             seen: deque[Any] = deque()
+            items = 0
             if error is None:
                 try:
-                    for index, result in enumerate(behavior(_parse_each(request_type, raw_requests, seen), call)):
-                        self._audit.record([self._entries.for_item(name, name, call, index, seen.popleft(), result,
-                                                                   "rewrapped")])
-                        yield result
+                    for response in behavior(_parse_each(request_type, raw_requests, seen), call):
+                        request = seen.popleft()
+                        self._audit.record(self._entries.for_call(name, call, request, response, None, items))
+                        items += len(response.results)
+                        call.check_deadline()
+                        yield response
                 except KmsError as exc:
                     error = exc
                 except Exception:
@@ -242,7 +246,7 @@ def _parse_each(request_type: Any, raw_requests: Iterator[bytes], seen: deque) -
             request = _parse(request_type, raw)
         except MalformedRequest as error:
             request = error
-        seen.append(None if isinstance(request, KmsError) else request)
+        seen.append(request_type() if isinstance(request, KmsError) else request)
         yield request
 
 

@@ -135,18 +135,17 @@ class KeyManagementServicer:
         )
         return pb.BatchReWrapResponse(results=[_rewrap_result(r) for r in results])
 
-    def StreamReWrap(self, requests: Iterable[pb.ReWrapRequest | KmsError], call: Call) -> Iterator[pb.ReWrapResult]:
+    def StreamReWrap(
+        self, requests: Iterable[pb.BatchReWrapRequest | KmsError], call: Call
+    ) -> Iterator[pb.BatchReWrapResponse]:
         for request in requests:
-            call.check_deadline()
             if isinstance(request, KmsError):
-                yield _rewrap_result(request)
+                yield pb.BatchReWrapResponse(results=[_rewrap_result(request)])
                 continue
             try:
-                result = self._rewrap(request, call)
-            except KmsError as error:
-                yield _rewrap_result(error)
-            else:
-                yield _rewrap_result(result)
+                yield self.BatchReWrap(request, call)
+            except KmsError as error:  # the message as a whole (too many items): one error result
+                yield pb.BatchReWrapResponse(results=[_rewrap_result(error)])
 
     def _rewrap(self, request: pb.ReWrapRequest, call: Call):  # noqa: ANN202
         return self._data_keys.rewrap(call, request.wrapped_key, request.encryption_context, request.destination_key_id)

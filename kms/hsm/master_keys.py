@@ -167,6 +167,24 @@ class Pkcs11MasterKeyStore:
         failures = self.quirks.gcm_auth_failures
         return self._with_key(version, lambda key: gcm.decrypt(key, iv, sealed, associated_data, failures))
 
+    def rewrap(
+        self,
+        source: KeyVersion,
+        iv: bytes,
+        sealed: bytes,
+        source_associated_data: bytes,
+        destination: KeyVersion,
+        destination_associated_data: bytes,
+    ) -> tuple[bytes, bytes]:
+        failures = self.quirks.gcm_auth_failures
+        new_iv = self._random_bytes(gcm.IV_LENGTH)
+
+        def unwrap_and_wrap(keys: list[pkcs11.SecretKey]) -> bytes:
+            data_key = gcm.decrypt(keys[0], iv, sealed, source_associated_data, failures)
+            return gcm.encrypt(keys[1], new_iv, data_key, destination_associated_data)
+
+        return new_iv, self._with_keys((source, destination), unwrap_and_wrap)
+
     def destroy(self, master_key_id: str) -> None:
         object_id = bytes.fromhex(master_key_id)
 
@@ -189,29 +207,37 @@ class Pkcs11MasterKeyStore:
     # -- internals ---------------------------------------------------------------------
 
     def _with_key(self, version: KeyVersion, use: Callable[[pkcs11.SecretKey], T]) -> T:
-        object_id = bytes.fromhex(version.master_key_id)
+        return self._with_keys((version,), lambda keys: use(keys[0]))
 
-        def with_cached_key(pooled: PooledSession) -> T | _Miss:
-            key = pooled.cached_key(object_id)
-            if key is None:
+    def _with_keys(self, versions: tuple[KeyVersion, ...], use: Callable[[list[pkcs11.SecretKey]], T]) -> T:
+        """Runs ``use`` with the versions' key objects, all on one borrowed session."""
+        object_ids = [bytes.fromhex(v.master_key_id) for v in versions]
+
+        def with_cached_keys(pooled: PooledSession) -> T | _Miss:
+            keys = [pooled.cached_key(object_id) for object_id in object_ids]
+            if None in keys:
                 return _MISS
             try:
-                return use(key)
+                return use(keys)  # type: ignore[arg-type]
             except (p11.ObjectHandleInvalid, p11.KeyHandleInvalid):
-                pooled.forget(object_id)  # destroyed or re-created since it was found
+                for object_id in object_ids:
+                    pooled.forget(object_id)  # destroyed or re-created since it was found
                 return _MISS
 
-        def with_found_key(pooled: PooledSession) -> T:
-            key = pooled.key(object_id)
-            if key is None:
-                raise KeyMaterialMissing(version.key_id, version.version)
-            return use(key)
+        def with_found_keys(pooled: PooledSession) -> T:
+            keys = []
+            for version, object_id in zip(versions, object_ids, strict=True):
+                key = pooled.key(object_id)
+                if key is None:
+                    raise KeyMaterialMissing(version.key_id, version.version)
+                keys.append(key)
+            return use(keys)
 
-        result = self._pool.run(with_cached_key)
+        result = self._pool.run(with_cached_keys)
         if not isinstance(result, _Miss):
             return result
         with self._objects.shared():  # see SessionPool.objects
-            return self._pool.run(with_found_key)
+            return self._pool.run(with_found_keys)
 
     def _describe_all(self, objects: list[pkcs11.Object]) -> list[MasterKeyObject]:
         described = []

@@ -106,20 +106,29 @@ class DataKeyService:
         """Moves the data key to the primary version of its key (or of ``destination_key_id``).
 
         The input is returned unchanged when it is already there, after it has been checked to
-        open with ``context``: re-wrapping never vouches for a wrapped key it did not open.
+        open with ``context``: re-wrapping never vouches for a wrapped key it did not open. The
+        data key is unwrapped and wrapped again inside the HSM adapter and never reaches this
+        layer.
         """
         if destination_key_id:
             validate_key_id(destination_key_id)
         parsed, version, encoded_context = self._resolve(call, Permission.REWRAP, wrapped, context)
         if destination_key_id and destination_key_id != version.key_id:
             self._authorizer.require(call, Permission.REWRAP, destination_key_id, context)
-        source = self._open(parsed, version, encoded_context, wrapped)
-        destination = self._cache.get(destination_key_id or source.key_id).primary_for_encrypt()
-        if (destination.key_id, destination.version) == (source.key_id, source.key_version):
+        destination = self._cache.get(destination_key_id or version.key_id).primary_for_encrypt()
+        if (destination.key_id, destination.version) == (version.key_id, version.version):
+            self._open(parsed, version, encoded_context, wrapped)  # must still open
             result = wrapped
         else:
-            result = self._wrap(destination, source.plaintext, encoded_context)
-        return Rewrapped(destination.key_id, destination.version, source.key_id, source.key_version, result)
+            header = WrappedKeyHeader(destination.key_id, destination.version)
+            iv, sealed = self._master_keys.rewrap(
+                version, parsed.iv, parsed.sealed, parsed.header.associated_data(encoded_context),
+                destination, header.associated_data(encoded_context),
+            )
+            self._usage.unwrapped(version)
+            self._usage.wrapped(destination)
+            result = WrappedKey(header, iv, sealed).encode()
+        return Rewrapped(destination.key_id, destination.version, version.key_id, version.version, result)
 
     # -- batches -----------------------------------------------------------------------
 

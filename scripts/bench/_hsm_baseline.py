@@ -31,12 +31,17 @@ def measure_wrap(
     thread_counts: Sequence[int],
     duration: float,
     warmup: float = 1.0,
+    *,
+    unwrap_from: str | None = None,
 ) -> list[Measurement]:
     """One measurement per thread count, named ``raw HSM wrap``. ``object_id`` is the master
-    key's CKA_ID in hexadecimal (KeyVersion.hsm_object_id)."""
+    key's CKA_ID in hexadecimal (KeyVersion.hsm_object_id). With ``unwrap_from`` (another
+    master key's CKA_ID), each call first unwraps a data key under that key, then wraps it
+    under ``object_id``: a re-wrap as the HSM sees it, named ``raw HSM unwrap+wrap``."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
         return child.submit(
-            _measure_in_child, data_dir, object_id, associated_data, tuple(thread_counts), duration, warmup
+            _measure_in_child, data_dir, object_id, associated_data, tuple(thread_counts), duration, warmup,
+            unwrap_from,
         ).result()
 
 
@@ -47,6 +52,7 @@ def _measure_in_child(
     thread_counts: tuple[int, ...],
     duration: float,
     warmup: float,
+    unwrap_from: str | None,
 ) -> list[Measurement]:
     import pkcs11
     from pkcs11 import Mechanism, ObjectClass
@@ -66,7 +72,18 @@ def _measure_in_child(
             parameters = GCMParams(os.urandom(12), associated_data, GCM_TAG_BITS)
             return key.encrypt(DATA_KEY, mechanism=Mechanism.AES_GCM, mechanism_param=parameters)
 
-        return wrap
+        if unwrap_from is None:
+            return wrap
+        source = session.get_key(object_class=ObjectClass.SECRET_KEY, id=bytes.fromhex(unwrap_from))
+        iv = os.urandom(12)
+        sealed = source.encrypt(DATA_KEY, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data))
+
+        def unwrap_and_wrap() -> bytes:
+            data_key = source.decrypt(sealed, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data))
+            parameters = GCMParams(os.urandom(12), associated_data, GCM_TAG_BITS)
+            return key.encrypt(data_key, mechanism=Mechanism.AES_GCM, mechanism_param=parameters)
+
+        return unwrap_and_wrap
 
     results = []
     # The login belongs to the process and the other sessions share it; it lasts as long as the
@@ -76,5 +93,6 @@ def _measure_in_child(
             while len(sessions) < threads:
                 sessions.append(token.open())
             operations = [wrapper(session) for session in sessions[:threads]]
-            results.append(run_threads("raw HSM wrap", operations, duration, warmup))
+            name = "raw HSM wrap" if unwrap_from is None else "raw HSM unwrap+wrap"
+            results.append(run_threads(name, operations, duration, warmup))
     return results

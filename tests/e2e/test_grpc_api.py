@@ -97,16 +97,31 @@ def test_undecodable_requests_are_invalid_argument_not_internal(server, method, 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_a_malformed_item_in_the_stream_fails_alone(server, client):
+def test_a_malformed_message_in_the_stream_fails_alone(server, client):
     client.create_key("orders")
     good = client.generate_data_key("orders", {}).wrapped_key
     channel = grpc.insecure_channel(server.target)
-    stream = channel.stream_stream(f"/{SERVICE_NAME}/StreamReWrap", response_deserializer=pb.ReWrapResult.FromString)
-    requests = [pb.ReWrapRequest(wrapped_key=good).SerializeToString(), b"\xff\xff", pb.ReWrapRequest(wrapped_key=good).SerializeToString()]
+    stream = channel.stream_stream(
+        f"/{SERVICE_NAME}/StreamReWrap", response_deserializer=pb.BatchReWrapResponse.FromString
+    )
+    batch = pb.BatchReWrapRequest(requests=[pb.ReWrapRequest(wrapped_key=good), pb.ReWrapRequest(wrapped_key=b"x")])
+    requests = [batch.SerializeToString(), b"\xff\xff", batch.SerializeToString()]
     with channel:
-        results = list(stream(iter(requests), timeout=10))
-    assert [r.WhichOneof("outcome") for r in results] == ["rewrapped", "error", "rewrapped"]
-    assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        responses = list(stream(iter(requests), timeout=10))
+    outcomes = [[r.WhichOneof("outcome") for r in response.results] for response in responses]
+    assert outcomes == [["rewrapped", "error"], ["error"], ["rewrapped", "error"]]
+    assert responses[1].results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+def test_the_stream_carries_any_number_of_items_in_order(client):
+    client.create_key("orders")
+    issued = client.generate_data_keys([("orders", {"n": str(n)}) for n in range(1000)])
+    client.rotate_key("orders")
+    items = [(d.wrapped_key, {"n": str(n)}) for n, d in enumerate(issued)] * 3
+    results = list(client.stream_rewrap(iter(items), items_per_message=128))
+    assert len(results) == 3000 and all(r.key_version == 2 for r in results)
+    opened = client.decrypt_data_keys([(r.wrapped_key, {"n": str(n % 1000)}) for n, r in enumerate(results[:1000])])
+    assert [o.plaintext for o in opened] == [d.plaintext for d in issued]
 
 
 def test_health_reports_serving_and_reflection_lists_the_service(server):

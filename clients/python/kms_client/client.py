@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -212,23 +213,33 @@ class KmsClient(AdminMixin):
 
     def stream_rewrap(
         self, requests: Iterable[tuple[bytes, Mapping[str, str]]], *, destination_key_id: str = "",
-        timeout: float | None = None,
+        timeout: float | None = None, items_per_message: int = 500,
     ) -> Iterator[Rewrapped | KmsError]:
-        """StreamReWrap: results in request order, each a Rewrapped or that item's error.
+        """StreamReWrap: one result per (wrapped key, context), in order, each a Rewrapped or
+        that item's error.
 
-        Requests are consumed lazily as the stream's flow control allows, so any number can be
-        sent in bounded memory. Not retried (the stream may have been partly processed).
+        Items go out in messages of ``items_per_message`` (at most 1000), read lazily from
+        ``requests`` as the stream's flow control allows, so any number can be sent in bounded
+        memory. Not retried (the stream may have been partly processed).
         """
-        messages = (
-            pb.ReWrapRequest(wrapped_key=w, encryption_context=c, destination_key_id=destination_key_id)
-            for w, c in requests
-        )
+        if not 1 <= items_per_message <= 1000:
+            raise ValueError("items_per_message must be 1 to 1000")
+        items = iter(requests)
+
+        def messages() -> Iterator[pb.BatchReWrapRequest]:
+            while chunk := list(itertools.islice(items, items_per_message)):
+                yield pb.BatchReWrapRequest(requests=[
+                    pb.ReWrapRequest(wrapped_key=w, encryption_context=c, destination_key_id=destination_key_id)
+                    for w, c in chunk
+                ])
+
         responses = self._stub.StreamReWrap(
-            messages, timeout=timeout or None, metadata=(("x-request-id", uuid.uuid4().hex),)
+            messages(), timeout=timeout or None, metadata=(("x-request-id", uuid.uuid4().hex),)
         )
         try:
-            for result in responses:
-                yield _rewrap_result(result)
+            for response in responses:
+                for result in response.results:
+                    yield _rewrap_result(result)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 

@@ -121,8 +121,8 @@ class KeyManagementServiceStub:
                 _registered_method=True)
         self.StreamReWrap = channel.stream_stream(
                 '/kms.v1.KeyManagementService/StreamReWrap',
-                request_serializer=kms_dot_v1_dot_kms__pb2.ReWrapRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.ReWrapResult.FromString,
+                request_serializer=kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
+                response_deserializer=kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
                 _registered_method=True)
 
 
@@ -276,10 +276,13 @@ class KeyManagementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamReWrap(self, request_iterator, context):
-        """ReWrap over a stream: one result per request, in request order, each
-        with its own status, so one bad item never ends the stream. Results flow
-        back while requests are still arriving; HTTP/2 flow control bounds what
-        is in flight. Nothing is stored.
+        """ReWrap over a stream, for corpora of any size. Each request message
+        carries up to 1000 items; each response message answers the request
+        message at the same position, item for item and in order, every item with
+        its own status, so one bad item never ends the stream (a message that does
+        not parse gets one error result). Results flow back while requests are
+        still arriving; HTTP/2 flow control bounds what is in flight, so a client
+        sends any number of items in bounded memory. Nothing is stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -375,8 +378,8 @@ def add_KeyManagementServiceServicer_to_server(servicer, server):
             ),
             'StreamReWrap': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamReWrap,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.ReWrapRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.ReWrapResult.SerializeToString,
+                    request_deserializer=kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.FromString,
+                    response_serializer=kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -863,8 +866,8 @@ class KeyManagementService:
             request_iterator,
             target,
             '/kms.v1.KeyManagementService/StreamReWrap',
-            kms_dot_v1_dot_kms__pb2.ReWrapRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.ReWrapResult.FromString,
+            kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
+            kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
             options,
             channel_credentials,
             insecure,
