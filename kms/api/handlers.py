@@ -166,7 +166,8 @@ class Pipeline:
     def bidirectional(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]) -> Callable:
         """For streams whose response messages answer the request messages one for one and in
         order (StreamReWrap): each response is released once its items' audit records are
-        written down."""
+        written down. The call itself gets a record too when it carried no item or ended in
+        an error (refused, deadline exceeded, audit unavailable), so every call leaves a trace."""
 
         def handle(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
@@ -185,7 +186,7 @@ class Pipeline:
                     error = exc
                 except Exception:
                     error = _internal(name, call)
-            else:
+            if error is not None or not items:
                 error = self._audited(name, call, None, None, error)
             _record(name, error, started)
             if error is not None:

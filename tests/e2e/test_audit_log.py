@@ -65,6 +65,19 @@ def test_every_call_and_every_batch_item_is_recorded_without_secrets(audited):
     assert client.verify_audit_log().intact
 
 
+def test_stream_items_are_recorded_and_a_stream_without_items_still_leaves_a_record(audited):
+    app, client, issued = audited
+    results = list(client.stream_rewrap([(issued[1].wrapped_key, CONTEXT), (b"junk", {})]))
+    assert len(results) == 2
+    assert list(client.stream_rewrap([])) == []
+    streamed = [(e.rpc, e.item, e.outcome, e.key_id) for e in client.audit_events() if e.rpc == "StreamReWrap"]
+    assert streamed == [
+        ("StreamReWrap", 0, "OK", "orders"),
+        ("StreamReWrap", 1, "INVALID_ARGUMENT", ""),
+        ("StreamReWrap", -1, "OK", ""),  # the empty stream: the call itself
+    ]
+
+
 def _last_seq(app) -> int:
     app.services.audit_log.flush()
     with app.services.engine.connect() as connection:
