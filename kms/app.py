@@ -118,7 +118,9 @@ def quota_limits(settings: Settings) -> dict[Permission, Limit]:
 
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # The data directory holds the embedded database, the audit journal and, by default, the
+    # SoftHSM token and its PIN: only the service's own user may look inside.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     hsm = hsm_settings(settings)
     engine = make_engine(settings.database_url_or_default())
     upgrade(engine)

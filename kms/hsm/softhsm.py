@@ -52,6 +52,7 @@ def provision(data_dir: Path, token_label: str = DEFAULT_TOKEN_LABEL) -> DevToke
     SoftHSM reads its configuration once per process, when first initialized, so this must run
     before anything else in the process loads SoftHSM.
     """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # as kms.app does, if it comes first
     root = (data_dir / "softhsm").resolve()
     tokens = root / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)

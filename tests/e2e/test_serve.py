@@ -15,6 +15,21 @@ import kms_client
 from tests.support.process import ServerProcess, clean_env, free_port, kms_command
 
 
+def test_hsm_init_creates_a_private_development_token_once(tmp_path):
+    data_dir = tmp_path / "fresh" / "data"
+    first, second = (
+        subprocess.run(kms_command("hsm", "init", "--data-dir", str(data_dir)), env=clean_env(),
+                       capture_output=True, text=True, timeout=60)
+        for _ in range(2)
+    )
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout  # the same token, found again
+    assert f"export SOFTHSM2_CONF={data_dir / 'softhsm' / 'softhsm2.conf'}" in first.stdout
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    pin = (data_dir / "softhsm" / "user-pin").read_text().strip()
+    assert pin not in first.stdout + first.stderr
+
+
 def test_embedded_defaults_create_their_own_token_and_database(tmp_path):
     server = ServerProcess(tmp_path / "data", clean_env()).start()
     try:
