@@ -168,7 +168,9 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         data_keys=DataKeyService(cache, master_keys, usage, authorizer, settings.data_key_source),
         lifecycle=lifecycle,
         usage=usage,
-        scheduler=Scheduler(repository, keys, lifecycle, usage, clock),
+        scheduler=Scheduler(
+            repository, keys, lifecycle, usage, clock, max_wraps_per_version=settings.max_wraps_per_version
+        ),
         reconciler=Reconciler(repository, master_keys, cache, clock),
         policy_cache=policy_cache,
         authorizer=authorizer,

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     min_rotation_period: Duration = timedelta(hours=1)
     # Shortest wait between scheduling a version's destruction and the destruction.
     min_destroy_pending_window: Duration = timedelta(hours=24)
+    # Wraps (data keys issued and re-wraps onto it) after which a primary version is rotated
+    # whatever the key's schedule: random 96-bit GCM IVs allow at most 2^32 per key.
+    max_wraps_per_version: int = Field(default=2**30, ge=1, le=2**32)
     # How often each replica looks for due rotations and destructions and writes usage counts.
     scheduler_interval: Duration = timedelta(seconds=5)
 

@@ -144,8 +144,9 @@ class KeyRepository(Protocol):
         (how replicas split scheduled work without waiting on each other)."""
         ...
 
-    def due_for_rotation(self, now: datetime, limit: int) -> list[str]:
-        """Ids of keys with a rotation period whose next rotation time has come, oldest first."""
+    def due_for_rotation(self, now: datetime, limit: int, max_wraps: int | None = None) -> list[str]:
+        """Ids of keys with a rotation period whose next rotation time has come, oldest first;
+        then those whose primary version has wrapped ``max_wraps`` data keys or more."""
         ...
 
     def due_for_destruction(self, now: datetime, limit: int) -> list[tuple[str, int]]:

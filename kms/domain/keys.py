@@ -132,8 +132,12 @@ class Key:
             next_rotation_time=now + self.rotation_period if self.rotation_period else None,
         )
 
-    def is_rotation_due(self, now: datetime) -> bool:
-        return self.rotation_period is not None and self.next_rotation_time is not None and self.next_rotation_time <= now
+    def is_rotation_due(self, now: datetime, max_wraps: int | None = None) -> bool:
+        """Due by its schedule, or because its primary version has wrapped ``max_wraps`` data
+        keys (the IV budget of random 96-bit GCM IVs, see docs/wrapped-key-format.md)."""
+        if self.rotation_period is not None and self.next_rotation_time is not None and self.next_rotation_time <= now:
+            return True
+        return max_wraps is not None and self.version(self.primary_version).usage.data_keys_issued >= max_wraps
 
     def with_rotation_period(self, period: timedelta | None, now: datetime) -> Key:
         """A new schedule counts from the primary version's creation, so shortening the period

@@ -122,11 +122,12 @@ class KeyService:
         crash_point("rotate_key.after_commit")
         return self._rotated(rotated, call.identity)
 
-    def rotate_if_due(self, key_id: str, now: datetime) -> Key | None:
-        """The scheduler's rotation: only if the key is still due once its lock is held, and
-        only if no other replica holds the lock (it is rotating the key, or just has)."""
+    def rotate_if_due(self, key_id: str, now: datetime, max_wraps: int | None = None) -> Key | None:
+        """The scheduler's rotation: only if the key is still due once its lock is held (by its
+        schedule or its primary version's wrap count), and only if no other replica holds the
+        lock (it is rotating the key, or just has)."""
         with self._repository.try_transaction(key_id) as transaction:
-            if transaction is None or transaction.key is None or not transaction.key.is_rotation_due(now):
+            if transaction is None or transaction.key is None or not transaction.key.is_rotation_due(now, max_wraps):
                 return None
             rotated = self._rotate(transaction, transaction.key, "scheduled_rotation")
         crash_point("scheduled_rotation.after_commit")

@@ -1,6 +1,12 @@
 """Scheduled work, run by every replica: rotating due keys, destroying versions whose pending
 window has ended, writing usage counts.
 
+A key is also rotated, whatever its schedule, once its primary version has wrapped
+``max_wraps_per_version`` data keys (KMS_MAX_WRAPS_PER_VERSION, default 2^30): every wrap uses a
+random 96-bit GCM IV, and NIST SP 800-38D allows at most 2^32 of them under one key. Counts
+reach the database within a scheduler interval, so the margin of 3 x 2^30 wraps is never
+in reach between two passes.
+
 Replicas coordinate through the database only. Each due key is taken with a non-blocking lock
 (PostgreSQL: pg_try_advisory_xact_lock; SQLite: one process) and is rotated only if it is still
 due once the lock is held, so a due rotation happens exactly once however many replicas race for
@@ -41,6 +47,7 @@ class Scheduler:
         clock: Clock,
         *,
         batch: int = 100,
+        max_wraps_per_version: int | None = None,
     ) -> None:
         self._repository = repository
         self._keys = keys
@@ -48,15 +55,20 @@ class Scheduler:
         self._usage = usage
         self._clock = clock
         self._batch = batch
+        self._max_wraps = max_wraps_per_version
 
     def run_once(self) -> SchedulerPass:
         """One pass over everything due now. A failure on one key is logged and left for the
         next pass; it never stops the others."""
         done = SchedulerPass()
         now = self._clock.now()
-        for key_id in self._repository.due_for_rotation(now, self._batch):
+        try:
+            self._usage.flush()  # wrap counts decide rotations too
+        except KmsError as error:
+            log.warning("usage counts not written yet", extra={"fields": {"error": error.message}})
+        for key_id in self._repository.due_for_rotation(now, self._batch, self._max_wraps):
             try:
-                rotated = self._keys.rotate_if_due(key_id, now)
+                rotated = self._keys.rotate_if_due(key_id, now, self._max_wraps)
             except KmsError as error:
                 done.failed.append((key_id, error.message))
                 log.warning("scheduled rotation failed", extra={"fields": {"key_id": key_id, "error": error.message}})

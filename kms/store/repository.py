@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, bindparam, case, or_, select, text, update
+from sqlalchemy import Engine, and_, bindparam, case, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -69,15 +69,25 @@ class SqlKeyRepository:
             session.connection(execution_options={WRITE_OPTION: True})
             yield _KeyTransaction(session, key_id) if _lock_key(session, key_id, wait) else None
 
-    def due_for_rotation(self, now: datetime, limit: int) -> list[str]:
-        query = (
+    def due_for_rotation(self, now: datetime, limit: int, max_wraps: int | None = None) -> list[str]:
+        scheduled = (
             select(KeyRow.key_id)
             .where(KeyRow.next_rotation_time <= now, KeyRow.rotation_period_seconds.is_not(None))
             .order_by(KeyRow.next_rotation_time)
             .limit(limit)
         )
+        worn = (
+            select(KeyRow.key_id)
+            .join(KeyVersionRow, and_(KeyVersionRow.key_id == KeyRow.key_id, KeyVersionRow.version == KeyRow.primary_version))
+            .where(KeyVersionRow.data_keys_issued >= max_wraps)
+            .order_by(KeyRow.key_id)
+            .limit(limit)
+        )
         with database_errors(), self._sessions() as session:
-            return list(session.scalars(query))
+            due = list(session.scalars(scheduled))
+            if max_wraps is not None:
+                due += [key_id for key_id in session.scalars(worn) if key_id not in due]
+            return due[:limit]
 
     def due_for_destruction(self, now: datetime, limit: int) -> list[tuple[str, int]]:
         query = (

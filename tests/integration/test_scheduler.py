@@ -114,6 +114,23 @@ def test_usage_is_counted_per_version_and_written_in_batches(replica, clock):
     assert first.usage.last_used_time == clock.now()
 
 
+def test_a_version_that_wrapped_its_budget_of_data_keys_is_rotated_whatever_its_schedule(settings, clock):
+    replica = build_services(settings.model_copy(update={"max_wraps_per_version": 5}), clock)
+    try:
+        replica.keys.create_key(Call(), "busy", rotation_period=30 * DAY)
+        replica.keys.create_key(Call(), "quiet")
+        for _ in range(4):
+            replica.data_keys.generate_data_key(Call(), "busy", {})
+        assert replica.scheduler.run_once().rotated == []
+        issued = replica.data_keys.generate_data_key(Call(), "busy", {})  # the fifth wrap
+        assert replica.scheduler.run_once().rotated == [("busy", 2)]
+        assert replica.scheduler.run_once().rotated == []  # version 2 has its own budget
+        assert replica.data_keys.decrypt(Call(), issued.wrapped_key, {}).key_version == 1
+        assert replica.keys.get_key(Call(), "quiet").primary_version == 1
+    finally:
+        replica.close()
+
+
 def test_retire_refuses_a_version_still_in_use(replica, clock):
     replica.keys.create_key(Call(), "k")
     issued = replica.data_keys.generate_data_key(Call(), "k", {})
