@@ -15,7 +15,7 @@ import grpc
 
 from kms.crypto import wrapped_key
 from kms.crypto.context import encode_context
-from kms.domain.audit import AuditEntry, context_digest
+from kms.domain.audit import AuditEntry, clipped, context_digest
 from kms.errors import InvalidCiphertext, KmsError
 from kms.service.calls import Call
 
@@ -143,7 +143,7 @@ class AuditEntries:
         return self._entry(call, method, outcome, result.error.reason if failed else "", fields, index)
 
     def _entry(self, call: Call, method: str, outcome: str, reason: str, fields: Fields, item: int = -1) -> AuditEntry:
-        return AuditEntry(
+        return clipped(AuditEntry(
             time=self._now(),
             identity=call.identity,
             rpc=method,
@@ -153,7 +153,7 @@ class AuditEntries:
             peer=call.peer[:256],
             item=item,
             **fields,
-        )
+        ))
 
 
 def _safe_fields(method: str, request: Any, response: Any) -> Fields:

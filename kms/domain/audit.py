@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 GENESIS = "0" * 64
@@ -47,6 +47,26 @@ class AuditEntry:
     context_digest: str = ""
     item: int = -1
     detail: str = ""
+
+
+# Longest value each text field may hold (the audit tables' column widths). Many come from the
+# caller, unvalidated (the key id of a refused request, say): they are clipped, never refused,
+# so that no request can produce a record the log cannot store.
+FIELD_LIMITS = {
+    "identity": 512, "rpc": 64, "key_id": 64, "outcome": 32, "reason": 64, "request_id": 64,
+    "peer": 256, "context_digest": 64, "detail": 512,
+}
+
+
+def clipped(entry: AuditEntry) -> AuditEntry:
+    """``entry`` with every text field cut to its limit and NUL characters (which PostgreSQL
+    text cannot hold) replaced; the entry itself when nothing needed changing."""
+    changes = {}
+    for name, limit in FIELD_LIMITS.items():
+        value = getattr(entry, name)
+        if len(value) > limit or "\x00" in value:
+            changes[name] = value.replace("\x00", "\ufffd")[:limit]
+    return replace(entry, **changes) if changes else entry
 
 
 @dataclass(frozen=True, slots=True)

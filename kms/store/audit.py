@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select
 
-from kms.domain.audit import AuditEntry, AuditRecord, Checkpoint, checkpoint_message, extend
+from kms.domain.audit import AuditEntry, AuditRecord, Checkpoint, checkpoint_message, clipped, extend
 from kms.errors import AuditTampered
 from kms.ports import AuditSeal
 from kms.store.database import WRITE_OPTION
@@ -74,7 +74,8 @@ class SqlAuditRepository:
                         or not sealer.check(checkpoint_message(head_seq, head_hash), sealed[1])
                     ):
                         raise AuditTampered(head_seq)
-                records = extend(head_seq, head_hash, entries)
+                # Clipped again: a journal written by an older build may hold longer values.
+                records = extend(head_seq, head_hash, [(origin, clipped(entry)) for origin, entry in entries])
                 connection.exec_driver_sql(sql.insert_record, [sql.record_row(r) for r in records])
                 last = records[-1]
                 mac = sealer.seal(checkpoint_message(last.seq, last.hash))

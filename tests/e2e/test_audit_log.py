@@ -271,3 +271,26 @@ def _make_audit_writable(app, dialect: str) -> None:
     else:
         _sql(app, "DROP TRIGGER audit_full ON audit_records")
         _sql(app, "DROP FUNCTION audit_full()")
+
+
+def test_no_request_can_produce_a_record_the_log_cannot_store(audited):
+    """Caller-supplied text lands in records unvalidated (the key id of a refused call, say):
+    too long, or with a NUL that PostgreSQL text cannot hold, it is clipped, never left to
+    block the chain (which would fail every later call closed)."""
+    import grpc
+
+    from kms_client._proto.kms.v1 import kms_pb2 as pb
+    from kms_client._proto.kms.v1 import kms_pb2_grpc
+
+    app, client, _ = audited
+    with grpc.insecure_channel(app.target) as channel:
+        stub = kms_pb2_grpc.KeyManagementServiceStub(channel)
+        for key_id in ("x" * 65, "a\x00b", "é" * 10_000):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetKey(pb.GetKeyRequest(key_id=key_id), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert app.services.audit_log.flush(timeout=10)
+    refused_ids = [e.key_id for e in client.audit_events() if e.rpc == "GetKey"]
+    assert refused_ids[-3:] == ["x" * 64, "a\ufffdb", "é" * 64]
+    assert client.get_key("orders").key_id == "orders"  # the log still takes records
+    assert client.verify_audit_log().intact
