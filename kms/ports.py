@@ -215,8 +215,8 @@ class AuditJournal(Protocol):
         """Entries written by a previous process that may not have reached the chain."""
         ...
 
-    def committed(self, origin: str) -> None:
-        """Everything up to ``origin`` (of its file) is in the chain: its file may go."""
+    def committed(self, origins: Sequence[str]) -> None:
+        """The entries of ``origins`` are in the chain: a file all of whose entries are may go."""
         ...
 
     def close(self) -> None: ...

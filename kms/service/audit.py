@@ -178,7 +178,7 @@ class AuditLog:
             log.exception("audit records not chained yet")
             self._failing_since = self._failing_since or time.monotonic()
             return False
-        self._journal.committed(batch[-1][0])
+        self._journal.committed([origin for origin, _, _ in batch])
         if self._failing_since is not None:
             log.info("audit chain caught up", extra={"fields": {"records": len(batch)}})
         self._failing_since = None

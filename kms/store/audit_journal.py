@@ -7,8 +7,9 @@ process being killed at any instant, exactly as a ``write`` would. Nothing is fs
 blocks are reserved up front, a full disk shows as a file that cannot be created (the calls then
 fail closed), never as a fault while writing into the mapping.
 
-Lines are moved into the hash-chained log by the audit writer, and a file is deleted once every
-line in it is there. A file is named ``<nanoseconds>-<random>.jsonl``; each line's origin is
+Lines are moved into the hash-chained log by the audit writer, in whatever order callers'
+appends reached it, and a file is deleted once it is no longer the one being appended to and
+every line in it is there (counted per file). A file is named ``<nanoseconds>-<random>.jsonl``; each line's origin is
 ``<that random id>:<line number>``. Unused space at a file's end is zero bytes.
 """
 
@@ -20,6 +21,8 @@ import os
 import secrets
 import threading
 import time
+from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -34,6 +37,7 @@ class _File:
         self.file_id = file_id
         self.mapping = mapping
         self.lines = 0
+        self.committed = 0
         self.size = 0
 
 
@@ -73,17 +77,19 @@ class FileAuditJournal:
                 except (ValueError, KeyError, TypeError):
                     continue
                 recovered.append((origin, entry))
-                state.lines = int(origin.rsplit(":", 1)[1])
+                state.lines += 1  # the lines that will be committed, torn ones left out
             if not state.lines:
                 self._forget(state)
         return recovered
 
-    def committed(self, origin: str) -> None:
-        file_id, _, number = origin.rpartition(":")
+    def committed(self, origins: Sequence[str]) -> None:
+        per_file = Counter(origin.rpartition(":")[0] for origin in origins)
         with self._lock:
-            state = self._files.get(file_id)
-            if state is not None and state is not self._current and int(number) >= state.lines:
-                self._forget(state)
+            for file_id, count in per_file.items():
+                state = self._files.get(file_id)
+                if state is not None:
+                    state.committed += count
+                    self._forget_if_done(state)
 
     def close(self) -> None:
         with self._lock:
@@ -91,8 +97,11 @@ class FileAuditJournal:
             self._current = None
 
     def _open_new(self, at_least: int) -> _File:
-        self._unmap(self._current)
+        previous = self._current
+        self._unmap(previous)
         self._current = None  # until the next file exists: a failure here must not leave a closed one
+        if previous is not None:
+            self._forget_if_done(previous)
         file_id = secrets.token_hex(8)
         path = self._directory / f"{time.time_ns()}-{file_id}.jsonl"
         size = max(FILE_BYTES, at_least)
@@ -113,6 +122,10 @@ class FileAuditJournal:
         if state is not None and state.mapping is not None:
             state.mapping.close()
             state.mapping = None
+
+    def _forget_if_done(self, state: _File) -> None:
+        if state is not self._current and state.committed >= state.lines:
+            self._forget(state)
 
     def _forget(self, state: _File) -> None:
         state.path.unlink(missing_ok=True)
