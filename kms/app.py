@@ -219,7 +219,8 @@ class Application:
             *extra_services,
         ]
         handlers = build_handlers(
-            served, self.authenticator, auditor or services.audit_log, AuditEntries(services.clock.now)
+            served, self.authenticator, auditor or services.audit_log, AuditEntries(services.clock.now),
+            max_streams=max(1, min(settings.max_streams, settings.max_workers // 2)),
         )
         self.server, self.port = build_server(
             settings.listen,

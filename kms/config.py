@@ -49,6 +49,9 @@ class Settings(BaseSettings):
 
     # Worker threads of the gRPC server; each holds at most one HSM session at a time.
     max_workers: int = Field(default=32, ge=1, le=1024)
+    # Client streams (StreamReWrap) open at once; each holds a worker while open. At most half
+    # of max_workers, so that idle streams never starve unary calls and health checks.
+    max_streams: int = Field(default=8, ge=1, le=1024)
     # Calls admitted at once (running plus queued); beyond it, RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(default=1024, ge=1)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)

@@ -165,6 +165,16 @@ class RateLimited(KmsError):
         self.retry_after = retry_after
 
 
+class TooManyStreams(KmsError):
+    """Streams hold a server thread while open; a few are allowed at once, so that idle ones
+    can never take every thread from unary calls and health checks."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this server has {limit} streams open already; retry later or use the batch calls")
+
+
 # UNAVAILABLE / DEADLINE_EXCEEDED ---------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import threading
 import time
 import uuid
 from collections import deque
@@ -26,7 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from kms.api.audit_entries import AuditEntries
 from kms.api.errors import REASON_KEY, status_code
-from kms.errors import AuditUnavailable, KmsError, MalformedRequest, RateLimited
+from kms.errors import AuditUnavailable, KmsError, MalformedRequest, RateLimited, TooManyStreams
 from kms.service.calls import Call
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,15 @@ _AUDIT_FAIL_OPEN = frozenset({"ListAuditEvents", "VerifyAuditLog"})
 
 
 def build_handlers(
-    services: Sequence[tuple[Any, object]], authenticator: Authenticator, audit: Auditor, entries: AuditEntries
+    services: Sequence[tuple[Any, object]],
+    authenticator: Authenticator,
+    audit: Auditor,
+    entries: AuditEntries,
+    max_streams: int = 8,
 ) -> list[grpc.GenericRpcHandler]:
-    """One generic handler per (service descriptor, servicer)."""
-    pipeline = Pipeline(authenticator, audit, entries)
+    """One generic handler per (service descriptor, servicer); at most ``max_streams`` client
+    streams open at once."""
+    pipeline = Pipeline(authenticator, audit, entries, max_streams)
     handlers = []
     for descriptor, servicer in services:
         methods = {}
@@ -105,10 +111,12 @@ def build_handlers(
 class Pipeline:
     """Wraps a behavior ``(request, call) -> response`` into a grpcio handler function."""
 
-    def __init__(self, authenticator: Authenticator, audit: Auditor, entries: AuditEntries) -> None:
+    def __init__(self, authenticator: Authenticator, audit: Auditor, entries: AuditEntries, max_streams: int = 8) -> None:
         self._authenticator = authenticator
         self._audit = audit
         self._entries = entries
+        self._max_streams = max_streams
+        self._stream_slots = threading.BoundedSemaphore(max_streams)
 
     def unary(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Any]) -> Callable:
         def handle(raw: bytes, context: grpc.ServicerContext) -> Any:
@@ -174,6 +182,9 @@ class Pipeline:
             call, error = self._begin(context, name)
             seen: deque[Any] = deque()
             items = 0
+            slot = error is None and self._stream_slots.acquire(blocking=False)
+            if error is None and not slot:
+                error = TooManyStreams(self._max_streams)
             if error is None:
                 try:
                     for response in behavior(_parse_each(request_type, raw_requests, seen), call):
@@ -186,6 +197,8 @@ class Pipeline:
                     error = exc
                 except Exception:
                     error = _internal(name, call)
+                finally:
+                    self._stream_slots.release()
             if error is not None or not items:
                 error = self._audited(name, call, None, None, error)
             _record(name, error, started)

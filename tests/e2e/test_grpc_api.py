@@ -166,3 +166,38 @@ def test_many_threads_thousands_of_calls_zero_errors(server, client):
     assert errors == []
     assert sum(counts) == 32 * 60 * 2
     assert time.monotonic() - started < 300
+
+
+def test_idle_streams_cannot_take_every_worker(server, client):
+    """Each open stream holds a server thread: past a few, new ones are refused at once with
+    RESOURCE_EXHAUSTED, and unary calls go on being served."""
+    import threading
+
+    quiet = threading.Event()
+
+    def nothing_yet():
+        quiet.wait(30)
+        return
+        yield  # a generator that sends no message until released
+
+    channel = grpc.insecure_channel(server.target)
+    stream = channel.stream_stream(f"/{SERVICE_NAME}/StreamReWrap", response_deserializer=pb.BatchReWrapResponse.FromString)
+    opened = [stream(nothing_yet(), timeout=30) for _ in range(server.settings.max_workers)]
+    try:
+        client.create_key("still-served")  # a unary call gets a worker
+        assert client.get_key("still-served").primary_version == 1
+        codes = set()
+        quiet.set()
+        for call in opened:
+            try:
+                list(call)
+                codes.add("OK")
+            except grpc.RpcError as error:
+                codes.add(error.code().name)
+        assert codes == {"OK", "RESOURCE_EXHAUSTED"}
+    finally:
+        quiet.set()
+        for call in opened:
+            call.cancel()
+        channel.close()
+    assert list(client.stream_rewrap([])) == []  # slots are given back
