@@ -28,13 +28,17 @@ def duration(value: timedelta | None) -> duration_pb2.Duration | None:
     return message
 
 
+_MAX_DURATION_SECONDS = 100 * 365 * 86400
+
+
 def optional_duration(message: object, field: str, error: type[InvalidArgument] = InvalidArgument) -> timedelta | None:
-    """The Duration in ``field`` if set; rejects negative or out-of-range values."""
+    """The Duration in ``field`` if set; rejects negative values and any beyond 100 years (no
+    period or window of a key is longer, and date arithmetic with them stays in range)."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
     value = getattr(message, field)
-    if value.seconds < 0 or value.nanos < 0 or value.seconds > 10**11 or value.nanos >= 10**9:
-        raise error(f"{field} must be a positive duration")
+    if value.seconds < 0 or value.nanos < 0 or value.seconds > _MAX_DURATION_SECONDS or value.nanos >= 10**9:
+        raise error(f"{field} must be a duration from 0 to 100 years")
     return value.ToTimedelta()
 
 

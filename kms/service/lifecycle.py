@@ -94,7 +94,7 @@ class LifecycleService:
     def schedule_destruction(
         self, call: Call, key_id: str, version: int, pending_window: timedelta | None = None
     ) -> Key:
-        window = pending_window or lifecycle.DEFAULT_DESTROY_PENDING_WINDOW
+        window = lifecycle.DEFAULT_DESTROY_PENDING_WINDOW if pending_window is None else pending_window
         return self._change(
             call,
             key_id,
@@ -113,7 +113,7 @@ class LifecycleService:
     ) -> Key:
         """Disables a version and schedules its destruction, refusing while usage shows it was
         used within ``min_idle`` (counts from every replica, flushed first from this one)."""
-        window = pending_window or lifecycle.DEFAULT_DESTROY_PENDING_WINDOW
+        window = lifecycle.DEFAULT_DESTROY_PENDING_WINDOW if pending_window is None else pending_window
         validate_key_id(key_id)
         self._authorizer.require(call, Permission.ADMIN, key_id)
         self._usage.flush()

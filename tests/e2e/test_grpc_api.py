@@ -201,3 +201,18 @@ def test_idle_streams_cannot_take_every_worker(server, client):
             call.cancel()
         channel.close()
     assert list(client.stream_rewrap([])) == []  # slots are given back
+
+
+def test_durations_out_of_range_or_below_the_minimum_are_invalid_not_internal(client):
+    from datetime import timedelta
+
+    client.create_key("orders")
+    client.rotate_key("orders")
+    client.generate_data_key("orders", {})
+    with pytest.raises(kms_client.KmsError) as zero:
+        client.schedule_key_version_destruction("orders", 1, pending_window=timedelta(0))
+    assert zero.value.code == grpc.StatusCode.INVALID_ARGUMENT  # not silently the 30-day default
+    with pytest.raises(kms_client.KmsError) as huge:
+        client.retire_key_version("orders", 1, min_idle=timedelta(days=1_000_000))
+    assert huge.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert client.get_key("orders").versions[0].state == "ENABLED"
