@@ -33,7 +33,7 @@ class Permission(enum.Enum):
         try:
             return cls(name)
         except ValueError:
-            raise InvalidArgument(f"unknown permission {name!r}; one of {', '.join(p.value for p in cls)}") from None
+            raise InvalidArgument(f"unknown permission {name[:64]!r}; one of {', '.join(p.value for p in cls)}") from None
 
 
 GROUP_PREFIX = "group:"
@@ -64,7 +64,7 @@ def validate_resource(resource: str) -> str:
         try:
             validate_key_id(prefix)
         except InvalidArgument:
-            raise InvalidArgument(f"resource prefix {prefix!r} must be characters allowed in key ids") from None
+            raise InvalidArgument(f"resource prefix {prefix[:64]!r} must be characters allowed in key ids") from None
         return resource
     validate_key_id(resource)
     return resource

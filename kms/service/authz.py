@@ -37,8 +37,12 @@ class PolicyCache:
         self._repository = repository
         self._poll_interval = poll_interval
         self._revision = -1
-        self._by_principal: dict[str, list[Grant]] = {}
-        self._groups: dict[str, frozenset[str]] = {}
+        # (grants by principal, groups by identity): one object, swapped in whole, so a reader
+        # never pairs a new policy's grants with an old one's groups.
+        self._policy: tuple[dict[str, list[Grant]], dict[str, frozenset[str]]] = ({}, {})
+        # Loads one at a time: the poller must not replace a fresher policy, loaded just after
+        # a change, with an older one it read before.
+        self._loading = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="kms-policy", daemon=True)
 
@@ -50,23 +54,25 @@ class PolicyCache:
         self._stop.set()
 
     def refresh(self, force: bool = False) -> None:
-        if force or self._repository.revision() != self._revision:
-            self._load(self._repository.snapshot())
+        with self._loading:
+            if force or self._repository.revision() != self._revision:
+                self._load(self._repository.snapshot())
 
     def grants(self, identity: str, groups: Iterable[str] = ()) -> list[Grant]:
-        found = list(self._by_principal.get(identity, ()))
-        for group in {*groups, *self._groups.get(identity, ())}:
-            found += self._by_principal.get(GROUP_PREFIX + group, ())
+        by_principal, groups_of = self._policy
+        found = list(by_principal.get(identity, ()))
+        for group in {*groups, *groups_of.get(identity, ())}:
+            found += by_principal.get(GROUP_PREFIX + group, ())
         return found
 
     def all_grants(self) -> list[Grant]:
-        return [grant for grants in self._by_principal.values() for grant in grants]
+        return [grant for grants in self._policy[0].values() for grant in grants]
 
     def groups_of(self, identity: str) -> frozenset[str]:
-        return self._groups.get(identity, frozenset())
+        return self._policy[1].get(identity, frozenset())
 
     def members(self) -> list[tuple[str, str]]:
-        return sorted((group, identity) for identity, groups in self._groups.items() for group in groups)
+        return sorted((group, identity) for identity, groups in self._policy[1].items() for group in groups)
 
     def _load(self, snapshot: PolicySnapshot) -> None:
         by_principal: dict[str, list[Grant]] = defaultdict(list)
@@ -75,9 +81,7 @@ class PolicyCache:
         groups: dict[str, set[str]] = defaultdict(set)
         for group, identity in snapshot.members:
             groups[identity].add(group)
-        # Swapped in whole, so readers never see a half-loaded policy.
-        self._by_principal = dict(by_principal)
-        self._groups = {identity: frozenset(names) for identity, names in groups.items()}
+        self._policy = (dict(by_principal), {identity: frozenset(names) for identity, names in groups.items()})
         self._revision = snapshot.revision
 
     def _poll(self) -> None:

@@ -28,7 +28,7 @@ class GrantNotFound(KmsError):
     code = "NOT_FOUND"
 
     def __init__(self, grant_id: str) -> None:
-        super().__init__(f"grant {grant_id!r} not found")
+        super().__init__(f"grant {grant_id[:64]!r} not found")
 
 
 class PolicyService:
@@ -67,8 +67,12 @@ class PolicyService:
         return stored
 
     def revoke(self, call: Call, grant_id: str) -> Grant:
+        """Only an admin over everything learns that a grant does not exist (and may make this
+        replica re-read the policy, in case the grant was made on another one just now); anyone
+        else is denied, as for a grant outside what they administer."""
         grant = next((g for g in self._cache.all_grants() if g.grant_id == grant_id), None)
         if grant is None:
+            self._authorizer.require_admin_over(call, "*")
             self._cache.refresh(force=True)
             grant = next((g for g in self._cache.all_grants() if g.grant_id == grant_id), None)
         if grant is None:

@@ -235,7 +235,11 @@ class KeyManagementServiceServicer:
     def Decrypt(self, request, context):
         """Unwraps a wrapped key inside the HSM and returns the data key.
         Nothing changes. Any altered, truncated or foreign input, or a different
-        encryption context, gives INVALID_ARGUMENT with one fixed message.
+        encryption context, gives INVALID_ARGUMENT with one fixed message. The
+        key and version the header names are checked first, as for any use of a
+        key: a caller without decrypt on that key gets PERMISSION_DENIED, and a
+        version that is disabled, scheduled for destruction, destroyed or below
+        the key's minimum gives FAILED_PRECONDITION naming the version's state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
