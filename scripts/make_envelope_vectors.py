@@ -6,6 +6,11 @@ gets a new file). Every input is fixed (data keys, salts, master keys, wrapping 
 can reproduce every output from docs/envelope-format.md with AES-256-GCM, HKDF-SHA256 and
 HMAC-SHA256 alone. The wrapped keys are real wrapped keys of docs/wrapped-key-format.md under the
 given master keys, so a vector can be opened end to end without the service.
+
+One correction since: vector 13 first flipped a bit of the key "tenant" in the header's context,
+which left a canonical context ("uenant"); by the reading steps that is a context mismatch, not
+the integrity failure it was labelled. It now flips the entry count, so the header's context is
+not canonical and step 1 refuses it. Every other vector is byte for byte as first generated.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kms.crypto.context import encode_context
 from kms.crypto.wrapped_key import WrappedKey, WrappedKeyHeader
 from kms_client import envelope
+from kms_client._context import decode_context
+from kms_client.errors import InvalidCiphertext
 
 # (name, key id, key version, context, frame size, plaintext)
 VALID = [
@@ -104,6 +111,18 @@ def invalid_vectors(base: dict, first_id: int) -> list[dict]:
     assert swapped.startswith(bytes.fromhex(base["authenticated_header"]))
     other_master = pattern(99 * 19, 32)
 
+    # The low bit of the context's entry count (1 -> 0): the entry becomes trailing bytes, so the
+    # header's context is not canonical and step 1 of reading refuses it. A flip that leaves a
+    # canonical context ("tenant" -> "uenant") would be a context mismatch at step 2 instead.
+    context_at = 46 + len(base["key_id"])
+    bad_context = _flip(ciphertext, context_at + 1)
+    try:
+        decode_context(bad_context[context_at : context_at + len(bytes.fromhex(base["encoded_context"]))])
+    except InvalidCiphertext:
+        pass
+    else:
+        raise AssertionError("the flipped context is still canonical")
+
     cases = [
         ("truncated", "final frame removed (stream ends on a frame boundary)", head + b"".join(frames[:-1]), context),
         ("truncated", "ends inside the header", ciphertext[: header_length - 1], context),
@@ -112,8 +131,8 @@ def invalid_vectors(base: dict, first_id: int) -> list[dict]:
         ("invalid", "final frame dropped and frame 2 presented as final",
          head + frames[0] + frames[1][: len(frames[2])], context),
         ("invalid", "one bit of the body flipped", ciphertext[:-1] + bytes([ciphertext[-1] ^ 1]), context),
-        ("invalid", "one bit of the context in the header flipped",
-         _flip(ciphertext, 46 + len(base["key_id"]) + 4), context),
+        ("invalid", "one bit of the context in the header flipped: entry count 1 -> 0, not canonical",
+         bad_context, context),
         ("invalid", "bytes after the final frame", ciphertext + b"\x00", context),
         ("context_mismatch", "decrypted with another context", ciphertext, {"tenant": "other"}),
         ("invalid", "wrapped key of another data key (fails the commitment)",

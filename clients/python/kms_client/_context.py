@@ -4,8 +4,10 @@ re-implements it rather than importing the service, and the envelope header carr
 
     uint16  number of entries N (0-64)
     N times, sorted by the UTF-8 bytes of the keys, strictly ascending:
-        uint16  len(key)    key, 1-128 bytes of UTF-8
-        uint16  len(value)  value, 0-1024 bytes of UTF-8
+        uint16  len(key)    1-128
+        key                 len(key) bytes of UTF-8
+        uint16  len(value)  0-1024
+        value               len(value) bytes of UTF-8
     at most 8192 bytes in all; the empty context is 00 00
 """
 

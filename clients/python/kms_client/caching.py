@@ -9,6 +9,8 @@ asks it to unwrap one. With ``KmsClient(..., data_key_caching=DataKeyCaching())`
   length is unknown in advance, and one service call is nothing beside a large stream.
 - ``decrypt`` keeps unwrapped data keys, keyed by the exact wrapped key and encryption context
   the service accepted, for ``decrypt_max_age`` seconds, at most ``decrypt_max_entries`` of them.
+  A cached key opens only headers that name the key id the service reported for it: the check
+  a cache miss makes is made on every hit too.
 
 Why reuse is safe, and what the limits are for: every message draws a fresh 256-bit salt and
 derives its own frame key, header key and commitment from (data key, salt) with HKDF, so no

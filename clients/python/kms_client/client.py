@@ -247,7 +247,8 @@ class KmsClient(AdminMixin):
     #
     # The context is a map of non-secret strings; the same map must be given to decrypt and
     # rewrap (None is the empty map). Every integrity failure raises InvalidCiphertext or one of
-    # its subclasses: TruncatedCiphertext, EncryptionContextMismatch.
+    # its subclasses: TruncatedCiphertext, EncryptionContextMismatch. What else decrypt and
+    # rewrap raise is listed in decrypt's docstring (docs/envelope-format.md, "Errors").
 
     def encrypt(
         self,
@@ -262,9 +263,29 @@ class KmsClient(AdminMixin):
         return self._envelope.encrypt(plaintext, key_id, context, frame_size)
 
     def decrypt(self, ciphertext: bytes | bytearray | memoryview, *, context: Mapping[str, str] | None = None) -> bytes:
-        """The plaintext of an ``encrypt`` result. Raises EncryptionContextMismatch when
-        ``context`` is not the one it was encrypted with, TruncatedCiphertext when it was cut
-        short, InvalidCiphertext for any other alteration."""
+        """The plaintext of an ``encrypt`` result.
+
+        Integrity failures, which never say more than this:
+
+        - EncryptionContextMismatch: ``context`` is not the one in the header (before any call);
+        - TruncatedCiphertext: the ciphertext was cut short;
+        - InvalidCiphertext (the base of both): any other alteration or corruption, including
+          the service refusing to unwrap the wrapped key.
+
+        Errors about the key version the header's wrapped key names, raised as the service
+        reports them (docs/envelope-format.md, "Errors"):
+
+        - PermissionDenied: no permission to decrypt with that key under ``context``;
+        - KeyVersionNotUsable (a FailedPrecondition): KeyVersionDisabled,
+          KeyVersionDestroyScheduled, KeyVersionDestroyed or KeyVersionBelowMinimum;
+        - KeyMaterialMissing (a FailedPrecondition): the HSM has no master key for it;
+
+        and, as for any call, ResourceExhausted, Unavailable, DeadlineExceeded, Unauthenticated.
+        For an unaltered ciphertext that version is the one that wrapped its data key, under the
+        header's key id. The wrapped key is not authenticated (``rewrap`` replaces it), so an
+        altered ciphertext can raise these as well as InvalidCiphertext: they say the key cannot
+        be used, not that the ciphertext is intact.
+        """
         return self._envelope.decrypt(ciphertext, context)
 
     def encrypt_stream(
@@ -286,13 +307,14 @@ class KmsClient(AdminMixin):
         constant memory; returns the number of plaintext bytes. Each frame is written only
         after it is authenticated, but earlier frames are already in ``dst`` when a later one
         fails or the input ends early (TruncatedCiphertext): write to a temporary place and
-        publish it only once this returns."""
+        publish it only once this returns. Raises what ``decrypt`` raises."""
         return self._envelope.decrypt_stream(src, dst, context)
 
     def rewrap(self, ciphertext: bytes | bytearray | memoryview, *, context: Mapping[str, str] | None = None) -> bytes:
         """``ciphertext`` with its data key re-wrapped under the primary version of its key (by
         the service's ReWrap: the data key never reaches this process). Every byte but the
-        wrapped key is unchanged; returned as is when it was already current."""
+        wrapped key is unchanged; returned as is when it was already current. Raises what
+        ``decrypt`` raises, PermissionDenied meaning no permission to re-wrap."""
         return self._envelope.rewrap(ciphertext, context)
 
     def rewrap_stream(self, src: BinaryIO, dst: BinaryIO, *, context: Mapping[str, str] | None = None) -> int:
@@ -304,7 +326,8 @@ class KmsClient(AdminMixin):
         self, items: Iterable[tuple[bytes, Mapping[str, str] | None]]
     ) -> list[bytes | KmsError]:
         """``rewrap`` for many (ciphertext, context) pairs through BatchReWrap, one call per
-        1000 distinct wrapped keys. Each result is the new ciphertext or that item's error."""
+        1000 distinct wrapped keys. Each result is the new ciphertext or that item's error (any
+        ``rewrap`` raises); errors of the call itself (Unavailable, ...) are raised."""
         return self._envelope.rewrap_many(items)
 
     def clear_data_key_cache(self) -> None:

@@ -7,7 +7,10 @@ Order of checks on decrypt, before any plaintext is released:
 2. the caller's encryption context equals the header's, byte for byte in canonical form
    (EncryptionContextMismatch, without a call to the service);
 3. the service unwraps the wrapped key with that context (it binds the context to the wrapped
-   key) and says which key opened it: it must be the header's key id;
+   key) and says which key opened it: it must be the header's key id, checked again whenever a
+   cached data key is used. The service's errors about the key version the wrapped key names
+   (PermissionDenied, KeyVersionNotUsable, ...) pass through as they are: the wrapped key is
+   not authenticated, so they describe that key, never the ciphertext's integrity;
 4. the key commitment and then the header tag are checked with keys derived from the data key;
 5. each frame is authenticated before its plaintext is written out.
 """
@@ -52,13 +55,14 @@ class EnvelopeEncryption:
 
     def _data_key_for_decrypt(self, header: envelope.Header, context: Mapping[str, str], encoded: bytes) -> bytes:
         _check_context(header, encoded)
-        data_key = None if self._cache is None else self._cache.get_for_decrypt(header.wrapped_key, encoded)
-        if data_key is None:
-            data_key = self._client.decrypt_data_key(header.wrapped_key, dict(context))
-            if data_key.key_id != header.key_id or len(data_key.plaintext) != envelope.DATA_KEY_BYTES:
-                raise InvalidCiphertext(envelope.INVALID)
-            if self._cache is not None:
-                self._cache.store_for_decrypt(header.wrapped_key, encoded, data_key)
+        cached = None if self._cache is None else self._cache.get_for_decrypt(header.wrapped_key, encoded)
+        data_key = cached if cached is not None else self._client.decrypt_data_key(header.wrapped_key, dict(context))
+        # Checked on a cache hit too: the cache is keyed by the wrapped key and the context, which
+        # a forged header naming another key id can carry unchanged.
+        if data_key.key_id != header.key_id or len(data_key.plaintext) != envelope.DATA_KEY_BYTES:
+            raise InvalidCiphertext(envelope.INVALID)
+        if cached is None and self._cache is not None:
+            self._cache.store_for_decrypt(header.wrapped_key, encoded, data_key)
         return data_key.plaintext
 
     def _seal_header(
@@ -138,7 +142,8 @@ class EnvelopeEncryption:
         """Each item's ciphertext rewrapped, or the error for that item alone. Ciphertexts that
         share a wrapped key (a cached data key) cost one item of a BatchReWrap between them."""
         results: list[bytes | KmsError] = []
-        groups: dict[tuple[bytes, bytes], tuple[str, Mapping[str, str], list[int]]] = {}
+        # (wrapped key, encoded context) -> (context, [(item index, the key id its header names)])
+        groups: dict[tuple[bytes, bytes], tuple[Mapping[str, str], list[tuple[int, str]]]] = {}
         for index, (ciphertext, context) in enumerate(items):
             try:
                 header = envelope.parse_header_bytes(ciphertext)
@@ -148,21 +153,23 @@ class EnvelopeEncryption:
                 continue
             results.append(bytes(ciphertext))
             slot = (header.wrapped_key, header.encoded_context)
-            groups.setdefault(slot, (header.key_id, context or {}, []))[2].append(index)
+            groups.setdefault(slot, (context or {}, []))[1].append((index, header.key_id))
         slots = list(groups)
         for start in range(0, len(slots), MAX_REWRAP_BATCH):
             batch = slots[start : start + MAX_REWRAP_BATCH]
-            answers = self._client.rewrap_data_keys([(wrapped, dict(groups[(wrapped, c)][1])) for wrapped, c in batch])
+            answers = self._client.rewrap_data_keys([(wrapped, dict(groups[(wrapped, c)][0])) for wrapped, c in batch])
             for slot, answer in zip(batch, answers, strict=True):
-                key_id, _, indexes = groups[slot]
-                if not isinstance(answer, KmsError) and answer.key_id != key_id:
-                    answer = InvalidCiphertext(envelope.INVALID)
-                for index in indexes:
+                # Every item against its own header: items that share a wrapped key may still
+                # name different key ids, and only those naming the key that opened it are genuine.
+                for index, key_id in groups[slot][1]:
                     current = results[index]
                     assert isinstance(current, bytes)
-                    results[index] = (
-                        answer if isinstance(answer, KmsError) else envelope.replace_wrapped_key(current, answer.wrapped_key)
-                    )
+                    if isinstance(answer, KmsError):
+                        results[index] = answer
+                    elif answer.key_id != key_id:
+                        results[index] = InvalidCiphertext(envelope.INVALID)
+                    else:
+                        results[index] = envelope.replace_wrapped_key(current, answer.wrapped_key)
         return results
 
 

@@ -39,7 +39,9 @@ class InvalidEncryptionContext(InvalidArgument):
 
 class InvalidCiphertext(InvalidArgument):
     """A ciphertext or wrapped key that is malformed, altered, truncated, or opened with the
-    wrong encryption context. Deliberately does not say which."""
+    wrong encryption context. Deliberately does not say which. An altered wrapped key can also
+    produce an error about the key version it names instead (PermissionDenied,
+    KeyVersionNotUsable, ...): the absence of this error is no proof of integrity."""
 
 
 class TruncatedCiphertext(InvalidCiphertext):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 
 import grpc
 import pytest
@@ -13,14 +14,17 @@ from kms_client import (
     InvalidCiphertext,
     InvalidEncryptionContext,
     KeyNotFound,
+    KeyVersionDisabled,
     KmsClient,
     KmsError,
+    PermissionDenied,
     RetryPolicy,
     TruncatedCiphertext,
     Unavailable,
     parse_header_bytes,
 )
-from sdk_helpers import frames_of
+from sdk_helpers import frames_of, seal
+from tests.support.fixtures import APP
 
 CONTEXT = {"tenant": "acme", "purpose": "orders"}
 F = 64
@@ -103,6 +107,55 @@ def test_a_wrapped_key_of_another_key_or_altered_is_refused(client, orders):
             client.decrypt(bytes(altered), context=CONTEXT)
 
 
+def _naming(ciphertext: bytes, key_id: str, version: int) -> bytes:
+    """``ciphertext`` with its wrapped key rewritten to name ``key_id`` and ``version`` (the
+    layout of docs/wrapped-key-format.md; the bytes after the key version are kept)."""
+    header = parse_header_bytes(ciphertext)
+    wrapped = header.wrapped_key
+    rest = wrapped[2 + wrapped[1] + 4 :]
+    renamed = bytes([wrapped[0], len(key_id)]) + key_id.encode() + struct.pack(">I", version) + rest
+    return header.with_wrapped_key(renamed).encode() + ciphertext[header.length :]
+
+
+def test_a_wrapped_key_naming_a_disabled_version_gives_key_version_disabled(client, orders):
+    # The wrapped key is not authenticated, so the service answers about whichever version it
+    # names, genuine or not: that answer concerns the key, and the ciphertext still never opens.
+    old = client.encrypt(b"under version 1", key_id=orders, context=CONTEXT)
+    client.rotate_key(orders)
+    new = client.encrypt(b"under version 2", key_id=orders, context=CONTEXT)
+    client.disable_key_version(orders, 1)
+    for ciphertext in (old, _naming(new, orders, 1)):
+        with pytest.raises(KeyVersionDisabled) as raised:
+            client.decrypt(ciphertext, context=CONTEXT)
+        assert not isinstance(raised.value, InvalidCiphertext)
+        with pytest.raises(KeyVersionDisabled):
+            client.rewrap(ciphertext, context=CONTEXT)
+    with pytest.raises(InvalidCiphertext):
+        client.decrypt(_naming(new, orders, 3), context=CONTEXT)  # no version 3: an integrity failure
+    assert client.decrypt(new, context=CONTEXT) == b"under version 2"
+
+
+def test_a_wrapped_key_naming_a_key_the_caller_may_not_use_gives_permission_denied(mtls_server, connect):
+    admin, app = connect(mtls_server, "admin"), connect(mtls_server, "app")
+    for key_id in ("orders", "payroll"):
+        admin.create_key(key_id)
+    admin.grant_permissions(APP, "orders", ["encrypt", "decrypt"])
+    ciphertext = app.encrypt(b"an order", key_id="orders", context=CONTEXT)
+    with pytest.raises(PermissionDenied):
+        app.decrypt(_naming(ciphertext, "payroll", 1), context=CONTEXT)
+    with pytest.raises(InvalidCiphertext):
+        admin.decrypt(_naming(ciphertext, "payroll", 1), context=CONTEXT)  # may use payroll: it fails to open
+    assert app.decrypt(ciphertext, context=CONTEXT) == b"an order"
+
+
+def test_decrypt_documents_the_errors_about_the_named_key_version_beside_the_integrity_failures():
+    for name in ("InvalidCiphertext", "TruncatedCiphertext", "EncryptionContextMismatch", "PermissionDenied",
+                 "KeyVersionNotUsable", "KeyVersionDisabled", "KeyMaterialMissing", "Unavailable"):
+        assert name in KmsClient.decrypt.__doc__
+    for method in (KmsClient.decrypt_stream, KmsClient.rewrap):
+        assert "Raises what ``decrypt`` raises" in " ".join(method.__doc__.split())
+
+
 def test_stream_truncated_at_each_frame_boundary_says_so(client, orders):
     plaintext = os.urandom(4 * F + 1)
     ciphertext = client.encrypt(plaintext, key_id=orders, context=CONTEXT, frame_size=F)
@@ -158,6 +211,26 @@ def test_rewrap_many_reports_each_item_on_its_own(client, orders):
         assert isinstance(result, bytes) and client.decrypt(result, context={"row": str(i)}) == bytes([i]) * 10
     assert isinstance(results[5], EncryptionContextMismatch)
     assert isinstance(results[6], InvalidCiphertext)
+
+
+@pytest.mark.parametrize("forged_first", [False, True], ids=["genuine-first", "forged-first"])
+def test_rewrap_many_checks_each_item_against_the_key_id_its_own_header_names(client, orders, forged_first):
+    # Two items sharing a wrapped key cost one BatchReWrap item, but a header naming `payroll`
+    # around the `orders` wrapped key is a forgery, whichever of the two comes first.
+    client.create_key("payroll")
+    data_key = client.generate_data_key(orders, CONTEXT)
+    genuine = seal(b"an order", context=CONTEXT, data_key=data_key.plaintext, wrapped_key=data_key.wrapped_key,
+                   key_id=orders)
+    forged = seal(b"pay everyone twice", context=CONTEXT, data_key=data_key.plaintext,
+                  wrapped_key=data_key.wrapped_key, key_id="payroll")
+    client.rotate_key(orders)
+    order = ["forged", "genuine"] if forged_first else ["genuine", "forged"]
+    items = {"genuine": (genuine, CONTEXT), "forged": (forged, CONTEXT)}
+    results = dict(zip(order, client.rewrap_many([items[name] for name in order]), strict=True))
+    assert type(results["forged"]) is InvalidCiphertext
+    assert isinstance(results["genuine"], bytes)
+    assert parse_header_bytes(results["genuine"]).wrapped_key != data_key.wrapped_key
+    assert client.decrypt(results["genuine"], context=CONTEXT) == b"an order"
 
 
 def test_errors_are_typed(client, orders):

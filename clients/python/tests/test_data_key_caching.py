@@ -8,9 +8,10 @@ from collections import Counter
 
 import pytest
 
-from kms_client import DataKeyCaching, EncryptionContextMismatch, parse_header_bytes
+from kms_client import DataKeyCaching, EncryptionContextMismatch, InvalidCiphertext, parse_header_bytes
 from kms_client.caching import DataKeyCache
 from kms_client.types import DataKey
+from sdk_helpers import seal
 
 
 class FakeClock:
@@ -85,6 +86,27 @@ def test_decrypt_side_cache_expires_and_keys_on_the_context(make_client, counter
     client.clear_data_key_cache()
     client.decrypt(ciphertext, context={"tenant": "acme"})
     assert counter.calls["Decrypt"] == 3
+
+
+def test_a_cached_data_key_opens_only_headers_that_name_the_key_it_belongs_to(make_client, client, orders):
+    # Whoever holds a data key of `orders` can seal a message whose header names `payroll` but
+    # carries the `orders` wrapped key: the service opens that wrapped key and says `orders`.
+    client.create_key("payroll")
+    context = {"tenant": "acme"}
+    data_key = client.generate_data_key(orders, context)
+    genuine = seal(b"an order", context=context, data_key=data_key.plaintext, wrapped_key=data_key.wrapped_key,
+                   key_id=orders)
+    forged = seal(b"pay everyone twice", context=context, data_key=data_key.plaintext,
+                  wrapped_key=data_key.wrapped_key, key_id="payroll")
+    victim = make_client(DataKeyCaching())
+    assert victim.decrypt(genuine, context=context) == b"an order"  # its data key is now cached
+    with pytest.raises(InvalidCiphertext) as raised:
+        victim.decrypt(forged, context=context)
+    assert type(raised.value) is InvalidCiphertext
+    with pytest.raises(InvalidCiphertext) as raised:
+        victim.decrypt_stream(io.BytesIO(forged), io.BytesIO(), context=context)
+    assert type(raised.value) is InvalidCiphertext
+    assert victim.decrypt(genuine, context=context) == b"an order"
 
 
 def test_streams_never_reuse_a_data_key(caching_client, counter, orders):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -20,18 +21,32 @@ from kms_client._context import encode_context
 from kms_client.errors import EncryptionContextMismatch, InvalidCiphertext, TruncatedCiphertext
 from sdk_helpers import open_, open_stream
 
-VECTORS = json.loads((Path(__file__).resolve().parents[3] / "docs" / "vectors" / "envelope-v1.json").read_text())
+ROOT = Path(__file__).resolve().parents[3]
+VECTOR_FILE = ROOT / "docs" / "vectors" / "envelope-v1.json"
+VECTORS = json.loads(VECTOR_FILE.read_text())
 BY_ID = {v["id"]: v for v in VECTORS["vectors"]}
 VALID = [pytest.param(v, id=f"{v['id']}") for v in VECTORS["vectors"] if v["result"] == "valid"]
 REFUSED = [pytest.param(v, id=f"{v['id']}-{v['result']}") for v in VECTORS["vectors"] if v["result"] != "valid"]
 
 
 class Refused(Exception):
-    pass
+    """The independent reader's integrity failure."""
 
 
 class Truncated(Refused):
     pass
+
+
+class ContextMismatch(Refused):
+    pass
+
+
+# result -> (what the independent reader raises, what the SDK raises), each exactly that class
+OUTCOMES = {
+    "truncated": (Truncated, TruncatedCiphertext),
+    "context_mismatch": (ContextMismatch, EncryptionContextMismatch),
+    "invalid": (Refused, InvalidCiphertext),
+}
 
 
 def unwrap(wrapped_key: bytes, wrapping: dict, context: dict) -> bytes:
@@ -54,6 +69,40 @@ def hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
     return okm[:length]
 
 
+def decode_context(encoded: bytes) -> dict:
+    """docs/envelope-format.md, "Encryption context": the context of a canonical encoding only."""
+    at = 0
+
+    def number(low: int, high: int) -> int:
+        nonlocal at
+        if at + 2 > len(encoded):
+            raise Refused("context ends early")
+        (value,) = struct.unpack_from(">H", encoded, at)
+        if not low <= value <= high:
+            raise Refused("context field out of range")
+        at += 2
+        return value
+
+    def string(low: int, high: int) -> bytes:
+        nonlocal at
+        length = number(low, high)
+        if at + length > len(encoded):
+            raise Refused("context ends early")
+        at += length
+        return encoded[at - length : at]
+
+    if len(encoded) > 8192:
+        raise Refused("context too long")
+    entries = [(string(1, 128), string(0, 1024)) for _ in range(number(0, 64))]
+    keys = [key for key, _ in entries]
+    if at != len(encoded) or any(a >= b for a, b in zip(keys, keys[1:])):
+        raise Refused("context not canonical")
+    try:
+        return {key.decode("utf-8"): value.decode("utf-8") for key, value in entries}
+    except UnicodeDecodeError:
+        raise Refused("context not UTF-8") from None
+
+
 def independent_decrypt(ciphertext: bytes, data_key_for, context: dict) -> bytes:
     """A reader written from docs/envelope-format.md. ``data_key_for(wrapped_key)``."""
     need = lambda n, at: ciphertext[at : at + n] if at + n <= len(ciphertext) else _raise(Truncated)  # noqa: E731
@@ -65,8 +114,7 @@ def independent_decrypt(ciphertext: bytes, data_key_for, context: dict) -> bytes
     offset = 44 + key_id_length
     (context_length,) = struct.unpack(">H", need(2, offset))
     encoded_context = need(context_length, offset + 2)
-    if encoded_context != encode_context(context):
-        raise Refused("context")
+    decode_context(encoded_context)
     offset += 2 + context_length
     commitment = need(32, offset)
     authenticated = ciphertext[: offset + 32]
@@ -74,6 +122,8 @@ def independent_decrypt(ciphertext: bytes, data_key_for, context: dict) -> bytes
     (wrapped_length,) = struct.unpack(">H", need(2, offset + 64))
     wrapped_key = need(wrapped_length, offset + 66)
     body = ciphertext[offset + 66 + wrapped_length :]
+    if encoded_context != encode_context(context):
+        raise ContextMismatch
     okm = hkdf(data_key_for(wrapped_key), salt, b"KMSE\x01\x00\x01", 96)
     if not hmac.compare_digest(okm[64:], commitment):
         raise Refused("commitment")
@@ -103,6 +153,14 @@ def _data_key_for(vector: dict):
     base = BY_ID.get(vector.get("based_on"), vector)
     wrapping = vector.get("wrapping", base["wrapping"])
     return lambda wrapped_key: unwrap(wrapped_key, wrapping, base["encryption_context"])
+
+
+def test_the_generator_reproduces_the_file_byte_for_byte():
+    script = ROOT / "scripts" / "make_envelope_vectors.py"
+    spec = importlib.util.spec_from_file_location("make_envelope_vectors", script)
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert json.dumps(generator.build(), indent=2, ensure_ascii=False) + "\n" == VECTOR_FILE.read_text()
 
 
 def test_the_file_names_its_format_and_holds_each_kind_of_case():
@@ -155,18 +213,16 @@ def test_the_rewrapped_vector_differs_from_its_original_only_in_the_wrapped_key(
 
 
 @pytest.mark.parametrize("vector", REFUSED)
-def test_refused_vector_is_refused_by_the_sdk_and_the_independent_reader(vector):
+def test_refused_vector_is_refused_for_its_stated_reason_by_the_sdk_and_the_independent_reader(vector):
     ciphertext = bytes.fromhex(vector["ciphertext"])
     lookup = _data_key_for(vector)
-    expected = {
-        "truncated": TruncatedCiphertext,
-        "context_mismatch": EncryptionContextMismatch,
-        "invalid": InvalidCiphertext,
-    }[vector["result"]]
-    with pytest.raises(Truncated if vector["result"] == "truncated" else Refused):
+    independent, sdk = OUTCOMES[vector["result"]]
+    with pytest.raises(Refused) as refused:
         independent_decrypt(ciphertext, lookup, vector["decrypt_context"])
-    with pytest.raises(expected):
+    assert type(refused.value) is independent
+    with pytest.raises(InvalidCiphertext) as raised:
         header = envelope.parse_header_bytes(ciphertext)
         if encode_context(vector["decrypt_context"]) != header.encoded_context:
             raise EncryptionContextMismatch("context")
         open_(ciphertext, lookup(header.wrapped_key))
+    assert type(raised.value) is sdk

@@ -4,18 +4,23 @@ against the service's (kms.crypto.context), which binds the same bytes to wrappe
 from __future__ import annotations
 
 import json
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
 
 from kms.crypto.context import encode_context as service_encode_context
 from kms_client import envelope
 from kms_client._context import decode_context, encode_context
 from kms_client.errors import InvalidCiphertext, InvalidEncryptionContext
 
-WYCHEPROOF = Path(__file__).resolve().parents[3] / "tests" / "vectors" / "wycheproof"
+ROOT = Path(__file__).resolve().parents[3]
+WYCHEPROOF = ROOT / "tests" / "vectors" / "wycheproof"
 
 
 def _load(name: str) -> dict:
@@ -94,6 +99,27 @@ def test_context_encoding_is_the_services_and_decodes_back(context):
 def test_context_example_from_the_wrapped_key_specification():
     encoded = encode_context({"tenant": "acme", "a": ""})
     assert encoded.hex() == "0002" "0001" "61" "0000" "0006" "74656e616e74" "0004" "61636d65"
+
+
+def test_the_envelope_specification_spells_out_every_field_of_the_context_encoding():
+    section = (ROOT / "docs" / "envelope-format.md").read_text().split("### Encryption context\n")[1]
+    layout = section.split("```\n")[1]
+    rows = [line.split() for line in layout.splitlines() if line.strip() and not line.startswith("then")]
+    assert [row[1] if row[0] == "uint16" else row[0] for row in rows] == ["N", "len(key)", "key", "len(value)", "value"]
+    example = re.search(r"Example: `(\{.*?\})`\s+encodes to\s+```\n(.*?)\n```", section, re.S)
+    assert example, "the section shows an example encoding"
+    context, encoded = json.loads(example[1]), bytes.fromhex(example[2].replace(" ", ""))
+    assert encode_context(context) == encoded and decode_context(encoded) == context
+
+
+def test_the_declared_cryptography_floor_has_the_aesgcm_methods_the_frame_cipher_calls():
+    # Aes256Gcm calls AESGCM.encrypt_into and decrypt_into, which pyca/cryptography added in
+    # 47.0.0: the wheels of 46.0.3 have neither.
+    assert hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
+    project = tomllib.loads((ROOT / "clients" / "python" / "pyproject.toml").read_text())["project"]
+    (requirement,) = [r for r in map(Requirement, project["dependencies"]) if r.name == "cryptography"]
+    assert "46.0.3" not in requirement.specifier
+    assert "47.0.0" in requirement.specifier
 
 
 @pytest.mark.parametrize(
