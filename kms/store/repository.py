@@ -76,17 +76,19 @@ class SqlKeyRepository:
             .order_by(KeyRow.next_rotation_time)
             .limit(limit)
         )
-        worn = (
-            select(KeyRow.key_id)
-            .join(KeyVersionRow, and_(KeyVersionRow.key_id == KeyRow.key_id, KeyVersionRow.version == KeyRow.primary_version))
-            .where(KeyVersionRow.data_keys_issued >= max_wraps)
-            .order_by(KeyRow.key_id)
-            .limit(limit)
-        )
         with database_errors(), self._sessions() as session:
             due = list(session.scalars(scheduled))
             if max_wraps is not None:
-                due += [key_id for key_id in session.scalars(worn) if key_id not in due]
+                worn = (
+                    select(KeyRow.key_id)
+                    .join(KeyVersionRow, and_(KeyVersionRow.key_id == KeyRow.key_id,
+                                              KeyVersionRow.version == KeyRow.primary_version))
+                    .where(KeyVersionRow.data_keys_issued >= max_wraps)
+                    .order_by(KeyRow.key_id)
+                    .limit(limit)
+                )
+                already = set(due)
+                due += [key_id for key_id in session.scalars(worn) if key_id not in already]
             return due[:limit]
 
     def due_for_destruction(self, now: datetime, limit: int) -> list[tuple[str, int]]:
