@@ -1,6 +1,6 @@
-"""The generated messages and service descriptors, which live in the SDK (see scripts/gen_proto.py)."""
+"""The generated messages and service descriptors, from the kms-proto distribution (scripts/gen_proto.py)."""
 
-from kms_client._proto.kms.v1 import kms_pb2 as pb
+from kms_proto.kms.v1 import kms_pb2 as pb
 
 SERVICE_NAME = "kms.v1.KeyManagementService"
 SERVICE = pb.DESCRIPTOR.services_by_name["KeyManagementService"]

@@ -36,7 +36,7 @@ from _harness import (
 )
 
 from kms_client import KmsClient, tls_credentials
-from kms_client._proto.kms.v1 import kms_pb2 as pb
+from kms_proto.kms.v1 import kms_pb2 as pb
 
 KEY_ID = "bench"
 CONTEXT = {"tenant": "acme", "purpose": "bench"}

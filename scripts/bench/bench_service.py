@@ -32,7 +32,7 @@ from _hsm_baseline import measure_wrap
 from kms.crypto.context import encode_context
 from kms.crypto.wrapped_key import WrappedKeyHeader
 from kms_client import KmsClient
-from kms_client._proto.kms.v1 import kms_pb2 as pb
+from kms_proto.kms.v1 import kms_pb2 as pb
 
 KEY_ID = "bench"
 # A realistic context: with the wrapped key header it makes 43 bytes of GCM associated data.

@@ -279,8 +279,8 @@ def test_no_request_can_produce_a_record_the_log_cannot_store(audited):
     block the chain (which would fail every later call closed)."""
     import grpc
 
-    from kms_client._proto.kms.v1 import kms_pb2 as pb
-    from kms_client._proto.kms.v1 import kms_pb2_grpc
+    from kms_proto.kms.v1 import kms_pb2 as pb
+    from kms_proto.kms.v1 import kms_pb2_grpc
 
     app, client, _ = audited
     with grpc.insecure_channel(app.target) as channel:

@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import kms_client
 from kms.api.proto import SERVICE, SERVICE_NAME
-from kms_client._proto.kms.v1 import kms_pb2 as pb
+from kms_proto.kms.v1 import kms_pb2 as pb
 
 CONTEXT = {"tenant": "acme"}
 

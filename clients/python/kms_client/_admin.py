@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
-from kms_client._proto.kms.v1 import kms_pb2 as pb
-from kms_client._proto.kms.v1 import kms_pb2_grpc
+from kms_proto.kms.v1 import kms_pb2 as pb
+from kms_proto.kms.v1 import kms_pb2_grpc
 from kms_client._retry import NO_RETRY
 from kms_client.errors import from_rpc_error
 from kms_client.types import Key, key_from_pb

@@ -13,8 +13,8 @@ import grpc
 from google.protobuf import duration_pb2
 
 from kms_client._admin import AdminMixin
-from kms_client._proto.kms.v1 import kms_pb2 as pb
-from kms_client._proto.kms.v1 import kms_pb2_grpc
+from kms_proto.kms.v1 import kms_pb2 as pb
+from kms_proto.kms.v1 import kms_pb2_grpc
 from kms_client._retry import NO_RETRY, RetryPolicy
 from kms_client.caching import DataKeyCache, DataKeyCaching
 from kms_client.encryption import EnvelopeEncryption

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from kms_client._proto.kms.v1 import kms_pb2 as pb
+from kms_proto.kms.v1 import kms_pb2 as pb
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from . import kms_pb2 as kms_dot_v1_dot_kms__pb2
+from kms_proto.kms.v1 import kms_pb2 as kms__proto_dot_kms_dot_v1_dot_kms__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in kms/v1/kms_pb2_grpc.py depends on'
+        + ' but the generated code in kms_proto/kms/v1/kms_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,93 +36,93 @@ class KeyManagementServiceStub:
         """
         self.CreateKey = channel.unary_unary(
                 '/kms.v1.KeyManagementService/CreateKey',
-                request_serializer=kms_dot_v1_dot_kms__pb2.CreateKeyRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
         self.GetKey = channel.unary_unary(
                 '/kms.v1.KeyManagementService/GetKey',
-                request_serializer=kms_dot_v1_dot_kms__pb2.GetKeyRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
         self.ListKeys = channel.unary_unary(
                 '/kms.v1.KeyManagementService/ListKeys',
-                request_serializer=kms_dot_v1_dot_kms__pb2.ListKeysRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.ListKeysResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
         self.RotateKey = channel.unary_unary(
                 '/kms.v1.KeyManagementService/RotateKey',
-                request_serializer=kms_dot_v1_dot_kms__pb2.RotateKeyRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
         self.UpdateKey = channel.unary_unary(
                 '/kms.v1.KeyManagementService/UpdateKey',
-                request_serializer=kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
         self.DisableKeyVersion = channel.unary_unary(
                 '/kms.v1.KeyManagementService/DisableKeyVersion',
-                request_serializer=kms_dot_v1_dot_kms__pb2.DisableKeyVersionRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.DisableKeyVersionRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
         self.EnableKeyVersion = channel.unary_unary(
                 '/kms.v1.KeyManagementService/EnableKeyVersion',
-                request_serializer=kms_dot_v1_dot_kms__pb2.EnableKeyVersionRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.EnableKeyVersionRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
         self.ScheduleKeyVersionDestruction = channel.unary_unary(
                 '/kms.v1.KeyManagementService/ScheduleKeyVersionDestruction',
-                request_serializer=kms_dot_v1_dot_kms__pb2.ScheduleKeyVersionDestructionRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ScheduleKeyVersionDestructionRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
         self.CancelKeyVersionDestruction = channel.unary_unary(
                 '/kms.v1.KeyManagementService/CancelKeyVersionDestruction',
-                request_serializer=kms_dot_v1_dot_kms__pb2.CancelKeyVersionDestructionRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.CancelKeyVersionDestructionRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
         self.RetireKeyVersion = channel.unary_unary(
                 '/kms.v1.KeyManagementService/RetireKeyVersion',
-                request_serializer=kms_dot_v1_dot_kms__pb2.RetireKeyVersionRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Key.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.RetireKeyVersionRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
                 _registered_method=True)
         self.GenerateDataKey = channel.unary_unary(
                 '/kms.v1.KeyManagementService/GenerateDataKey',
-                request_serializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyResponse.FromString,
                 _registered_method=True)
         self.GenerateDataKeyWithoutPlaintext = channel.unary_unary(
                 '/kms.v1.KeyManagementService/GenerateDataKeyWithoutPlaintext',
-                request_serializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyWithoutPlaintextResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyWithoutPlaintextResponse.FromString,
                 _registered_method=True)
         self.Decrypt = channel.unary_unary(
                 '/kms.v1.KeyManagementService/Decrypt',
-                request_serializer=kms_dot_v1_dot_kms__pb2.DecryptRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.DecryptResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.DecryptRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.DecryptResponse.FromString,
                 _registered_method=True)
         self.ReWrap = channel.unary_unary(
                 '/kms.v1.KeyManagementService/ReWrap',
-                request_serializer=kms_dot_v1_dot_kms__pb2.ReWrapRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.ReWrapResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ReWrapRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ReWrapResponse.FromString,
                 _registered_method=True)
         self.BatchGenerateDataKey = channel.unary_unary(
                 '/kms.v1.KeyManagementService/BatchGenerateDataKey',
-                request_serializer=kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyResponse.FromString,
                 _registered_method=True)
         self.BatchDecrypt = channel.unary_unary(
                 '/kms.v1.KeyManagementService/BatchDecrypt',
-                request_serializer=kms_dot_v1_dot_kms__pb2.BatchDecryptRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.BatchDecryptResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptResponse.FromString,
                 _registered_method=True)
         self.BatchReWrap = channel.unary_unary(
                 '/kms.v1.KeyManagementService/BatchReWrap',
-                request_serializer=kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
                 _registered_method=True)
         self.StreamReWrap = channel.stream_stream(
                 '/kms.v1.KeyManagementService/StreamReWrap',
-                request_serializer=kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
                 _registered_method=True)
 
 
@@ -297,93 +297,93 @@ def add_KeyManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateKey,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.CreateKeyRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.CreateKeyRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'GetKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GetKey,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.GetKeyRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'ListKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListKeys,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.ListKeysRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.ListKeysResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListKeysRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListKeysResponse.SerializeToString,
             ),
             'RotateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateKey,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.RotateKeyRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.RotateKeyRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'UpdateKey': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateKey,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'DisableKeyVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.DisableKeyVersion,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.DisableKeyVersionRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.DisableKeyVersionRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'EnableKeyVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.EnableKeyVersion,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.EnableKeyVersionRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.EnableKeyVersionRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'ScheduleKeyVersionDestruction': grpc.unary_unary_rpc_method_handler(
                     servicer.ScheduleKeyVersionDestruction,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.ScheduleKeyVersionDestructionRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ScheduleKeyVersionDestructionRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'CancelKeyVersionDestruction': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelKeyVersionDestruction,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.CancelKeyVersionDestructionRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.CancelKeyVersionDestructionRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'RetireKeyVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.RetireKeyVersion,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.RetireKeyVersionRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.RetireKeyVersionRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.SerializeToString,
             ),
             'GenerateDataKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GenerateDataKey,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyResponse.SerializeToString,
             ),
             'GenerateDataKeyWithoutPlaintext': grpc.unary_unary_rpc_method_handler(
                     servicer.GenerateDataKeyWithoutPlaintext,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.GenerateDataKeyWithoutPlaintextResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyWithoutPlaintextResponse.SerializeToString,
             ),
             'Decrypt': grpc.unary_unary_rpc_method_handler(
                     servicer.Decrypt,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.DecryptRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.DecryptResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.DecryptRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.DecryptResponse.SerializeToString,
             ),
             'ReWrap': grpc.unary_unary_rpc_method_handler(
                     servicer.ReWrap,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.ReWrapRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.ReWrapResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ReWrapRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ReWrapResponse.SerializeToString,
             ),
             'BatchGenerateDataKey': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchGenerateDataKey,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyResponse.SerializeToString,
             ),
             'BatchDecrypt': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchDecrypt,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.BatchDecryptRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.BatchDecryptResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptResponse.SerializeToString,
             ),
             'BatchReWrap': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchReWrap,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.SerializeToString,
             ),
             'StreamReWrap': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamReWrap,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -411,8 +411,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/CreateKey',
-            kms_dot_v1_dot_kms__pb2.CreateKeyRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.CreateKeyRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,
             insecure,
@@ -438,8 +438,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/GetKey',
-            kms_dot_v1_dot_kms__pb2.GetKeyRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GetKeyRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,
             insecure,
@@ -465,8 +465,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/ListKeys',
-            kms_dot_v1_dot_kms__pb2.ListKeysRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.ListKeysResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListKeysRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -492,8 +492,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/RotateKey',
-            kms_dot_v1_dot_kms__pb2.RotateKeyRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.RotateKeyRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,
             insecure,
@@ -519,8 +519,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/UpdateKey',
-            kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.UpdateKeyRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,
             insecure,
@@ -546,8 +546,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/DisableKeyVersion',
-            kms_dot_v1_dot_kms__pb2.DisableKeyVersionRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.DisableKeyVersionRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,
             insecure,
@@ -573,8 +573,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/EnableKeyVersion',
-            kms_dot_v1_dot_kms__pb2.EnableKeyVersionRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.EnableKeyVersionRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,
             insecure,
@@ -600,8 +600,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/ScheduleKeyVersionDestruction',
-            kms_dot_v1_dot_kms__pb2.ScheduleKeyVersionDestructionRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ScheduleKeyVersionDestructionRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,
             insecure,
@@ -627,8 +627,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/CancelKeyVersionDestruction',
-            kms_dot_v1_dot_kms__pb2.CancelKeyVersionDestructionRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.CancelKeyVersionDestructionRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,
             insecure,
@@ -654,8 +654,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/RetireKeyVersion',
-            kms_dot_v1_dot_kms__pb2.RetireKeyVersionRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Key.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.RetireKeyVersionRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Key.FromString,
             options,
             channel_credentials,
             insecure,
@@ -681,8 +681,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/GenerateDataKey',
-            kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.GenerateDataKeyResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -708,8 +708,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/GenerateDataKeyWithoutPlaintext',
-            kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.GenerateDataKeyWithoutPlaintextResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GenerateDataKeyWithoutPlaintextResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -735,8 +735,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/Decrypt',
-            kms_dot_v1_dot_kms__pb2.DecryptRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.DecryptResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.DecryptRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.DecryptResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -762,8 +762,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/ReWrap',
-            kms_dot_v1_dot_kms__pb2.ReWrapRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.ReWrapResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ReWrapRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ReWrapResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -789,8 +789,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/BatchGenerateDataKey',
-            kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchGenerateDataKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -816,8 +816,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/BatchDecrypt',
-            kms_dot_v1_dot_kms__pb2.BatchDecryptRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.BatchDecryptResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchDecryptResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -843,8 +843,8 @@ class KeyManagementService:
             request,
             target,
             '/kms.v1.KeyManagementService/BatchReWrap',
-            kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -870,8 +870,8 @@ class KeyManagementService:
             request_iterator,
             target,
             '/kms.v1.KeyManagementService/StreamReWrap',
-            kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -898,33 +898,33 @@ class PolicyServiceStub:
         """
         self.GrantPermissions = channel.unary_unary(
                 '/kms.v1.PolicyService/GrantPermissions',
-                request_serializer=kms_dot_v1_dot_kms__pb2.GrantPermissionsRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Grant.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GrantPermissionsRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Grant.FromString,
                 _registered_method=True)
         self.RevokeGrant = channel.unary_unary(
                 '/kms.v1.PolicyService/RevokeGrant',
-                request_serializer=kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.Grant.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Grant.FromString,
                 _registered_method=True)
         self.ListGrants = channel.unary_unary(
                 '/kms.v1.PolicyService/ListGrants',
-                request_serializer=kms_dot_v1_dot_kms__pb2.ListGrantsRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.ListGrantsResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsResponse.FromString,
                 _registered_method=True)
         self.AddGroupMember = channel.unary_unary(
                 '/kms.v1.PolicyService/AddGroupMember',
-                request_serializer=kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
                 _registered_method=True)
         self.RemoveGroupMember = channel.unary_unary(
                 '/kms.v1.PolicyService/RemoveGroupMember',
-                request_serializer=kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
                 _registered_method=True)
         self.ListGroupMembers = channel.unary_unary(
                 '/kms.v1.PolicyService/ListGroupMembers',
-                request_serializer=kms_dot_v1_dot_kms__pb2.ListGroupMembersRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.ListGroupMembersResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGroupMembersRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGroupMembersResponse.FromString,
                 _registered_method=True)
 
 
@@ -984,33 +984,33 @@ def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GrantPermissions': grpc.unary_unary_rpc_method_handler(
                     servicer.GrantPermissions,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.GrantPermissionsRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Grant.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GrantPermissionsRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Grant.SerializeToString,
             ),
             'RevokeGrant': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeGrant,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.Grant.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Grant.SerializeToString,
             ),
             'ListGrants': grpc.unary_unary_rpc_method_handler(
                     servicer.ListGrants,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.ListGrantsRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.ListGrantsResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsResponse.SerializeToString,
             ),
             'AddGroupMember': grpc.unary_unary_rpc_method_handler(
                     servicer.AddGroupMember,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.GroupMemberRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.GroupMembership.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMemberRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMembership.SerializeToString,
             ),
             'RemoveGroupMember': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveGroupMember,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.GroupMemberRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.GroupMembership.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMemberRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMembership.SerializeToString,
             ),
             'ListGroupMembers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListGroupMembers,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.ListGroupMembersRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.ListGroupMembersResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGroupMembersRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGroupMembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1042,8 +1042,8 @@ class PolicyService:
             request,
             target,
             '/kms.v1.PolicyService/GrantPermissions',
-            kms_dot_v1_dot_kms__pb2.GrantPermissionsRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Grant.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GrantPermissionsRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Grant.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1069,8 +1069,8 @@ class PolicyService:
             request,
             target,
             '/kms.v1.PolicyService/RevokeGrant',
-            kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.Grant.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.RevokeGrantRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Grant.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1096,8 +1096,8 @@ class PolicyService:
             request,
             target,
             '/kms.v1.PolicyService/ListGrants',
-            kms_dot_v1_dot_kms__pb2.ListGrantsRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.ListGrantsResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGrantsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1123,8 +1123,8 @@ class PolicyService:
             request,
             target,
             '/kms.v1.PolicyService/AddGroupMember',
-            kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1150,8 +1150,8 @@ class PolicyService:
             request,
             target,
             '/kms.v1.PolicyService/RemoveGroupMember',
-            kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMemberRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.GroupMembership.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1177,8 +1177,8 @@ class PolicyService:
             request,
             target,
             '/kms.v1.PolicyService/ListGroupMembers',
-            kms_dot_v1_dot_kms__pb2.ListGroupMembersRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.ListGroupMembersResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGroupMembersRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListGroupMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1203,13 +1203,13 @@ class AuditServiceStub:
         """
         self.ListAuditEvents = channel.unary_stream(
                 '/kms.v1.AuditService/ListAuditEvents',
-                request_serializer=kms_dot_v1_dot_kms__pb2.ListAuditEventsRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.AuditEvent.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.AuditEvent.FromString,
                 _registered_method=True)
         self.VerifyAuditLog = channel.unary_unary(
                 '/kms.v1.AuditService/VerifyAuditLog',
-                request_serializer=kms_dot_v1_dot_kms__pb2.VerifyAuditLogRequest.SerializeToString,
-                response_deserializer=kms_dot_v1_dot_kms__pb2.VerifyAuditLogResponse.FromString,
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.VerifyAuditLogRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.VerifyAuditLogResponse.FromString,
                 _registered_method=True)
 
 
@@ -1239,13 +1239,13 @@ def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListAuditEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.ListAuditEvents,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.ListAuditEventsRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.AuditEvent.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.AuditEvent.SerializeToString,
             ),
             'VerifyAuditLog': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyAuditLog,
-                    request_deserializer=kms_dot_v1_dot_kms__pb2.VerifyAuditLogRequest.FromString,
-                    response_serializer=kms_dot_v1_dot_kms__pb2.VerifyAuditLogResponse.SerializeToString,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.VerifyAuditLogRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.VerifyAuditLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1275,8 +1275,8 @@ class AuditService:
             request,
             target,
             '/kms.v1.AuditService/ListAuditEvents',
-            kms_dot_v1_dot_kms__pb2.ListAuditEventsRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.AuditEvent.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListAuditEventsRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.AuditEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1302,8 +1302,8 @@ class AuditService:
             request,
             target,
             '/kms.v1.AuditService/VerifyAuditLog',
-            kms_dot_v1_dot_kms__pb2.VerifyAuditLogRequest.SerializeToString,
-            kms_dot_v1_dot_kms__pb2.VerifyAuditLogResponse.FromString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.VerifyAuditLogRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.VerifyAuditLogResponse.FromString,
             options,
             channel_credentials,
             insecure,
