@@ -137,12 +137,23 @@ def retire(client: KmsClient, as_json: bool, key_id: str, version: int, min_idle
            pending_window: timedelta | None, reports: tuple[Path, ...]) -> None:
     """Disable VERSION and schedule its destruction, unless anything shows it is still in use."""
     for path in reports:
-        report = Report.from_dict(json.loads(path.read_text()))
-        if not report.complete or report.dry_run:
-            raise click.ClickException(f"{path}: that rewrap run did not complete (or was a dry run); finish it first")
-        if left := report.remaining_on(key_id, version):
-            raise click.ClickException(
-                f"{path}: {left} items are still under {key_id} version {version}; re-run kms rewrap until none are"
-            )
+        _require_clear(path, key_id, version)
     key = client.retire_key_version(key_id, version, min_idle=min_idle, pending_window=pending_window)
     emit_json(key) if as_json else show_key(key)
+
+
+def _require_clear(path: Path, key_id: str, version: int) -> None:
+    """Refuses unless the rewrap report at ``path`` shows its corpus holds nothing under the version."""
+    report = Report.from_dict(json.loads(path.read_text()))
+    if not report.complete or report.dry_run:
+        raise click.ClickException(f"{path}: that rewrap run did not complete (or was a dry run); finish it first")
+    if left := report.remaining_on(key_id, version):
+        raise click.ClickException(
+            f"{path}: {left} items are still under {key_id} version {version} (failed, refused or changed meanwhile: "
+            "see the report's failures); deal with them and re-run kms rewrap until none are"
+        )
+    if report.unknown_version:
+        raise click.ClickException(
+            f"{path}: {report.unknown_version} items could not be read, so that run cannot show that none is under "
+            f"{key_id} version {version}; fix or remove them (see the report's failures) and re-run kms rewrap"
+        )

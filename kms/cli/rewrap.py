@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 
 from kms.cli.common import remote
 from kms.cli.output import console, emit_json
+from kms.rewrap.checkpoint import CheckpointMismatch
 from kms.rewrap.job import JobOptions, RewrapJob, Source
 from kms.rewrap.report import Report
 from kms_client import KmsClient
@@ -91,9 +92,18 @@ def table(client: KmsClient, as_json: bool, database_url: str, table: str, colum
 @job_options
 @remote
 def files(client: KmsClient, as_json: bool, directory: Path, pattern: str, **options: Any) -> None:
-    """Re-wrap SDK ciphertext files under DIRECTORY (headers only; bodies are copied as they are)."""
+    """Re-wrap SDK ciphertext files under DIRECTORY onto their keys' primary versions (headers
+    only; bodies are copied as they are)."""
     from kms.rewrap.files import DirectorySource
 
+    if options["destination_key_id"]:
+        # Every file is an SDK ciphertext, which names its key in its authenticated header: the
+        # job would refuse each one, so refuse the whole job before reading anything.
+        raise click.UsageError(
+            "--destination-key-id: SDK ciphertexts cannot move to another key (the key id in their header is "
+            "authenticated); that takes decrypting and re-encrypting them. Without the option, kms rewrap files "
+            "re-wraps each file onto the primary version of the key its header names."
+        )
     _run(client, DirectorySource(directory, pattern), as_json, **options)
 
 
@@ -118,7 +128,10 @@ def _run(
         job.on_progress = lambda count: progress.update(
             task, advance=count, rate=f"{progress.tasks[task].speed or 0:.0f}"
         )
-        report = job.run()
+        try:
+            report = job.run()
+        except CheckpointMismatch as error:
+            raise click.ClickException(f"{error} (--restart removes it and starts over)") from None
     if report_file is not None:
         report_file.write_text(json.dumps(asdict(report), indent=2))
     emit_json(report) if as_json else _show(report)
@@ -134,6 +147,16 @@ def _show(report: Report) -> None:
     console.print(f"failed               {report.failed}")
     for reason, count in sorted(report.failures.items(), key=lambda item: -item[1]):
         console.print(f"  {count:>8}  {reason}")
+    if report.refused:
+        console.print(
+            f"of which refused     {report.refused}: left unchanged and counted as still on their versions "
+            "(to move an SDK ciphertext to another key, decrypt it and encrypt it again with the SDK)"
+        )
+    if report.unknown_version:
+        console.print(
+            f"of which unreadable  {report.unknown_version}: under versions unknown, so kms keys retire "
+            "--rewrap-report refuses every version until they are fixed or removed and the job is run again"
+        )
     for key_id, versions in sorted(report.remaining.items()):
         left = ", ".join(f"v{v}: {n}" for v, n in sorted(versions.items(), key=lambda item: int(item[0])))
         console.print(f"still on old versions of {key_id}: {left}")

@@ -17,6 +17,10 @@ from typing import Any
 from kms.rewrap.report import Report
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint file saved by another job (other source or options, or an older engine)."""
+
+
 @dataclass
 class Checkpoint:
     fingerprint: str
@@ -45,7 +49,9 @@ class Checkpoint:
         except FileNotFoundError:
             return None
         if data.get("fingerprint") != fingerprint:
-            raise ValueError(f"checkpoint {path} belongs to another job; remove it or pass --checkpoint")
+            raise CheckpointMismatch(
+                f"checkpoint {path} belongs to another job (or to an older kms rewrap); remove it or use another file"
+            )
         if data.get("complete"):
             return None
         return cls(fingerprint, data.get("position"), False, Report.from_dict(data.get("report") or {}))

@@ -6,6 +6,9 @@ the original (atomic on POSIX), so a crash leaves either the old file or the new
 happens only if the original is still the file that was read (same inode, size and mtime):
 compare-and-set for files. Files are taken in sorted order of their relative paths, which is
 what the checkpoint records.
+
+Only a file's header is read into memory; it is the item's value, and the new header the job
+verified is what is written before the body.
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kms.rewrap.job import Item, Replacement, Unreadable
-from kms_client import KmsError as KmsClientError
-from kms_client import envelope
+from kms.rewrap.values import UnreadableHeader, Unrecognized, read_sdk_ciphertext
 
 TEMPORARY_SUFFIX = ".kms-rewrap"
 _COPY_CHUNK = 1 << 20
@@ -28,7 +30,7 @@ _COPY_CHUNK = 1 << 20
 class _Read:
     path: Path
     identity: tuple[int, int, int]  # inode, size, mtime_ns when read
-    header: envelope.Header
+    header_length: int  # where the body starts
 
 
 class DirectorySource:
@@ -56,7 +58,7 @@ class DirectorySource:
             yield batch
 
     def write(self, replacements: Sequence[Replacement]) -> list[bool]:
-        return [self._replace(r.item.payload, r.wrapped_key) for r in replacements]
+        return [self._replace(r.item.payload, r.value) for r in replacements]
 
     def _paths(self) -> Iterator[str]:
         found = (
@@ -71,21 +73,26 @@ class DirectorySource:
         try:
             with path.open("rb") as handle:
                 status = os.fstat(handle.fileno())
-                header = envelope.parse_header(lambda n: _read_exactly(handle, n))
-        except (OSError, KmsClientError):
+                value = read_sdk_ciphertext(handle.read)
+        except OSError as error:
+            reason = f"cannot read the file: {error.strerror or type(error).__name__}"
+            return Unreadable(relative, reason, version_unknown=True)
+        except Unrecognized:
             return Unreadable(relative, "not an SDK ciphertext file")
-        read = _Read(path, (status.st_ino, status.st_size, status.st_mtime_ns), header)
-        return Item(relative, header.wrapped_key, dict(header.context), read)
+        except UnreadableHeader as error:
+            return Unreadable(relative, str(error), version_unknown=True)
+        read = _Read(path, (status.st_ino, status.st_size, status.st_mtime_ns), len(value.data))
+        return Item(relative, value, value.context_for_reading({}), read)
 
-    def _replace(self, read: _Read, wrapped_key: bytes) -> bool:
+    def _replace(self, read: _Read, new_header: bytes) -> bool:
         temporary = read.path.with_name(f".{read.path.name}{TEMPORARY_SUFFIX}")
         try:
             with read.path.open("rb") as source, temporary.open("wb") as target:
                 status = os.fstat(source.fileno())
                 if (status.st_ino, status.st_size, status.st_mtime_ns) != read.identity:
                     return False
-                target.write(read.header.with_wrapped_key(wrapped_key).encode())
-                source.seek(read.header.length)
+                target.write(new_header)
+                source.seek(read.header_length)
                 while chunk := source.read(_COPY_CHUNK):
                     target.write(chunk)
                 target.flush()
@@ -103,13 +110,6 @@ class DirectorySource:
         """Temporary files of a run that was killed before renaming them."""
         for leftover in self._root.rglob(f".*{TEMPORARY_SUFFIX}"):
             leftover.unlink(missing_ok=True)
-
-
-def _read_exactly(handle: Any, count: int) -> bytes:
-    data = handle.read(count)
-    if len(data) != count:
-        raise KmsClientError("file ends inside its header")
-    return data
 
 
 def _fsync_directory(directory: Path) -> None:

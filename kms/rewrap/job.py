@@ -4,17 +4,23 @@ For each batch:
 
 1. Read up to ``batch_size`` stored values after the checkpoint position (memory stays
    bounded by one batch).
-2. Classify locally: a value whose wrapped key already names the key's primary version is
-   counted as current without calling the service (so a resumed or repeated run is cheap).
+2. Classify locally. Refuse what re-wrapping would break: an SDK ciphertext cannot move to
+   another key (its header names its key, authenticated; that takes decrypting and
+   re-encrypting). Report what is broken already: an SDK ciphertext whose wrapped key is under
+   another key than its header names does not open in the SDK. Count a value whose wrapped key
+   already names the key's primary version as current without calling the service (so a resumed
+   or repeated run is cheap).
 3. Re-wrap the rest (BatchReWrap: the data keys never leave the service).
-4. Verify: re-wrap each new wrapped key once more; the service opens it and must return it
-   unchanged. Only values that pass are written.
+4. Rebuild each value around its new wrapped key and verify it the way the application will read
+   it (kms.rewrap.verify): for an SDK ciphertext, the SDK's own checks. Only values that pass are
+   written, byte for byte as verified.
 5. Write with compare-and-set: a value the application changed meanwhile is left alone.
 6. Save the checkpoint, then report progress.
 
 A failure of one item (a value that does not open, a key that does not exist) is counted with
 its reason and never stops the run; a failure of the service (UNAVAILABLE after retries) stops
-it, and the next run resumes from the checkpoint.
+it, and the next run resumes from the checkpoint. Every item the run leaves under its version is
+counted there in the report, so ``kms keys retire --rewrap-report`` refuses that version.
 """
 
 from __future__ import annotations
@@ -28,12 +34,20 @@ from typing import Any, Protocol
 
 from kms.crypto import wrapped_key as wrapped_key_format
 from kms.errors import InvalidCiphertext
+from kms.rewrap import verify
 from kms.rewrap.checkpoint import Checkpoint
 from kms.rewrap.rate import RateLimit
 from kms.rewrap.report import Report
+from kms.rewrap.values import StoredValue
 from kms_client import KmsClient, KmsError, KeyNotFound, PermissionDenied, Rewrapped
 
 PRIMARY_REFRESH_SECONDS = 10.0
+# Part of every checkpoint's fingerprint. Raised when a run's counts stop meaning what an
+# earlier run's saved counts meant, so that no checkpoint of an older job is resumed: 2 is the
+# first version that refuses SDK ciphertexts with a destination and verifies them as the SDK.
+ENGINE_VERSION = 2
+
+_Named = tuple[str, int]  # (key id, key version) that a wrapped key names
 
 
 @dataclass
@@ -41,24 +55,30 @@ class Item:
     """One stored value to re-wrap. ``payload`` is the source's own handle for writing it back."""
 
     position: Any
-    wrapped_key: bytes
-    context: Mapping[str, str]
+    value: StoredValue
+    context: Mapping[str, str]  # what the application opens it with: an SDK ciphertext's own
     payload: Any = None
+
+    @property
+    def wrapped_key(self) -> bytes:
+        return self.value.wrapped_key
 
 
 @dataclass
 class Unreadable:
     position: Any
     reason: str
+    version_unknown: bool = False  # it may hold a wrapped key, under a version the job cannot tell
 
 
 @dataclass
 class Replacement:
     item: Item
-    wrapped_key: bytes
+    wrapped_key: bytes  # as the service returned it
     key_id: str
-    version: int = 0
-    old: tuple[str, int] = ("", 0)
+    version: int
+    old: _Named
+    value: bytes  # the new value as verified, what ``Source.write`` stores (of a file, the header)
 
 
 class Source(Protocol):
@@ -75,8 +95,9 @@ class Source(Protocol):
         ...
 
     def write(self, replacements: Sequence[Replacement]) -> list[bool]:
-        """Stores the new values, each only if the stored value is still the one read; returns
-        per replacement whether it was written."""
+        """Stores each replacement's ``value``, exactly those bytes (in the form the value was
+        read in), only if the stored value is still the one read; returns per replacement
+        whether it was written."""
         ...
 
 
@@ -97,7 +118,7 @@ class RewrapJob:
     on_progress: Callable[[int], None] = lambda count: None
 
     def fingerprint(self) -> str:
-        described = f"{self.source.describe()}|dest={self.options.destination_key_id}"
+        described = f"v{ENGINE_VERSION}|{self.source.describe()}|dest={self.options.destination_key_id}"
         return hashlib.sha256(described.encode()).hexdigest()
 
     def run(self) -> Report:
@@ -126,38 +147,21 @@ class RewrapJob:
 
     def _process(self, batch: Sequence[Item | Unreadable], report: Report, primaries: _Primaries) -> None:
         report.scanned += len(batch)
-        pending: list[tuple[Item, tuple[str, int]]] = []
-        for item in batch:
-            if isinstance(item, Unreadable):
-                report.fail(item.reason)
-                continue
-            try:
-                header = wrapped_key_format.parse(item.wrapped_key).header
-            except InvalidCiphertext:
-                report.fail("not a wrapped key")
-                continue
-            named = (header.key_id, header.key_version)
-            report.saw(*named)
-            destination = self.options.destination_key_id or header.key_id
-            if destination == header.key_id and primaries.get(header.key_id) == header.key_version:
-                report.already_current += 1
-                continue
-            pending.append((item, named))
+        pending = [taken for item in batch if (taken := self._classify(item, report, primaries)) is not None]
         if not pending:
             return
         results = self.client.rewrap_data_keys(
-            [(item.wrapped_key, item.context) for item, _ in pending],
+            [(item.wrapped_key, dict(item.context)) for item, _ in pending],
             destination_key_id=self.options.destination_key_id,
         )
         changed: list[Replacement] = []
         for (item, named), result in zip(pending, results, strict=True):
             if isinstance(result, KmsError):
-                report.fail(result.reason)
-                report.left(*named)
+                report.fail_on(result.reason, *named)
             elif not result.changed:
                 report.already_current += 1
-            else:
-                changed.append(Replacement(item, result.wrapped_key, result.key_id, result.key_version, named))
+            elif (replacement := self._rebuilt(item, named, result, report)) is not None:
+                changed.append(replacement)
         verified = self._verify(changed, report)
         if self.options.dry_run:
             report.rewrapped += len(verified)
@@ -169,20 +173,87 @@ class RewrapJob:
                 report.changed_concurrently += 1
                 report.left(*replacement.old)
 
+    def _classify(self, item: Item | Unreadable, report: Report, primaries: _Primaries) -> tuple[Item, _Named] | None:
+        """The item with the key version it names, if it is to be re-wrapped; else counts it."""
+        if isinstance(item, Unreadable):
+            if item.version_unknown:
+                report.fail_unread(item.reason)
+            else:
+                report.fail(item.reason)
+            return None
+        try:
+            header = wrapped_key_format.parse(item.wrapped_key).header
+        except InvalidCiphertext:
+            report.fail("not a wrapped key")
+            return None
+        named = (header.key_id, header.key_version)
+        report.saw(*named)
+        if (broken := _sdk_key_mismatch(item, header.key_id)) is not None:
+            report.fail_on(broken, *named)
+            return None
+        if (refusal := self._refusal(item)) is not None:
+            report.refuse(refusal, *named)
+            return None
+        destination = self.options.destination_key_id or header.key_id
+        if destination == header.key_id and primaries.get(header.key_id) == header.key_version:
+            report.already_current += 1
+            return None
+        return item, named
+
+    def _refusal(self, item: Item) -> str | None:
+        """Why re-wrapping ``item`` as asked would leave a value the application cannot open."""
+        sdk_header = item.value.sdk_header
+        destination = self.options.destination_key_id
+        if sdk_header is not None and destination and destination != sdk_header.key_id:
+            return (
+                "refused: an SDK ciphertext cannot move to another key (its header names its key, "
+                "authenticated; moving it takes decrypting and re-encrypting); left under its key"
+            )
+        return None
+
+    def _rebuilt(self, item: Item, named: _Named, result: Rewrapped, report: Report) -> Replacement | None:
+        try:
+            value = item.value.rebuilt(result.wrapped_key)
+        except KmsError:
+            report.fail_on("verification failed: the value cannot hold the new wrapped key", *named)
+            return None
+        return Replacement(item, result.wrapped_key, result.key_id, result.key_version, named, value)
+
     def _verify(self, changed: list[Replacement], report: Report) -> list[Replacement]:
-        """The new wrapped keys, re-wrapped once more, must come back unchanged: proof that the
-        service opens them with the item's context, without any data key leaving it."""
-        if not changed:
-            return []
-        checks = self.client.rewrap_data_keys([(r.wrapped_key, r.item.context) for r in changed])
+        """The replacements whose new values open as the application will open them
+        (kms.rewrap.verify); every other one is counted as failed and left on its version."""
+        readable: list[tuple[Replacement, verify.Reading]] = []
+        for replacement in changed:
+            try:
+                readable.append((replacement, self._reading(replacement)))
+            except verify.Unopenable as refused_by_reader:
+                report.fail_on(f"verification failed: {refused_by_reader}", *replacement.old)
+        problems = verify.confirm(self.client, [reading for _, reading in readable])
         verified = []
-        for replacement, check in zip(changed, checks, strict=True):
-            if isinstance(check, Rewrapped) and not check.changed and check.wrapped_key == replacement.wrapped_key:
+        for (replacement, _), problem in zip(readable, problems, strict=True):
+            if problem is None:
                 verified.append(replacement)
             else:
-                report.fail("verification failed")
-                report.left(*replacement.old)
+                report.fail_on(f"verification failed: {problem}", *replacement.old)
         return verified
+
+    def _reading(self, replacement: Replacement) -> verify.Reading:
+        item = replacement.item
+        key_id = self.options.destination_key_id or replacement.old[0]
+        return verify.reading(item.value, replacement.value, replacement.wrapped_key, item.context, key_id)
+
+
+def _sdk_key_mismatch(item: Item, wrapped_under: str) -> str | None:
+    """Why an SDK ciphertext does not open in the SDK as it is: the service would report another
+    key id for its wrapped key than its header names (what an earlier move to another key, or
+    tampering, leaves). Re-wrapping cannot fix that without vouching for the header."""
+    sdk_header = item.value.sdk_header
+    if sdk_header is None or sdk_header.key_id == wrapped_under:
+        return None
+    return (
+        f"an SDK ciphertext whose wrapped key is under key {wrapped_under} but whose header names "
+        f"{sdk_header.key_id}: the SDK cannot open it; left as it is"
+    )
 
 
 class _Primaries:

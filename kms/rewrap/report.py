@@ -1,4 +1,8 @@
-"""What a re-wrap run did, item by item in aggregate, and what is left on old versions."""
+"""What a re-wrap run did, item by item in aggregate, and what is left on old versions.
+
+``kms keys retire --rewrap-report`` reads it: a version with items in ``remaining``, or any
+version at all while ``unknown_version`` is not zero, is still in use as far as the run can tell.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,18 @@ class Report:
     rewrapped: int = 0
     already_current: int = 0
     changed_concurrently: int = 0  # the application wrote the value meanwhile; left alone
-    failed: int = 0
+    failed: int = 0  # every item not re-wrapped for a reason below, refused ones included
     failures: dict[str, int] = field(default_factory=dict)  # reason -> count
+    # Of the failed, items the job would not change because what was asked would break them (an
+    # SDK ciphertext cannot move to another key); each is counted in ``remaining``.
+    refused: int = 0
+    # Of the failed, items it could not read far enough to tell which key version they are under
+    # (a file it may not open, a header from a newer SDK): they may be under any version.
+    unknown_version: int = 0
     # key id -> version -> items found under it (before re-wrapping)
     found: dict[str, dict[str, int]] = field(default_factory=dict)
-    # key id -> version -> items still under an old version after the run (failed, or skipped
-    # because the application changed them: those are counted as remaining until a rerun)
+    # key id -> version -> items still under an old version after the run (failed, refused, or
+    # skipped because the application changed them: those are counted as remaining until a rerun)
     remaining: dict[str, dict[str, int]] = field(default_factory=dict)
     complete: bool = False
     dry_run: bool = False
@@ -34,6 +44,19 @@ class Report:
         failures = Counter(self.failures)
         failures[reason] += count
         self.failures = dict(failures)
+
+    def fail_on(self, reason: str, key_id: str, version: int) -> None:
+        """An item under (key_id, version) that stays there."""
+        self.fail(reason)
+        self.left(key_id, version)
+
+    def refuse(self, reason: str, key_id: str, version: int) -> None:
+        self.refused += 1
+        self.fail_on(reason, key_id, version)
+
+    def fail_unread(self, reason: str) -> None:
+        self.unknown_version += 1
+        self.fail(reason)
 
     def remaining_on(self, key_id: str, version: int) -> int:
         return self.remaining.get(key_id, {}).get(str(version), 0)

@@ -17,7 +17,7 @@ from sqlalchemy import MetaData, Table, and_, create_engine, func, select
 from sqlalchemy.engine import Engine, make_url
 
 from kms.rewrap.job import Item, Replacement, Unreadable
-from kms.rewrap.values import StoredValue, read_value
+from kms.rewrap.values import UnreadableHeader, Unrecognized, read_value
 
 
 class TableSource:
@@ -72,11 +72,11 @@ class TableSource:
         written = []
         with self._engine.begin() as connection:
             for replacement in replacements:
-                stored: StoredValue = replacement.item.payload
+                as_read = replacement.item.payload  # the column value exactly as read
                 result = connection.execute(
                     self._table.update()
-                    .where(and_(self._pk == replacement.item.position, self._value == stored.as_stored))
-                    .values({self._value.name: stored.replaced(replacement.wrapped_key)})
+                    .where(and_(self._pk == replacement.item.position, self._value == as_read))
+                    .values({self._value.name: _in_stored_form(replacement.value, like=as_read)})
                 )
                 written.append(result.rowcount == 1)
         return written
@@ -89,11 +89,12 @@ class TableSource:
             if value is not None:
                 context[name] = str(value)
         try:
-            stored = read_value(_as_bytes(raw), raw)
-        except ValueError as error:
+            stored = read_value(_as_bytes(raw))
+        except Unrecognized as error:
             return Unreadable(position, str(error))
-        # An SDK ciphertext carries its own context; a bare wrapped key gets the job's.
-        return Item(position, stored.wrapped_key, stored.context if stored.context is not None else context, stored)
+        except UnreadableHeader as error:
+            return Unreadable(position, str(error), version_unknown=True)
+        return Item(position, stored, stored.context_for_reading(context), raw)
 
 
 def _as_bytes(raw: Any) -> bytes:
@@ -104,5 +105,10 @@ def _as_bytes(raw: Any) -> bytes:
         try:
             return base64.b64decode(raw, validate=True)
         except (binascii.Error, ValueError):
-            raise ValueError("text value is not base64") from None
-    raise ValueError(f"unsupported column value type {type(raw).__name__}")
+            raise Unrecognized("text value is not base64") from None
+    raise Unrecognized(f"unsupported column value type {type(raw).__name__}")
+
+
+def _in_stored_form(value: bytes, like: Any) -> Any:
+    """``value`` as the column holds values: base64 text where the value read was text."""
+    return base64.b64encode(value).decode("ascii") if isinstance(like, str) else value

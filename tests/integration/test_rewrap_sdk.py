@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, Text, create_engine, select
 
 from kms.rewrap.files import DirectorySource
 from kms.rewrap.job import JobOptions, RewrapJob
 from kms.rewrap.table import TableSource
-from kms_client import envelope
+from kms_client import PermissionDenied, envelope
+from tests.support.fixtures import ADMIN, APP
 
 CONTEXT = {"tenant": "acme"}
 
@@ -85,3 +87,142 @@ def test_a_column_of_sdk_ciphertexts_in_binary_and_in_base64_text(client, tmp_pa
         for value in (row.raw, base64.b64decode(row.text)):
             assert _body(value) == _body(rows[n]["raw"])
             assert client.decrypt(value, context=CONTEXT) == f"document {n}".encode()
+
+
+# -- every new value is verified the way the SDK will read it -----------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def app_database(request, tmp_path):
+    """The application's own database, apart from the service's."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'app.db'}"
+    else:
+        yield request.getfixturevalue("postgres_url")
+
+
+def _sdk_table(client, url: str, count: int) -> tuple:
+    engine = create_engine(url)
+    table = Table("docs", MetaData(), Column("id", Integer, primary_key=True), Column("raw", LargeBinary))
+    table.metadata.create_all(engine)
+    rows = [{"id": n, "raw": client.encrypt(f"document {n}".encode(), key_id="orders", context=CONTEXT)}
+            for n in range(count)]
+    with engine.begin() as connection:
+        connection.execute(table.insert(), rows)
+    return engine, table, {row["id"]: row["raw"] for row in rows}
+
+
+def _stored(engine, table) -> dict[int, bytes]:
+    with engine.connect() as connection:
+        return {row.id: row.raw for row in connection.execute(select(table).order_by(table.c.id))}
+
+
+def test_a_rebuilt_value_holding_another_data_keys_wrapped_key_is_not_written(client, app_database, monkeypatch):
+    client.create_key("orders")
+    engine, table, before = _sdk_table(client, app_database, 6)
+    client.rotate_key("orders")
+    genuine = envelope.replace_wrapped_key
+
+    def with_another_data_key(ciphertext, wrapped_key):
+        # Opens under the same key, version and context, so the service alone cannot tell; the
+        # SDK's key commitment refuses it.
+        header = envelope.parse_header_bytes(ciphertext)
+        return genuine(ciphertext, client.generate_data_key(header.key_id, dict(header.context)).wrapped_key)
+
+    monkeypatch.setattr(envelope, "replace_wrapped_key", with_another_data_key)
+    report = RewrapJob(client, TableSource(app_database, "docs", "raw", "id")).run()
+    monkeypatch.undo()
+
+    assert _stored(engine, table) == before
+    assert all(client.decrypt(value, context=CONTEXT) == f"document {n}".encode() for n, value in before.items())
+    assert (report.rewrapped, report.failed, report.remaining) == (0, 6, {"orders": {"1": 6}})
+    assert report.failures == {
+        "verification failed: the new SDK ciphertext does not hold the wrapped key the service returned": 6
+    }
+
+
+class _MovingService:
+    """A client whose first BatchReWrap moves every wrapped key to another key, as a faulty
+    service (or a job moving SDK ciphertexts) would; every other call goes to the real client."""
+
+    def __init__(self, client, to: str) -> None:
+        self._client = client
+        self._to = to
+        self._moved = False
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def rewrap_data_keys(self, requests, *, destination_key_id: str = ""):
+        if not self._moved:
+            self._moved = True
+            destination_key_id = self._to
+        return self._client.rewrap_data_keys(requests, destination_key_id=destination_key_id)
+
+
+def test_a_new_wrapped_key_under_another_key_than_the_header_names_is_not_written(client, tmp_path):
+    client.create_key("orders")
+    client.create_key("elsewhere")
+    root = tmp_path / "store"
+    root.mkdir()
+    for n in range(4):
+        (root / f"{n}.kms").write_bytes(client.encrypt(bytes([n]) * 100, key_id="orders", context=CONTEXT))
+    before = {path: path.read_bytes() for path in root.iterdir()}
+    client.rotate_key("orders")
+
+    report = RewrapJob(_MovingService(client, "elsewhere"), DirectorySource(root)).run()
+
+    assert {path: path.read_bytes() for path in root.iterdir()} == before
+    assert (report.rewrapped, report.failed, report.remaining) == (0, 4, {"orders": {"1": 4}})
+    assert report.failures == {
+        "verification failed: the new wrapped key is under key elsewhere, "
+        "but the SDK ciphertext's header names orders": 4
+    }
+
+
+def test_an_sdk_ciphertext_whose_wrapped_key_is_under_another_key_than_its_header_names_is_reported(client, tmp_path):
+    # What an earlier kms rewrap --destination-key-id left behind: the SDK refuses these.
+    client.create_key("orders")
+    client.create_key("elsewhere")
+    root = tmp_path / "store"
+    root.mkdir()
+    for name in ("moved-then-rotated", "moved-after-rotation"):
+        ciphertext = client.encrypt(name.encode(), key_id="orders", context=CONTEXT)
+        moved = client.rewrap_data_key(envelope.parse_header_bytes(ciphertext).wrapped_key, CONTEXT,
+                                       destination_key_id="elsewhere")
+        (root / f"{name}.kms").write_bytes(envelope.replace_wrapped_key(ciphertext, moved.wrapped_key))
+        if name == "moved-then-rotated":
+            client.rotate_key("elsewhere")
+    before = {path: path.read_bytes() for path in root.iterdir()}
+
+    report = RewrapJob(client, DirectorySource(root)).run()
+
+    assert {path: path.read_bytes() for path in root.iterdir()} == before
+    assert (report.rewrapped, report.already_current, report.failed) == (0, 0, 2)
+    assert report.failures == {
+        "an SDK ciphertext whose wrapped key is under key elsewhere but whose header names orders: "
+        "the SDK cannot open it; left as it is": 2
+    }
+    assert report.remaining == {"elsewhere": {"1": 1, "2": 1}}
+
+
+def test_the_job_needs_only_the_rewrap_permission_and_sees_no_data_key(mtls_server, connect, tmp_path):
+    admin, job_identity = connect(mtls_server, "admin"), connect(mtls_server, "app")
+    admin.create_key("orders")
+    admin.grant_permissions(ADMIN, "orders", ["encrypt", "decrypt"])
+    admin.grant_permissions(APP, "orders", ["rewrap"])  # no decrypt, and not even reading keys
+    root = tmp_path / "store"
+    root.mkdir()
+    for n in range(3):
+        (root / f"{n}.kms").write_bytes(admin.encrypt(bytes([n]) * 50, key_id="orders", context=CONTEXT))
+    admin.rotate_key("orders")
+
+    report = RewrapJob(job_identity, DirectorySource(root)).run()
+
+    assert (report.rewrapped, report.failed) == (3, 0)
+    for n in range(3):
+        after = (root / f"{n}.kms").read_bytes()
+        assert envelope.parse_header_bytes(after).wrapped_key[8:12] == (2).to_bytes(4, "big")  # version 2
+        assert admin.decrypt(after, context=CONTEXT) == bytes([n]) * 50
+    with pytest.raises(PermissionDenied):
+        job_identity.decrypt((root / "0.kms").read_bytes(), context=CONTEXT)
