@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -24,6 +26,7 @@ from kms_client.types import DataKey, Key, Rewrapped, key_from_pb, rewrapped_fro
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
+MAX_RECEIVE_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def tls_credentials(
@@ -46,9 +49,14 @@ def tls_credentials(
 class KmsClient(AdminMixin):
     """A client of the key management service.
 
-    ``KmsClient("127.0.0.1:50051")`` connects without TLS (loopback development);
-    ``credentials=tls_credentials(...)`` or an existing ``channel=`` for anything else. Usable as
-    a context manager; ``close()`` releases a channel the client opened itself.
+    The channel: ``credentials=tls_credentials(...)`` for TLS (mutual TLS with a client
+    certificate), which is what anything but a local service needs. Without credentials the
+    channel is plaintext, and is refused (ValueError) unless ``target`` is on this host (see
+    ``is_loopback_target``) or the caller says ``insecure=True``: data keys and plaintext then
+    cross the network in the clear, readable and alterable by anyone on the path. An existing
+    ``channel=`` is used as given, and its security is the caller's business. Usable as a
+    context manager; ``close()`` wipes the data key cache and releases a channel the client
+    opened itself.
 
     Every method raises a ``kms_client.errors.KmsError`` subclass, never ``grpc.RpcError``.
     UNAVAILABLE is retried with backoff and jitter within ``timeout`` (per call, seconds).
@@ -64,6 +72,7 @@ class KmsClient(AdminMixin):
         *,
         credentials: grpc.ChannelCredentials | None = None,
         channel: grpc.Channel | None = None,
+        insecure: bool = False,
         timeout: float | None = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         options: Sequence[tuple[str, Any]] = (),
@@ -72,11 +81,7 @@ class KmsClient(AdminMixin):
         if channel is None:
             if target is None:
                 raise ValueError("give a target such as '127.0.0.1:50051', or a channel")
-            options = [("grpc.max_receive_message_length", 16 * 1024 * 1024), *options]
-            if credentials is None:
-                channel = grpc.insecure_channel(target, options=options)
-            else:
-                channel = grpc.secure_channel(target, credentials, options=options)
+            channel = _open_channel(target, credentials, insecure, options)
             self._owns_channel = True
         else:
             self._owns_channel = False
@@ -90,6 +95,10 @@ class KmsClient(AdminMixin):
     # -- lifecycle -----------------------------------------------------------------------
 
     def close(self) -> None:
+        """Wipes every cached data key, and closes the channel if the client opened it. A key
+        that another thread is still using is wiped as soon as that use ends."""
+        if self._data_key_cache is not None:
+            self._data_key_cache.clear()
         if self._owns_channel:
             self._channel.close()
 
@@ -349,6 +358,95 @@ class KmsClient(AdminMixin):
                 raise from_rpc_error(error) from None
 
         return (retry or self._retry).run(attempt, deadline)
+
+
+# -- the channel ---------------------------------------------------------------------------
+
+
+def _open_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, insecure: bool, options: Sequence[tuple[str, Any]]
+) -> grpc.Channel:
+    # The caller's options come first: gRPC keeps the first value it is given for a name.
+    options = [*options, ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES)]
+    if credentials is not None:
+        if insecure:
+            raise ValueError("credentials and insecure=True contradict each other: give one or the other")
+        return grpc.secure_channel(target, credentials, options=options)
+    if is_loopback_target(target):
+        # Ahead of the caller's options, so that it holds: an HTTP CONNECT proxy named in the
+        # environment (grpc_proxy, https_proxy, http_proxy) would carry this plaintext to another host.
+        return grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0), *options])
+    if not insecure:
+        raise ValueError(
+            f"{target!r} is not a loopback address, and without TLS data keys and plaintext would cross the "
+            "network in the clear: pass credentials=tls_credentials(...), or insecure=True to accept that"
+        )
+    return grpc.insecure_channel(target, options=options)
+
+
+def is_loopback_target(target: str) -> bool:
+    """Whether every address a gRPC ``target`` can reach is on this host, judged from its
+    spelling alone (nothing is resolved). True for:
+
+    - ``unix:path``, ``unix:///absolute/path``, ``unix-abstract:name``: local sockets;
+    - ``HOST``, ``HOST:PORT``, ``dns:HOST:PORT`` and ``dns:///HOST:PORT`` where HOST is
+      ``localhost`` (any case, no trailing dot: ``localhost.`` may be sent to a DNS server), an
+      IPv4 address in 127.0.0.0/8, or ``::1`` (bare, or in brackets as ``[::1]:PORT``);
+    - ``dns://AUTHORITY/HOST:PORT`` where HOST is such an address literal (a name would be
+      resolved by that DNS server);
+    - ``ipv4:ADDR[:PORT][,...]`` and ``ipv6:ADDR[,...]`` / ``ipv6:[ADDR]:PORT[,...]`` when every
+      address is loopback.
+
+    IPv4-mapped forms (``::ffff:127.0.0.1``) count as their IPv4 address. Anything else is
+    False: other names, other schemes (``vsock:``, ``xds:``...), percent-encoded or malformed
+    targets, ports that are not decimal numbers, and the wildcard addresses 0.0.0.0 and ``::``.
+    """
+    scheme, colon, rest = target.partition(":")
+    if colon and scheme in ("unix", "unix-abstract"):
+        return True
+    if colon and scheme in ("ipv4", "ipv6"):
+        addresses = rest.split(",")
+        return all(_is_loopback_host_port(a, names=False, version=int(scheme[-1])) for a in addresses)
+    if colon and scheme == "dns":
+        if not rest.startswith("//"):
+            return _is_loopback_host_port(rest, names=True)
+        authority, slash, host_port = rest[2:].partition("/")
+        return bool(slash) and _is_loopback_host_port(host_port, names=not authority)
+    return _is_loopback_host_port(target, names=True)
+
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _is_loopback_host_port(text: str, *, names: bool, version: int | None = None) -> bool:
+    """``text`` is HOST, HOST:PORT, [IPV6] or [IPV6]:PORT with a loopback HOST. ``names`` admits
+    ``localhost``; ``version`` (4 or 6) admits only address literals of that version."""
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not (port.startswith(":") and _PORT.fullmatch(port[1:]))):
+            return False
+        return version != 4 and _is_loopback_address(host, version=6)
+    if text.count(":") > 1:  # a bare IPv6 address, which leaves no room for a port
+        host = text
+    else:
+        host, colon, port = text.partition(":")
+        if colon and not _PORT.fullmatch(port):
+            return False
+    if names and host.lower() == "localhost":
+        return True
+    return _is_loopback_address(host, version=version)
+
+
+def _is_loopback_address(text: str, *, version: int | None) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    if version is not None and address.version != version:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def _duration(value: timedelta) -> duration_pb2.Duration:

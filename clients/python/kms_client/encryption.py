@@ -18,17 +18,20 @@ Order of checks on decrypt, before any plaintext is released:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, BinaryIO
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from kms_client import envelope, streaming
 from kms_client._context import encode_context
-from kms_client.caching import DataKeyCache
+from kms_client.caching import CachedDataKey, DataKeyCache
 from kms_client.errors import EncryptionContextMismatch, InvalidCiphertext, KmsError
 from kms_client.types import DataKey
 
 if TYPE_CHECKING:
     from kms_client.client import KmsClient
+
+DataKeyT = TypeVar("DataKeyT", DataKey, CachedDataKey)
 
 MAX_REWRAP_BATCH = 1000  # the service's BatchReWrap limit
 COPY_CHUNK = 1024 * 1024
@@ -40,30 +43,44 @@ class EnvelopeEncryption:
         self._cache = cache
 
     # -- data keys -----------------------------------------------------------------------
+    #
+    # A data key is used only inside a ``with`` block: a cached one is leased from the cache
+    # for that long, so another thread that evicts it meanwhile cannot wipe it mid-use. A key
+    # fresh from the service is protobuf's immutable bytes (which nothing can wipe); the cache
+    # keeps a bytearray copy of its own.
 
-    def _data_key_for_encrypt(self, key_id: str, context: Mapping[str, str], encoded: bytes, size: int | None) -> DataKey:
+    @contextmanager
+    def _data_key_for_encrypt(
+        self, key_id: str, context: Mapping[str, str], encoded: bytes, size: int | None
+    ) -> Iterator[DataKey | CachedDataKey]:
         if self._cache is not None and size is not None:
-            cached = self._cache.take_for_encrypt(key_id, encoded, size)
-            if cached is not None:
-                return cached
+            with self._cache.take_for_encrypt(key_id, encoded, size) as cached:
+                if cached is not None:
+                    yield cached
+                    return
         data_key = self._client.generate_data_key(key_id, dict(context))
         if len(data_key.plaintext) != envelope.DATA_KEY_BYTES or data_key.key_id != key_id:
             raise KmsError("the service returned a data key that does not fit the request")
         if self._cache is not None and size is not None:
             self._cache.store_for_encrypt(key_id, encoded, data_key, size)
-        return data_key
+        yield data_key
 
-    def _data_key_for_decrypt(self, header: envelope.Header, context: Mapping[str, str], encoded: bytes) -> bytes:
+    @contextmanager
+    def _data_key_for_decrypt(
+        self, header: envelope.Header, context: Mapping[str, str], encoded: bytes
+    ) -> Iterator[DataKey | CachedDataKey]:
         _check_context(header, encoded)
-        cached = None if self._cache is None else self._cache.get_for_decrypt(header.wrapped_key, encoded)
-        data_key = cached if cached is not None else self._client.decrypt_data_key(header.wrapped_key, dict(context))
-        # Checked on a cache hit too: the cache is keyed by the wrapped key and the context, which
-        # a forged header naming another key id can carry unchanged.
-        if data_key.key_id != header.key_id or len(data_key.plaintext) != envelope.DATA_KEY_BYTES:
-            raise InvalidCiphertext(envelope.INVALID)
-        if cached is None and self._cache is not None:
+        if self._cache is not None:
+            with self._cache.get_for_decrypt(header.wrapped_key, encoded) as cached:
+                if cached is not None:
+                    # Checked on a cache hit too: the cache is keyed by the wrapped key and the
+                    # context, which a forged header naming another key id can carry unchanged.
+                    yield _checked(cached, header)
+                    return
+        data_key = _checked(self._client.decrypt_data_key(header.wrapped_key, dict(context)), header)
+        if self._cache is not None:
             self._cache.store_for_decrypt(header.wrapped_key, encoded, data_key)
-        return data_key.plaintext
+        yield data_key
 
     def _seal_header(
         self, key_id: str, context: Mapping[str, str] | None, frame_size: int, size: int | None
@@ -71,20 +88,22 @@ class EnvelopeEncryption:
         envelope.check_frame_size(frame_size)
         context = context or {}
         encoded = encode_context(context)
-        data_key = self._data_key_for_encrypt(key_id, context, encoded, size)
-        return envelope.seal_header(
-            data_key.plaintext,
-            key_id=key_id,
-            encoded_context=encoded,
-            wrapped_key=data_key.wrapped_key,
-            frame_size=frame_size,
-            salt=os.urandom(envelope.SALT_BYTES),
-        )
+        # The sealer holds only keys derived for this message, so the data key is free to go
+        # (and a cached one to be wiped) as soon as the header is sealed.
+        with self._data_key_for_encrypt(key_id, context, encoded, size) as data_key:
+            return envelope.seal_header(
+                data_key.plaintext,
+                key_id=key_id,
+                encoded_context=encoded,
+                wrapped_key=data_key.wrapped_key,
+                frame_size=frame_size,
+                salt=os.urandom(envelope.SALT_BYTES),
+            )
 
     def _open_header(self, header: envelope.Header, context: Mapping[str, str] | None) -> envelope.FrameOpener:
         context = context or {}
-        data_key = self._data_key_for_decrypt(header, context, encode_context(context))
-        return envelope.open_header(data_key, header)
+        with self._data_key_for_decrypt(header, context, encode_context(context)) as data_key:
+            return envelope.open_header(data_key.plaintext, header)
 
     # -- messages ------------------------------------------------------------------------
 
@@ -171,6 +190,13 @@ class EnvelopeEncryption:
                     else:
                         results[index] = envelope.replace_wrapped_key(current, answer.wrapped_key)
         return results
+
+
+def _checked(data_key: DataKeyT, header: envelope.Header) -> DataKeyT:
+    """``data_key`` if it is a data key of the key the header names; else InvalidCiphertext."""
+    if data_key.key_id != header.key_id or len(data_key.plaintext) != envelope.DATA_KEY_BYTES:
+        raise InvalidCiphertext(envelope.INVALID)
+    return data_key
 
 
 def _check_context(header: envelope.Header, encoded_context: bytes) -> None:

@@ -122,11 +122,15 @@ def test_the_cache_is_bounded_and_least_recently_used_goes_first():
     for i, key in enumerate(keys):
         cache.store_for_encrypt("k", bytes([i]), key, 1)
         cache.store_for_decrypt(key.wrapped_key, b"\x00\x00", key)
-    assert cache.take_for_encrypt("k", b"\x00", 1) is None
-    assert cache.take_for_encrypt("k", b"\x02", 1) is keys[2]
-    assert cache.get_for_decrypt(keys[0].wrapped_key, b"\x00\x00") is None
-    assert cache.get_for_decrypt(keys[1].wrapped_key, b"\x00\x00") is keys[1]
-    text = repr(cache) + repr(keys[1]) + repr(DataKeyCaching())
+    with cache.take_for_encrypt("k", b"\x00", 1) as evicted:
+        assert evicted is None
+    with cache.take_for_encrypt("k", b"\x02", 1) as kept:
+        assert (kept.wrapped_key, bytes(kept.plaintext)) == (keys[2].wrapped_key, keys[2].plaintext)
+    with cache.get_for_decrypt(keys[0].wrapped_key, b"\x00\x00") as evicted:
+        assert evicted is None
+    with cache.get_for_decrypt(keys[1].wrapped_key, b"\x00\x00") as kept:
+        assert (kept.wrapped_key, bytes(kept.plaintext)) == (keys[1].wrapped_key, keys[1].plaintext)
+    text = " ".join([repr(cache), repr(keys[1]), repr(DataKeyCaching()), *map(repr, cache.entries())])
     assert all(k.plaintext.hex() not in text and repr(k.plaintext)[2:-1] not in text for k in keys)
 
 
