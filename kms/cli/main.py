@@ -8,6 +8,7 @@ from kms.cli import crypt
 from kms.cli.audit import audit
 from kms.cli.db import db
 from kms.cli.hsm import hsm
+from kms.cli.k8s import k8s_plugin
 from kms.cli.keys import keys
 from kms.cli.policy import policy
 from kms.cli.rewrap import rewrap
@@ -27,6 +28,7 @@ crypt.register(cli)
 cli.add_command(rewrap)
 cli.add_command(policy)
 cli.add_command(audit)
+cli.add_command(k8s_plugin)
 
 
 def main() -> None:
