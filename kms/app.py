@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 from prometheus_client import start_http_server
 from sqlalchemy import Engine
 
-from kms.api.audit_entries import AuditEntries
 from kms.api.audit_servicer import AuditServicer
-from kms.api.handlers import Auditor, Authenticator, build_handlers
+from kms.api.handlers import Authenticator, build_handlers
 from kms.api.health import HealthMonitor
 from kms.api.policy_servicer import PolicyServicer
 from kms.api.proto import AUDIT_SERVICE, POLICY_SERVICE, SERVICE
 from kms.api.server import build_server, split_listen
 from kms.api.servicer import KeyManagementServicer
+from kms.api.streams import StreamLimits
 from kms.api.tls import LOCAL, CertificateIdentity, LoopbackIdentity, ReloadingServerCredentials
 from kms.clock import SystemClock
 from kms.config import Settings
@@ -30,13 +31,14 @@ from kms.hsm.audit_seal import Pkcs11AuditSealer
 from kms.hsm.master_keys import Pkcs11MasterKeyStore
 from kms.hsm.pool import SessionPool
 from kms.ports import Clock
-from kms.service.audit import AuditLog, AuditService
+from kms.service.audit import AuditLog, AuditService, ContextDigests
 from kms.service.authz import Authorizer, PolicyCache, QuotaBook
 from kms.service.data_keys import DataKeyService
 from kms.service.key_cache import KeyCache
 from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
 from kms.service.policy import PolicyService
+from kms.service.recording import CallRecorder
 from kms.service.reconcile import Reconciler
 from kms.service.scheduler import Periodic, Scheduler
 from kms.service.usage import UsageRecorder
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 class HsmSettings:
     module_path: str
     token_label: str
-    pin: str
+    pin: str = field(repr=False)
 
 
 def hsm_settings(settings: Settings) -> HsmSettings:
@@ -88,9 +90,14 @@ class Services:
     policies: PolicyService
     audit_log: AuditLog
     audit: AuditService
+    recorder: CallRecorder
 
     def close(self) -> None:
         self.policy_cache.stop()
+        try:
+            self.recorder.flush_repeats(everything=True)
+        except KmsError:
+            log.warning("summaries of repeated failures could not be journaled at shutdown")
         self.audit_log.stop()
         try:
             self.usage.flush()
@@ -101,10 +108,10 @@ class Services:
 
 
 def superusers(settings: Settings) -> set[str]:
-    """The bootstrap admin; in development (plaintext on loopback, no bootstrap admin), "local"."""
-    if settings.bootstrap_admin:
-        return {settings.bootstrap_admin}
-    return set() if settings.tls else {LOCAL}
+    """The bootstrap admin; in development mode every caller is "local", the superuser."""
+    if settings.dev_mode:
+        return {LOCAL}
+    return {settings.bootstrap_admin} if settings.bootstrap_admin else set()
 
 
 def quota_limits(settings: Settings) -> dict[Permission, Limit]:
@@ -142,7 +149,9 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     policy_repository = SqlPolicyRepository(engine)
     policy_cache = PolicyCache(policy_repository, settings.policy_poll_interval.total_seconds())
     policy_cache.refresh(force=True)
-    authorizer = Authorizer(policy_cache, QuotaBook(quota_limits(settings)), superusers(settings))
+    failures = settings.quota("failures")
+    quotas = QuotaBook(quota_limits(settings), Limit(*failures) if failures else None)
+    authorizer = Authorizer(policy_cache, quotas, superusers(settings))
     keys = KeyService(
         repository, master_keys, cache, clock, usage, authorizer, min_rotation_period=settings.min_rotation_period
     )
@@ -156,6 +165,10 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         audit_repository, sealer, clock, FileAuditJournal(settings.data_dir / "audit-journal"),
         fail_open=settings.audit_fail_open, max_lag=settings.audit_max_lag.total_seconds(),
     )
+    digests = ContextDigests(sealer)
+    recorder = CallRecorder(
+        audit_log, digests, authorizer, clock, repeat_window=settings.audit_repeat_window.total_seconds()
+    )
     return Services(
         settings=settings,
         clock=clock,
@@ -165,18 +178,22 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         master_keys=master_keys,
         cache=cache,
         keys=keys,
-        data_keys=DataKeyService(cache, master_keys, usage, authorizer, settings.data_key_source),
+        data_keys=DataKeyService(
+            cache, master_keys, usage, authorizer, settings.data_key_source,
+            hard_max_wraps=settings.hard_max_wraps_per_version,
+        ),
         lifecycle=lifecycle,
         usage=usage,
         scheduler=Scheduler(
-            repository, keys, lifecycle, usage, clock, max_wraps_per_version=settings.max_wraps_per_version
+            repository, keys, lifecycle, usage, clock, recorder, max_wraps_per_version=settings.max_wraps_per_version
         ),
-        reconciler=Reconciler(repository, master_keys, cache, clock),
+        reconciler=Reconciler(repository, master_keys, cache, clock, recorder),
         policy_cache=policy_cache,
         authorizer=authorizer,
         policies=PolicyService(policy_repository, policy_cache, authorizer, clock),
         audit_log=audit_log,
-        audit=AuditService(audit_repository, sealer, authorizer, audit_log),
+        audit=AuditService(audit_repository, sealer, audit_log, authorizer, digests),
+        recorder=recorder,
     )
 
 
@@ -190,11 +207,12 @@ class Application:
         clock: Clock | None = None,
         authenticator: Authenticator | None = None,
         extra_services: tuple[tuple[object, object], ...] = (),
-        auditor: Auditor | None = None,
+        recorder_factory: Callable[[CallRecorder], CallRecorder] | None = None,
     ) -> None:
         """``extra_services`` are further (descriptor, servicer) pairs served through the same
-        pipeline as every call (the benchmarks' empty RPC). ``auditor`` replaces the audit log
-        in the request path: only the benchmark that measures the audit log's cost uses it."""
+        pipeline as every call (the benchmarks' empty RPC). ``recorder_factory`` wraps the end
+        of the request path: only the benchmark that measures the audit log's cost uses it."""
+        settings.require_transport_security()
         self.settings = settings
         self.services = build_services(settings, clock)
         services = self.services
@@ -209,8 +227,16 @@ class Application:
             if settings.tls_cert and settings.tls_key
             else None
         )
-        self.authenticator = authenticator or (CertificateIdentity() if self.tls else LoopbackIdentity())
-        if settings.tls and not settings.bootstrap_admin:
+        self.authenticator = authenticator or (
+            CertificateIdentity(cn_identities=settings.cn_identities) if self.tls else LoopbackIdentity()
+        )
+        if settings.dev_mode:
+            log.warning(
+                "DEVELOPMENT MODE: plaintext gRPC on a loopback address, and every local user is the superuser "
+                "'local'; never use this for real keys",
+                extra={"fields": {"listen": settings.listen}},
+            )
+        elif not settings.bootstrap_admin:
             log.warning("TLS is on and KMS_BOOTSTRAP_ADMIN is not set: no identity may manage keys or grants")
         served = [
             (SERVICE, KeyManagementServicer(services.keys, services.data_keys, services.lifecycle)),
@@ -218,10 +244,13 @@ class Application:
             (AUDIT_SERVICE, AuditServicer(services.audit)),
             *extra_services,
         ]
-        handlers = build_handlers(
-            served, self.authenticator, auditor or services.audit_log, AuditEntries(services.clock.now),
-            max_streams=max(1, min(settings.max_streams, settings.max_workers // 2)),
+        self.streams = StreamLimits(
+            max(1, min(settings.max_streams, settings.max_workers // 2)),
+            settings.max_streams_per_identity,
+            settings.stream_idle_timeout.total_seconds(),
         )
+        recorder = recorder_factory(services.recorder) if recorder_factory else services.recorder
+        handlers = build_handlers(served, self.authenticator, recorder, self.streams)
         self.server, self.port = build_server(
             settings.listen,
             handlers[0],
@@ -233,6 +262,7 @@ class Application:
             extra_handlers=handlers[1:],
         )
         self.scheduler = Periodic("kms-scheduler", services.scheduler.run_once, settings.scheduler_interval.total_seconds())
+        self.repeats = Periodic("kms-audit-repeats", services.recorder.flush_repeats, 1.0)
         self._stopped = threading.Event()
 
     @property
@@ -248,6 +278,7 @@ class Application:
         self.services.policy_cache.start()
         self.health.start()
         self.scheduler.start()
+        self.repeats.start()
         log.info("kms serving", extra={"fields": {"target": self.target, "serving": self.health.serving}})
 
     def stop(self, grace: float | None = None) -> None:
@@ -259,7 +290,9 @@ class Application:
         self.health.stop()
         grace = self.settings.shutdown_grace.total_seconds() if grace is None else grace
         self.server.stop(grace).wait()
+        self.streams.stop()
         self.scheduler.stop()
+        self.repeats.stop()
         self.services.close()
         log.info("kms stopped")
 

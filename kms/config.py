@@ -49,9 +49,12 @@ class Settings(BaseSettings):
 
     # Worker threads of the gRPC server; each holds at most one HSM session at a time.
     max_workers: int = Field(default=32, ge=1, le=1024)
-    # Client streams (StreamReWrap) open at once; each holds a worker while open. At most half
-    # of max_workers, so that idle streams never starve unary calls and health checks.
+    # Streams (StreamReWrap, ListAuditEvents) open at once; each holds a worker while open. At
+    # most half of max_workers, so that streams never starve unary calls and health checks;
+    # and at most this many per identity. A stream idle this long is cancelled.
     max_streams: int = Field(default=8, ge=1, le=1024)
+    max_streams_per_identity: int = Field(default=2, ge=1, le=1024)
+    stream_idle_timeout: Duration = timedelta(seconds=30)
     # Calls admitted at once (running plus queued); beyond it, RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(default=1024, ge=1)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
@@ -69,8 +72,15 @@ class Settings(BaseSettings):
     # Wraps (data keys issued and re-wraps onto it) after which a primary version is rotated
     # whatever the key's schedule: random 96-bit GCM IVs allow at most 2^32 per key.
     max_wraps_per_version: int = Field(default=2**30, ge=1, le=2**32)
+    # Wraps after which a version refuses to wrap at all, should rotation keep failing.
+    hard_max_wraps_per_version: int = Field(default=3 * 2**30, ge=1, le=2**32)
     # How often each replica looks for due rotations and destructions and writes usage counts.
     scheduler_interval: Duration = timedelta(seconds=5)
+
+    # Development mode: plaintext gRPC on a loopback address, and every caller is the identity
+    # "local", which may do everything. Any local user is then a superuser, so it must be asked
+    # for by name (KMS_DEV_MODE, kms serve --dev); without it the server needs TLS.
+    dev_mode: bool = False
 
     # Transport security. With a certificate and key the server speaks TLS (re-read for new
     # connections whenever the files change); with a client CA it requires and verifies client
@@ -80,6 +90,9 @@ class Settings(BaseSettings):
     client_ca: Path | None = None
     # The identity that may do everything (and so grant narrower permissions to others).
     bootstrap_admin: str | None = None
+    # Client certificates without a URI SAN are refused unless this is on; their identity is
+    # then "cn:<common name>", a namespace no URI SAN can claim (kms.api.tls).
+    cn_identities: bool = False
     # How often each replica checks for policy changes made elsewhere.
     policy_poll_interval: Duration = timedelta(milliseconds=250)
     # Per-identity rate limits per permission: "RATE" or "RATE:BURST" (calls per second).
@@ -89,6 +102,13 @@ class Settings(BaseSettings):
     quota_rewrap: str | None = None
     quota_rotate: str | None = None
     quota_audit_read: str | None = None
+    # Per identity: refused calls (and refused batch items) it may cause, "RATE:BURST"; once
+    # spent, its calls are turned away with RESOURCE_EXHAUSTED until the budget refills.
+    # "off" disables the budget.
+    quota_failures: str = "20:200"
+    # Identical failures (identity, action, outcome, reason) within this window are recorded
+    # once in full and then as one summary record with their count.
+    audit_repeat_window: Duration = timedelta(seconds=10)
     # When the audit log cannot be written: refuse calls (False, the default) or log and go on.
     audit_fail_open: bool = False
     # Calls fail closed once audit records have waited this long to reach the chain.
@@ -108,18 +128,31 @@ class Settings(BaseSettings):
             raise ValueError("set both KMS_TLS_CERT and KMS_TLS_KEY (--tls-cert, --tls-key), or neither")
         if self.client_ca is not None and self.tls_cert is None:
             raise ValueError("KMS_CLIENT_CA (--client-ca) needs TLS: also set KMS_TLS_CERT and KMS_TLS_KEY")
-        for name in ("admin", "encrypt", "decrypt", "rewrap", "rotate", "audit_read"):
+        if self.dev_mode and self.tls_cert is not None:
+            raise ValueError("development mode (KMS_DEV_MODE, --dev) serves plaintext: do not also configure TLS")
+        for name in ("admin", "encrypt", "decrypt", "rewrap", "rotate", "audit_read", "failures"):
             self.quota(name)  # validates
+        if self.hard_max_wraps_per_version < self.max_wraps_per_version:
+            raise ValueError("KMS_HARD_MAX_WRAPS_PER_VERSION must be at least KMS_MAX_WRAPS_PER_VERSION")
         return self
 
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
 
+    def require_transport_security(self) -> None:
+        """Serving needs TLS, or development mode asked for by name."""
+        if not self.dev_mode and self.tls_cert is None:
+            raise ValueError(
+                "no TLS configured: set KMS_TLS_CERT and KMS_TLS_KEY (--tls-cert, --tls-key, and --client-ca for "
+                "client certificates), or ask for development mode (KMS_DEV_MODE=true, --dev: plaintext on "
+                "loopback, every local user is a superuser)"
+            )
+
     def quota(self, permission: str) -> tuple[float, float] | None:
         """(rate, burst) for a permission ("audit-read" or "audit_read"), None if unlimited."""
         value = getattr(self, f"quota_{permission.replace('-', '_')}")
-        if not value:
+        if not value or value == "off":
             return None
         rate_text, _, burst_text = value.partition(":")
         try:

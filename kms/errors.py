@@ -143,7 +143,45 @@ class InvalidStateTransition(FailedPrecondition):
     pass
 
 
+class KeyMetadataUnverified(FailedPrecondition):
+    """The key's stored metadata is not what the HSM-sealed ledger vouches for (changed, inserted
+    or restored outside the service): the key is not used until an operator has looked."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"key {key_id!r}: its stored metadata does not verify against the ledger; see kms db verify")
+        self.key_id = key_id
+
+
+class VersionStillInUse(FailedPrecondition):
+    """Retirement refused: usage shows the version was used too recently."""
+
+    def __init__(self, key_id: str, version: int, detail: str) -> None:
+        super().__init__(f"key {key_id!r} version {version} is still in use: {detail}")
+        self.key_id = key_id
+        self.version = version
+
+
+class WrapLimitReached(FailedPrecondition):
+    """A version has wrapped as many data keys as one AES-GCM key may with random IVs (with a
+    margin); it wraps no more, whatever happens to rotation."""
+
+    def __init__(self, key_id: str, version: int, wraps: int, limit: int) -> None:
+        super().__init__(
+            f"key {key_id!r} version {version} has wrapped {wraps} data keys, the most one version may "
+            f"({limit}, KMS_HARD_MAX_WRAPS_PER_VERSION); rotate the key"
+        )
+        self.key_id = key_id
+        self.version = version
+
+
 # PERMISSION_DENIED / UNAUTHENTICATED / RESOURCE_EXHAUSTED ----------------------------------
+
+
+class GrantNotFound(KmsError):
+    code = "NOT_FOUND"
+
+    def __init__(self, grant_id: str) -> None:
+        super().__init__(f"grant {grant_id[:64]!r} not found")
 
 
 class PermissionDenied(KmsError):
@@ -166,13 +204,17 @@ class RateLimited(KmsError):
 
 
 class TooManyStreams(KmsError):
-    """Streams hold a server thread while open; a few are allowed at once, so that idle ones
-    can never take every thread from unary calls and health checks."""
+    """Streams hold a server thread while open; a few are allowed at once, and a few per
+    identity, so that idle ones can never take every thread from unary calls and health checks."""
 
     code = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"this server has {limit} streams open already; retry later or use the batch calls")
+    def __init__(self, limit: int, *, per_identity: bool = False) -> None:
+        if per_identity:
+            message = f"this identity has {limit} streams open already; close one or use the batch calls"
+        else:
+            message = f"this server has {limit} streams open already; retry later or use the batch calls"
+        super().__init__(message)
 
 
 # UNAVAILABLE / DEADLINE_EXCEEDED ---------------------------------------------------------
@@ -214,12 +256,52 @@ class AuditTampered(Unavailable):
         super().__init__(f"audit log head (record {head_seq}) is not sealed by its checkpoint; run kms audit verify")
 
 
+class LedgerTampered(Unavailable):
+    """The metadata ledger does not verify: a broken link, a head the HSM did not seal, or a
+    database behind the HSM anchor (rolled back). Nothing is appended to it or believed from it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+
+
+class MetadataIntegrityLost(Unavailable):
+    """No key or grant can be believed until an operator has looked (kms db verify)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"metadata integrity check failed ({detail}); see kms db verify")
+
+
 class ConcurrentCreation(Unavailable):
     """Another replica is creating the same key right now; retrying later is safe."""
 
     def __init__(self, key_id: str) -> None:
         super().__init__(f"key {key_id!r} is being created by another request; retry shortly")
         self.key_id = key_id
+
+
+class Cancelled(KmsError):
+    """The caller cancelled the call (or went away) before it finished."""
+
+    code = "CANCELLED"
+
+    def __init__(self) -> None:
+        super().__init__("the call was cancelled by the client")
+
+
+class StreamIdle(Cancelled):
+    """The server cancelled a stream that made no progress for too long (KMS_STREAM_IDLE_TIMEOUT)."""
+
+    def __init__(self) -> None:
+        KmsError.__init__(self, "the stream made no progress for too long and was cancelled")
+
+
+class Internal(KmsError):
+    """A bug. The details go to the log under the request id, never to the client."""
+
+    code = "INTERNAL"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"internal error (request id {request_id})")
 
 
 class DeadlineExceeded(KmsError):

@@ -128,7 +128,7 @@ class KeyRepository(Protocol):
         """Raises KeyNotFound."""
         ...
 
-    def list(self, limit: int, after_key_id: str | None) -> Sequence[Key]:
+    def list_keys(self, limit: int, after_key_id: str | None) -> Sequence[Key]:
         """Up to ``limit`` keys with ids greater than ``after_key_id``, in id order."""
         ...
 
@@ -196,8 +196,17 @@ class AuditRepository(Protocol):
         """Which of ``origins`` the chain holds already."""
         ...
 
-    def records(self, **filters: object) -> Iterator[AuditRecord]:
-        """Records in seq order, filtered by after_seq, since, until, key_id, identity."""
+    def records(
+        self,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        key_id: str | None = None,
+        identity: str | None = None,
+        context_digest: str | None = None,
+    ) -> Iterator[AuditRecord]:
+        """Records in seq order, filtered (every filter given must match)."""
         ...
 
     def checkpoints(self) -> Iterator[Checkpoint]: ...
@@ -230,3 +239,9 @@ class AuditSeal(Protocol):
         ...
 
     def check(self, message: bytes, mac_hex: str) -> bool: ...
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A 32-byte secret for ``purpose``, computed inside the HSM from the seal key (its MAC
+        of the purpose label). It leaves the HSM only as this derived value, for keyed digests
+        the service computes per call; a derivation never yields the MAC of a sealed message."""
+        ...

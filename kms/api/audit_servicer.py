@@ -40,6 +40,7 @@ class AuditServicer:
         self._audit = audit
 
     def ListAuditEvents(self, request: pb.ListAuditEventsRequest, call: Call) -> Iterator[pb.AuditEvent]:
+        """Authorizes at once; the records are read as the client takes them."""
         if request.after_seq > MAX_SEQ:
             raise InvalidArgument(f"after_seq must be at most {MAX_SEQ}")
         records = self._audit.events(
@@ -49,9 +50,9 @@ class AuditServicer:
             until=optional_time(request, "end_time"),
             key_id=request.key_id or None,
             identity=request.identity or None,
+            context=dict(request.encryption_context) or None,
         )
-        for record in records:
-            yield event_message(record)
+        return (event_message(record) for record in records)
 
     def VerifyAuditLog(self, request: pb.VerifyAuditLogRequest, call: Call) -> pb.VerifyAuditLogResponse:
         result = self._audit.verify(call)

@@ -1,11 +1,14 @@
-"""The path every RPC takes: parse, authenticate, call the servicer, audit, map errors, measure.
+"""The path every RPC takes: authenticate, admit, parse, call the servicer, record, map errors.
 
 Handlers are built from the service descriptors instead of the generated ``add_*_to_server`` so
 that request bytes are parsed here: grpcio answers a request it cannot deserialize with INTERNAL,
 while a client that sends garbage deserves INVALID_ARGUMENT.
 
-No result leaves before its audit record is written down (kms.service.audit): when the record
-cannot be, the caller gets UNAVAILABLE instead of the result.
+What the audit log records of a call is decided by the use cases (they note it on the call's
+trail, kms.service.calls); this module only guarantees the order: the call's records are
+journaled (kms.service.recording.CallRecorder.finish) before its result is released, and when
+they cannot be, the caller gets UNAVAILABLE instead of the result. A client that cancels gets
+CANCELLED, recorded as such, and no error is logged.
 """
 
 from __future__ import annotations
@@ -13,10 +16,8 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -25,10 +26,11 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
-from kms.api.audit_entries import AuditEntries
 from kms.api.errors import REASON_KEY, status_code
-from kms.errors import AuditUnavailable, KmsError, MalformedRequest, RateLimited, TooManyStreams
+from kms.api.streams import StreamLimits, StreamSlot
+from kms.errors import Cancelled, Internal, KmsError, MalformedRequest, RateLimited, StreamIdle
 from kms.service.calls import Call
+from kms.service.recording import CallRecorder
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +55,6 @@ class Authenticator(Protocol):
         ...
 
 
-class Auditor(Protocol):
-    def record(self, entries: Sequence[Any], *, fail_open: bool = False) -> None:
-        """Returns once ``entries`` are written down; raises AuditUnavailable otherwise."""
-        ...
-
-
-class InternalError(KmsError):
-    """A bug. The details go to the log under the request id, never to the client."""
-
-    code = "INTERNAL"
-
-    def __init__(self, request_id: str) -> None:
-        super().__init__(f"internal error (request id {request_id})")
-
-
 # Reading and verifying the audit log releases no key material, and must keep working when the
 # log itself is damaged: its own records are logged rather than withheld if they cannot be written.
 _AUDIT_FAIL_OPEN = frozenset({"ListAuditEvents", "VerifyAuditLog"})
@@ -76,13 +63,11 @@ _AUDIT_FAIL_OPEN = frozenset({"ListAuditEvents", "VerifyAuditLog"})
 def build_handlers(
     services: Sequence[tuple[Any, object]],
     authenticator: Authenticator,
-    audit: Auditor,
-    entries: AuditEntries,
-    max_streams: int = 8,
+    recorder: CallRecorder,
+    streams: StreamLimits,
 ) -> list[grpc.GenericRpcHandler]:
-    """One generic handler per (service descriptor, servicer); at most ``max_streams`` client
-    streams open at once."""
-    pipeline = Pipeline(authenticator, audit, entries, max_streams)
+    """One generic handler per (service descriptor, servicer)."""
+    pipeline = Pipeline(authenticator, recorder, streams)
     handlers = []
     for descriptor, servicer in services:
         methods = {}
@@ -111,28 +96,27 @@ def build_handlers(
 class Pipeline:
     """Wraps a behavior ``(request, call) -> response`` into a grpcio handler function."""
 
-    def __init__(self, authenticator: Authenticator, audit: Auditor, entries: AuditEntries, max_streams: int = 8) -> None:
+    def __init__(self, authenticator: Authenticator, recorder: CallRecorder, streams: StreamLimits) -> None:
         self._authenticator = authenticator
-        self._audit = audit
-        self._entries = entries
-        self._max_streams = max_streams
-        self._stream_slots = threading.BoundedSemaphore(max_streams)
+        self._recorder = recorder
+        self._streams = streams
 
     def unary(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Any]) -> Callable:
+        fail_open = name in _AUDIT_FAIL_OPEN
+
         def handle(raw: bytes, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             call, error = self._begin(context, name)
-            request = response = None
+            response = None
             if error is None:
                 try:
-                    request = _parse(request_type, raw)
-                    response = behavior(request, call)
+                    response = behavior(_parse(request_type, raw), call)
                 except KmsError as exc:
                     error = exc
                 except Exception:
                     error = _internal(name, call)
-            error = self._audited(name, call, request, response, error)
-            _record(name, error, started)
+            error = self._recorder.finish(call, error, fail_open=fail_open)
+            _measure(name, error, started)
             if error is None:
                 return response
             _abort(context, call, error)
@@ -140,32 +124,49 @@ class Pipeline:
         return handle
 
     def server_streaming(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]) -> Callable:
-        """The call is audited once it has started (permission checked, first result ready)."""
+        """The behavior authorizes when called and returns the messages to send. The call is
+        recorded before the first message is released; a stream that then ends in an error, is
+        cancelled or goes idle gets a second record saying how it ended."""
+        fail_open = name in _AUDIT_FAIL_OPEN
 
         def handle(raw: bytes, context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             call, error = self._begin(context, name)
-            request, results, first = None, iter(()), _END
-            if error is None:
-                try:
-                    request = _parse(request_type, raw)
-                    results = iter(behavior(request, call))
-                    first = next(results, _END)
-                except KmsError as exc:
-                    error = exc
-                except Exception:
-                    error = _internal(name, call)
-            error = self._audited(name, call, request, None, error)
-            if error is None:
-                try:
-                    if first is not _END:
-                        yield first
-                    yield from results
-                except KmsError as exc:
-                    error = exc
-                except Exception:
-                    error = _internal(name, call)
-            _record(name, error, started)
+            slot: StreamSlot | None = None
+            results: Iterator[Any] = iter(())
+            first: Any = _END
+            ended = False
+            try:
+                if error is None:
+                    try:
+                        results = iter(behavior(_parse(request_type, raw), call))
+                        slot = self._streams.open(call.identity, context)
+                        first = next(results, _END)
+                    except KmsError as exc:
+                        error = exc
+                    except Exception:
+                        error = _internal(name, call)
+                error = self._recorder.finish(call, error, fail_open=fail_open)
+                if error is None:
+                    try:
+                        if first is not _END:
+                            yield first
+                            _progress(slot)
+                        for message in results:
+                            yield message
+                            _progress(slot)
+                    except KmsError as exc:
+                        error = self._recorder.finish(call, exc, fail_open=fail_open)
+                    except Exception:
+                        error = self._recorder.finish(call, _internal(name, call), fail_open=fail_open)
+                ended = True
+            finally:
+                if not ended:  # the client went away (or the idle watchdog cancelled): GeneratorExit
+                    error = _cancelled(slot)
+                    self._recorder.finish(call, error, fail_open=True)
+                if slot is not None:
+                    slot.close()
+                _measure(name, error, started)
             if error is not None:
                 _abort(context, call, error)
 
@@ -173,48 +174,44 @@ class Pipeline:
 
     def bidirectional(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]) -> Callable:
         """For streams whose response messages answer the request messages one for one and in
-        order (StreamReWrap): each response is released once its items' audit records are
-        written down. The call itself gets a record too when it carried no item or ended in
-        an error (refused, deadline exceeded, audit unavailable), so every call leaves a trace."""
+        order (StreamReWrap). The behavior authorizes when called, before the stream takes a
+        slot; each response is released once its items' records are journaled, and the call
+        itself always gets a record, however it ends."""
 
         def handle(raw_requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[Any]:
             started = time.perf_counter()
             call, error = self._begin(context, name)
-            seen: deque[Any] = deque()
-            items = 0
-            slot = error is None and self._stream_slots.acquire(blocking=False)
-            if error is None and not slot:
-                error = TooManyStreams(self._max_streams)
-            if error is None:
-                try:
-                    for response in behavior(_parse_each(request_type, raw_requests, seen), call):
-                        request = seen.popleft()
-                        self._audit.record(self._entries.for_call(name, call, request, response, None, items))
-                        items += len(response.results)
-                        call.check_deadline()
-                        yield response
-                except KmsError as exc:
-                    error = exc
-                except Exception:
-                    error = _internal(name, call)
-                finally:
-                    self._stream_slots.release()
-            if error is not None or not items:
-                error = self._audited(name, call, None, None, error)
-            _record(name, error, started)
+            slot: list[StreamSlot] = []  # set once authorized; read by the request reader
+            ended = False
+            try:
+                if error is None:
+                    try:
+                        responses = iter(behavior(_parse_each(request_type, raw_requests, slot), call))
+                        slot.append(self._streams.open(call.identity, context))
+                        for response in responses:
+                            self._recorder.record_items(call)
+                            call.check_deadline()
+                            yield response
+                            _progress(slot[0])
+                    except KmsError as exc:
+                        error = exc
+                    except grpc.RpcError:  # raised by the request iterator when the client cancels
+                        error = _cancelled(slot[0] if slot else None) if not context.is_active() else _internal(name, call)
+                    except Exception:
+                        error = _internal(name, call)
+                error = self._recorder.finish(call, error)
+                ended = True
+            finally:
+                if not ended:
+                    error = _cancelled(slot[0] if slot else None)
+                    self._recorder.finish(call, error, fail_open=True)
+                if slot:
+                    slot[0].close()
+                _measure(name, error, started)
             if error is not None:
                 _abort(context, call, error)
 
         return handle
-
-    def _audited(self, name: str, call: Call, request: Any, response: Any, error: KmsError | None) -> KmsError | None:
-        """Writes the call's records; their failure replaces the outcome with AuditUnavailable."""
-        try:
-            self._audit.record(self._entries.for_call(name, call, request, response, error),
-                               fail_open=name in _AUDIT_FAIL_OPEN)
-        except AuditUnavailable as unavailable:
-            return unavailable
-        return error
 
     def _begin(self, context: grpc.ServicerContext, name: str) -> tuple[Call, KmsError | None]:
         request_id = ""
@@ -229,9 +226,14 @@ class Pipeline:
             identity, groups = self._authenticator.authenticate(context)
         except KmsError as error:
             return call, error
-        return Call(
+        call = Call(
             identity=identity, groups=groups, request_id=request_id, peer=call.peer, method=name, deadline=deadline
-        ), None
+        )
+        try:
+            self._recorder.admit(call)
+        except KmsError as error:
+            return call, error
+        return call, None
 
 
 _END = object()
@@ -240,9 +242,18 @@ _ID_PREFIX = uuid.uuid4().hex[:12]
 _ids = itertools.count(1)
 
 
-def _internal(name: str, call: Call) -> InternalError:
+def _internal(name: str, call: Call) -> Internal:
     log.exception("unhandled error", extra={"fields": {"method": name, "request_id": call.request_id}})
-    return InternalError(call.request_id)
+    return Internal(call.request_id)
+
+
+def _cancelled(slot: StreamSlot | None) -> Cancelled:
+    return StreamIdle() if slot is not None and slot.idle else Cancelled()
+
+
+def _progress(slot: StreamSlot | None) -> None:
+    if slot is not None:
+        slot.progress()
 
 
 def _parse(request_type: Any, raw: bytes) -> Any:
@@ -252,28 +263,29 @@ def _parse(request_type: Any, raw: bytes) -> Any:
         raise MalformedRequest(f"request is not a valid {request_type.DESCRIPTOR.full_name}") from None
 
 
-def _parse_each(request_type: Any, raw_requests: Iterator[bytes], seen: deque) -> Iterator[Any]:
-    """Each request parsed (and remembered in ``seen`` for its audit record); one that does not
-    parse becomes a MalformedRequest item, so the stream goes on."""
+def _parse_each(request_type: Any, raw_requests: Iterator[bytes], slot: list[StreamSlot]) -> Iterator[Any]:
+    """Each request parsed; one that does not parse becomes a MalformedRequest item, so the
+    stream goes on. Reading a request is progress."""
     for raw in raw_requests:
+        if slot:
+            slot[0].progress()
         try:
-            request = _parse(request_type, raw)
+            yield _parse(request_type, raw)
         except MalformedRequest as error:
-            request = error
-        seen.append(request_type() if isinstance(request, KmsError) else request)
-        yield request
+            yield error
 
 
-def _record(name: str, error: KmsError | None, started: float) -> None:
+def _measure(name: str, error: KmsError | None, started: float) -> None:
     code = "OK" if error is None else error.code
     RPCS.labels(name, code).inc()
     RPC_SECONDS.labels(name).observe(time.perf_counter() - started)
 
 
-def _abort(context: grpc.ServicerContext, call: Call, error: KmsError | None) -> None:
-    assert error is not None
+def _abort(context: grpc.ServicerContext, call: Call, error: KmsError) -> None:
     metadata = [(REASON_KEY, error.reason), (REQUEST_ID_KEY, call.request_id)]
     if isinstance(error, RateLimited):
         metadata.append((RETRY_AFTER_KEY, str(max(1, int(error.retry_after * 1000)))))
+    if isinstance(error, Cancelled) and not context.is_active():
+        return  # nobody to tell
     context.set_trailing_metadata(tuple(metadata))
     context.abort(status_code(error), error.message)

@@ -13,7 +13,7 @@ from kms.api import convert
 from kms.api.errors import item_error
 from kms.api.proto import pb
 from kms.errors import InvalidArgument, InvalidRotationPeriod, KmsError
-from kms.service.calls import Call
+from kms.service.calls import Call, Trail
 from kms.service.data_keys import DataKeyRequest, DataKeyService, UnwrapRequest
 from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
@@ -138,13 +138,23 @@ class KeyManagementServicer:
     def StreamReWrap(
         self, requests: Iterable[pb.BatchReWrapRequest | KmsError], call: Call
     ) -> Iterator[pb.BatchReWrapResponse]:
+        """Authorizes at once (only an identity that may re-wrap somewhere opens a stream), then
+        answers each request message in turn."""
+        self._data_keys.may_rewrap_somewhere(call)
+        return self._stream_rewrap(requests, call)
+
+    def _stream_rewrap(
+        self, requests: Iterable[pb.BatchReWrapRequest | KmsError], call: Call
+    ) -> Iterator[pb.BatchReWrapResponse]:
         for request in requests:
-            if isinstance(request, KmsError):
+            if isinstance(request, KmsError):  # a message that did not parse: one error result
+                call.trail.add_item(Trail(), request)
                 yield pb.BatchReWrapResponse(results=[_rewrap_result(request)])
                 continue
             try:
                 yield self.BatchReWrap(request, call)
             except KmsError as error:  # the message as a whole (too many items): one error result
+                call.trail.add_item(Trail(), error)
                 yield pb.BatchReWrapResponse(results=[_rewrap_result(error)])
 
     def _rewrap(self, request: pb.ReWrapRequest, call: Call):  # noqa: ANN202

@@ -28,14 +28,16 @@ from kms.hsm.module import ModuleError
               help="Server private key, PEM (KMS_TLS_KEY).")
 @click.option("--client-ca", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CA that signs client certificates, PEM (KMS_CLIENT_CA): turns on mutual TLS.")
+@click.option("--dev", "dev_mode", is_flag=True, default=None,
+              help="Development mode (KMS_DEV_MODE): plaintext on loopback, every local user is a superuser.")
 def serve(listen: str | None, data_dir: str | None, metrics_listen: str | None, log_format: str | None,
-          tls_cert: str | None, tls_key: str | None, client_ca: str | None) -> None:
+          tls_cert: str | None, tls_key: str | None, client_ca: str | None, dev_mode: bool | None) -> None:
     """Run the key management service until SIGTERM or SIGINT.
 
     The HSM PIN is read from KMS_PKCS11_PIN or KMS_PKCS11_PIN_FILE, never from a flag.
     """
     given = (("listen", listen), ("data_dir", data_dir), ("metrics_listen", metrics_listen), ("log_format", log_format),
-             ("tls_cert", tls_cert), ("tls_key", tls_key), ("client_ca", client_ca))
+             ("tls_cert", tls_cert), ("tls_key", tls_key), ("client_ca", client_ca), ("dev_mode", dev_mode or None))
     overrides: dict[str, Any] = {name: value for name, value in given if value is not None}
     try:
         settings = Settings(**overrides)

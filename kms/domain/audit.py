@@ -21,6 +21,7 @@ Checkpoint MAC input: "kms-audit-checkpoint-v1" || uint64 seq || hash (32 bytes)
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -124,9 +125,13 @@ def checkpoint_message(seq: int, hash_hex: str) -> bytes:
     return _CHECKPOINT_TAG + struct.pack(">Q", seq) + bytes.fromhex(hash_hex)
 
 
-def context_digest(encoded_context: bytes) -> str:
-    """SHA-256 of the canonical context encoding: a client can compute it to find its calls."""
-    return hashlib.sha256(encoded_context).hexdigest()
+def context_digest(key: bytes, encoded_context: bytes) -> str:
+    """HMAC-SHA256 of the canonical context encoding under ``key``, in hex.
+
+    Keyed, so that whoever reads the log cannot recover a context by hashing candidates (a
+    tenant id, an e-mail address); the key is derived inside the HSM (AuditSeal.derive) and
+    never stored. The service computes it for a reader who filters records by context."""
+    return hmac.new(key, encoded_context, hashlib.sha256).hexdigest()
 
 
 @dataclass

@@ -35,6 +35,9 @@ _TEMPLATE = {
 }
 
 
+_DERIVE_PREFIX = b"kms-derive-v1\x00"
+
+
 class Pkcs11AuditSealer:
     def __init__(self, pool: SessionPool, clock: Clock, label_prefix: str = "kms") -> None:
         self._pool = pool
@@ -47,6 +50,12 @@ class Pkcs11AuditSealer:
         """HMAC-SHA256 of ``message`` under the oldest seal key, in hex."""
         key_id = self._keys()[0]
         return self._pool.run(lambda pooled: _key(pooled, key_id).sign(message, mechanism=Mechanism.SHA256_HMAC).hex())
+
+    def derive(self, purpose: bytes) -> bytes:
+        # Its own prefix, so that no derived value is ever the MAC of a sealed message.
+        message = _DERIVE_PREFIX + purpose
+        key_id = self._keys()[0]
+        return self._pool.run(lambda pooled: bytes(_key(pooled, key_id).sign(message, mechanism=Mechanism.SHA256_HMAC)))
 
     def check(self, message: bytes, mac_hex: str) -> bool:
         try:

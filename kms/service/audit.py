@@ -1,13 +1,18 @@
 """The audit log: no call's result is released before its record is written down.
 
-Each call's records are first appended to this replica's journal (one write system call, so
-they survive the process being killed the instant after the call returns), and only then is the
-result released; if the journal cannot be written the call fails with UNAVAILABLE (fail closed).
-A writer thread moves journaled records into the hash-chained, HSM-sealed log in batches. If
-that falls behind by more than ``max_lag`` seconds (the database refuses the writes, say) or
-``max_backlog`` records, calls fail closed until it catches up; nothing journaled is lost
-meanwhile. At start, records a killed process had journaled but not chained are replayed, once
-each (every record carries its journal origin, unique in the chain).
+Each call's records are first appended to this replica's journal (a copy into a memory-mapped
+file, so they survive the process being killed the instant after the call returns), and only
+then is the result released; if the journal cannot be written the call fails with UNAVAILABLE
+(fail closed). A writer thread moves journaled records into the hash-chained, HSM-sealed log in
+batches. Calls fail closed too while the oldest record not yet in the chain has waited longer
+than ``max_lag`` seconds, whatever the cause: a database that refuses writes, or one whose
+writes hang on a lock, a slow disk or a dead connection. Nothing journaled is lost meanwhile.
+
+A batch whose commit may have happened although the writer saw an error (a lost
+acknowledgement) is re-sent only after asking which of its records the chain already holds,
+so replaying is idempotent whatever failed. At start, records a killed process had journaled
+but not chained are replayed the same way (every record carries its journal origin, unique in
+the chain).
 
 With ``fail_open`` a record that cannot be journaled is written to the service log instead and
 the call proceeds.
@@ -19,12 +24,16 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
 
 from kms.crashpoints import crash_point
-from kms.domain.audit import AuditEntry, AuditRecord, Verification, verify
+from kms.crypto.context import encode_context
+from kms.domain.audit import FIELD_LIMITS, AuditEntry, AuditRecord, Verification, context_digest, verify
+from kms.domain.keys import validate_key_id
 from kms.domain.policy import Permission
+from kms.domain.text import validate_text
 from kms.errors import AuditTampered, AuditUnavailable, KmsError
 from kms.ports import AuditJournal, AuditRepository, AuditSeal, Clock
 from kms.service.authz import Authorizer
@@ -36,6 +45,16 @@ _BACKOFF_START, _BACKOFF_MAX = 0.05, 2.0
 # Calls never wait for chaining, so the writer lets records gather: one sealed transaction per
 # interval costs little per record, where one per record would cost a commit and a seal each.
 CHAIN_INTERVAL = 0.05
+
+
+@dataclass(slots=True)
+class _Pending:
+    origin: str
+    entry: AuditEntry
+    # The chain may hold it already: replayed from the journal after a restart, or part of a
+    # batch whose commit outcome is unknown. Such records are checked by origin before sending.
+    maybe_chained: bool
+    journaled: float  # time.monotonic() when it was journaled
 
 
 class AuditLog:
@@ -50,6 +69,7 @@ class AuditLog:
         max_lag: float = 5.0,
         max_backlog: int = 200_000,
         max_batch: int = 2000,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._repository = repository
         self._seal = seal
@@ -59,17 +79,20 @@ class AuditLog:
         self._max_lag = max_lag
         self._max_backlog = max_backlog
         self._max_batch = max_batch
-        # (origin, entry, replayed): records journaled but not yet in the chain, in order.
-        self._pending: deque[tuple[str, AuditEntry, bool]] = deque()
+        self._monotonic = monotonic
+        # Records journaled but not yet in the chain, in order.
+        self._pending: deque[_Pending] = deque()
+        self._in_flight: list[_Pending] = []
         self._condition = threading.Condition()
         self._failing_since: float | None = None
         self._tampered = False
         self._stopping = False
         self._flushing = 0
-        self._in_flight = 0
-        self._pending.extend((origin, entry, True) for origin, entry in journal.recover())
-        if self._pending:
-            log.warning("replaying audit records journaled before a restart", extra={"fields": {"records": len(self._pending)}})
+        recovered = journal.recover()
+        started = monotonic()
+        self._pending.extend(_Pending(origin, entry, True, started) for origin, entry in recovered)
+        if recovered:
+            log.warning("replaying audit records journaled before a restart", extra={"fields": {"records": len(recovered)}})
         self._thread = threading.Thread(target=self._write_loop, name="kms-audit", daemon=True)
         self._thread.start()
 
@@ -89,19 +112,31 @@ class AuditLog:
                     log.error("audit record not stored (fail-open)", extra={"fields": asdict(entry)})
                 return
             raise AuditUnavailable() from None
+        now = self._monotonic()
         # deque.extend is atomic: no lock on the hot path; the writer polls at CHAIN_INTERVAL.
-        self._pending.extend((origin, entry, False) for origin, entry in zip(origins, entries, strict=True))
+        self._pending.extend(_Pending(o, e, False, now) for o, e in zip(origins, entries, strict=True))
 
     def check_writable(self) -> None:
-        """Raises AuditUnavailable while the chain lags too far behind the journal, and at once
-        when the chain turned out to be tampered with."""
-        if self._tampered:
+        """Raises AuditUnavailable while the oldest record not yet chained is older than
+        ``max_lag``, while the backlog is too long, and at once when the chain turned out to be
+        tampered with."""
+        if self._tampered or not self._thread.is_alive():
             raise AuditUnavailable()
-        failing_since = self._failing_since
-        if failing_since is not None and time.monotonic() - failing_since > self._max_lag:
+        oldest = self.oldest_unchained()
+        if oldest is not None and self._monotonic() - oldest > self._max_lag:
             raise AuditUnavailable()
-        if len(self._pending) + self._in_flight > self._max_backlog or not self._thread.is_alive():
+        if len(self._pending) + len(self._in_flight) > self._max_backlog:
             raise AuditUnavailable()
+
+    def oldest_unchained(self) -> float | None:
+        """When the oldest record that is not in the chain yet was journaled (monotonic)."""
+        in_flight = self._in_flight
+        if in_flight:
+            return in_flight[0].journaled
+        try:
+            return self._pending[0].journaled
+        except IndexError:
+            return None
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Waits until every record journaled so far is in the chain; False on timeout, and at
@@ -137,7 +172,7 @@ class AuditLog:
                     self._condition.wait(CHAIN_INTERVAL)  # let a batch gather (woken early by flush)
                 if self._stopping:
                     return
-            batch = []
+            batch: list[_Pending] = []
             while len(batch) < self._max_batch:
                 try:
                     batch.append(self._pending.popleft())  # atomic, as the callers' appends are
@@ -145,11 +180,13 @@ class AuditLog:
                     break
             if not batch:
                 continue
-            self._in_flight = len(batch)
+            self._in_flight = batch
             written = self._write(batch)
             if not written:
+                for pending in batch:
+                    pending.maybe_chained = True  # the commit may have happened all the same
                 self._pending.extendleft(reversed(batch))  # back in front, in order
-            self._in_flight = 0
+            self._in_flight = []
             with self._condition:
                 self._condition.notify_all()
             if written:
@@ -158,15 +195,16 @@ class AuditLog:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
 
-    def _write(self, batch: list[tuple[str, AuditEntry, bool]]) -> bool:
-        items = [(origin, entry) for origin, entry, _ in batch]
+    def _write(self, batch: list[_Pending]) -> bool:
+        items = [(pending.origin, pending.entry) for pending in batch]
         try:
-            if any(replayed for _, _, replayed in batch):
+            if any(pending.maybe_chained for pending in batch):
                 done = self._repository.recorded_origins([origin for origin, _ in items])
                 items = [item for item in items if item[0] not in done]
             crash_point("audit.before_chain")
             if items:
                 self._repository.append(items, self._seal, self._clock.now())
+            crash_point("audit.after_chain")
         except AuditTampered as error:
             self._tampered = True
             self._failing(logging.CRITICAL, "audit log tampered; refusing to extend it", error.message)
@@ -178,7 +216,7 @@ class AuditLog:
             log.exception("audit records not chained yet")
             self._failing_since = self._failing_since or time.monotonic()
             return False
-        self._journal.committed([origin for origin, _, _ in batch])
+        self._journal.committed([pending.origin for pending in batch])
         if self._failing_since is not None:
             log.info("audit chain caught up", extra={"fields": {"records": len(batch)}})
         self._failing_since = None
@@ -196,23 +234,70 @@ def _describe(error: Exception) -> str:
 
 
 class AuditService:
-    """Reading and verifying the log (the audit-read permission). Both first wait briefly for
-    this replica's journaled records to reach the chain, so that they include every call made
-    so far."""
+    """Reading and verifying the log (the audit-read permission: on "*" for the whole log, on a
+    key for that key's records). Both first wait briefly for this replica's journaled records to
+    reach the chain, so that they include every call made so far."""
 
-    def __init__(self, repository: AuditRepository, seal: AuditSeal, authorizer: Authorizer, log: AuditLog) -> None:
+    def __init__(
+        self, repository: AuditRepository, seal: AuditSeal, log: AuditLog, authorizer: Authorizer, digests: ContextDigests
+    ) -> None:
         self._repository = repository
         self._seal = seal
-        self._authorizer = authorizer
         self._log = log
+        self._authorizer = authorizer
+        self._digests = digests
 
-    def events(self, call: Call, **filters: object) -> Iterator[AuditRecord]:
-        key_id = filters.get("key_id")
-        self._authorizer.require(call, Permission.AUDIT_READ, key_id if isinstance(key_id, str) and key_id else "*")
+    def events(
+        self,
+        call: Call,
+        *,
+        after_seq: int = 0,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        key_id: str | None = None,
+        identity: str | None = None,
+        context: Mapping[str, str] | None = None,
+    ) -> Iterator[AuditRecord]:
+        """Records in seq order, filtered; ``context`` selects the records of calls made with
+        exactly that encryption context (compared by keyed digest: the log never holds it)."""
+        if key_id is not None:
+            validate_key_id(key_id)
+        if identity is not None:
+            validate_text("identity", identity, FIELD_LIMITS["identity"])
+        encoded = encode_context(context) if context else None
+        call.trail.note(key_id=key_id or "", context=encoded, detail=f"identity {identity}" if identity else "")
+        self._authorizer.require(call, Permission.AUDIT_READ, key_id or "*")
         self._log.flush(timeout=5)
-        return self._repository.records(**filters)
+        return self._repository.records(
+            after_seq=after_seq, since=since, until=until, key_id=key_id, identity=identity,
+            context_digest=self._digests.of(encoded) if encoded is not None else None,
+        )
 
     def verify(self, call: Call) -> Verification:
         self._authorizer.require(call, Permission.AUDIT_READ, "*")
         self._log.flush(timeout=5)
         return verify(self._repository.records(), self._repository.checkpoints(), self._seal.check)
+
+
+class ContextDigests:
+    """The keyed digest of an encoded context, as the audit log records it. The key is derived
+    inside the HSM from the seal key once, on first use (kms.domain.audit.context_digest)."""
+
+    PURPOSE = b"audit-context-digest"
+
+    def __init__(self, seal: AuditSeal) -> None:
+        self._seal = seal
+        self._key: bytes | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return "ContextDigests()"
+
+    def of(self, encoded_context: bytes) -> str:
+        key = self._key
+        if key is None:
+            with self._lock:
+                if self._key is None:
+                    self._key = self._seal.derive(self.PURPOSE)
+                key = self._key
+        return context_digest(key, encoded_context)

@@ -21,11 +21,20 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 
-from kms.domain.policy import GROUP_PREFIX, Decision, Grant, Permission, PolicySnapshot, decide, resource_includes
+from kms.domain.policy import (
+    GROUP_PREFIX,
+    Decision,
+    Grant,
+    Permission,
+    PolicySnapshot,
+    decide,
+    resource_covers,
+    resource_includes,
+)
 from kms.domain.quota import Bucket, Limit
 from kms.errors import KmsError, PermissionDenied, RateLimited, Unauthenticated
 from kms.ports import PolicyRepository
-from kms.service.calls import Call
+from kms.service.calls import SYSTEM_PREFIX, Call
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +102,21 @@ class PolicyCache:
 
 
 class QuotaBook:
-    """Token buckets per (identity, permission); ``limits`` per permission, absent: unlimited."""
+    """Token buckets per (identity, permission), ``limits`` per permission (absent: unlimited);
+    and per identity a budget of failed calls (``failures``), paid after the fact."""
 
-    def __init__(self, limits: Mapping[Permission, Limit], monotonic: Callable[[], float] = time.monotonic) -> None:
+    MAX_BUCKETS = 100_000
+
+    def __init__(
+        self,
+        limits: Mapping[Permission, Limit],
+        failures: Limit | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._limits = dict(limits)
+        self._failures = failures
         self._monotonic = monotonic
-        self._buckets: dict[tuple[str, Permission], Bucket] = {}
+        self._buckets: dict[tuple[str, Permission | None], Bucket] = {}
         self._lock = threading.Lock()
 
     def take(self, identity: str, permission: Permission, count: int = 1) -> None:
@@ -107,12 +125,38 @@ class QuotaBook:
             return
         now = self._monotonic()
         with self._lock:
-            bucket = self._buckets.get((identity, permission))
-            if bucket is None:
-                bucket = self._buckets[(identity, permission)] = Bucket(limit, limit.burst, now)
-            wait = bucket.take(count, now)
+            wait = self._bucket(identity, permission, limit, now).take(count, now)
         if wait:
             raise RateLimited(permission.value, wait)
+
+    def check_failures(self, identity: str) -> None:
+        """Raises RateLimited while ``identity`` has spent its failure budget."""
+        if self._failures is None:
+            return
+        now = self._monotonic()
+        with self._lock:
+            bucket = self._buckets.get((identity, None))
+            wait = bucket.wait(now) if bucket is not None else 0.0
+        if wait:
+            raise RateLimited("failed calls", wait)
+
+    def charge_failures(self, identity: str, count: int) -> None:
+        if self._failures is None:
+            return
+        now = self._monotonic()
+        with self._lock:
+            self._bucket(identity, None, self._failures, now).charge(count, now)
+
+    def _bucket(self, identity: str, permission: Permission | None, limit: Limit, now: float) -> Bucket:
+        key = (identity, permission)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.MAX_BUCKETS:
+                # Identities come from certificates of one CA, so this is rare; full buckets
+                # carry no state worth keeping.
+                self._buckets = {k: b for k, b in self._buckets.items() if b.tokens < b.limit.burst}
+            bucket = self._buckets[key] = Bucket(limit, limit.burst, now)
+        return bucket
 
 
 class Authorizer:
@@ -123,6 +167,21 @@ class Authorizer:
 
     def is_superuser(self, call: Call) -> bool:
         return call.identity in self._superusers
+
+    def admit(self, call: Call) -> None:
+        """The door, before a request is even parsed: an identity that holds no grant at all may
+        do nothing, and one that has spent its failure budget waits."""
+        if self.is_superuser(call) or call.identity.startswith(SYSTEM_PREFIX):
+            return
+        self._quotas.check_failures(call.identity)
+        if not self._policies.grants(call.identity, call.groups):
+            if call.identity == ANONYMOUS:
+                raise Unauthenticated("this call needs an authenticated identity (a TLS client certificate)")
+            raise PermissionDenied(f"{call.identity} holds no grant")
+
+    def charge_failures(self, call: Call, count: int) -> None:
+        if not self.is_superuser(call):
+            self._quotas.charge_failures(call.identity, count)
 
     def require(
         self, call: Call, permission: Permission, key_id: str, context: Mapping[str, str] | None = None
@@ -135,17 +194,30 @@ class Authorizer:
                 raise self._denial(call, permission, f"key {key_id!r}", decision)
         self._quotas.take(call.identity, permission)
 
+    def holds_anywhere(self, call: Call, permission: Permission) -> bool:
+        """Whether some grant gives ``permission`` on some key (streams are opened only by
+        identities that could use them)."""
+        if self.is_superuser(call):
+            return True
+        return any(permission in grant.permissions for grant in self._policies.grants(call.identity, call.groups))
+
     def require_any(self, call: Call, key_id: str) -> None:
-        """Reading a key's metadata needs some permission on it, whichever."""
-        if self.is_superuser(call) or self.may_see(call, key_id):
+        """Reading a key's metadata needs some unconstrained permission on it, whichever."""
+        if self.may_see(call, key_id):
             return
         raise self._denial(call, None, f"key {key_id!r}", Decision(False))
 
     def may_see(self, call: Call, key_id: str) -> bool:
+        """Metadata (a key, its versions and usage) is visible to an admin and to whoever holds an
+        unconstrained grant on the key. A grant constrained to an encryption context does not
+        count: metadata reads carry no context, and a tenant held to its own context must not
+        learn which other tenants' keys exist or how much they are used."""
         if self.is_superuser(call):
             return True
-        grants = self._policies.grants(call.identity, call.groups)
-        return any(decide(grants, p, key_id, None).allowed or _constrained(grants, p, key_id) for p in Permission)
+        return any(
+            not grant.context and resource_covers(grant.resource, key_id)
+            for grant in self._policies.grants(call.identity, call.groups)
+        )
 
     def require_admin_over(self, call: Call, resource: str) -> None:
         """Managing grants on ``resource`` needs an unconstrained admin grant that covers all of it."""
@@ -162,7 +234,3 @@ class Authorizer:
         needed = f"the {permission.value} permission" if permission else "a permission"
         suffix = " for this encryption context" if decision.context_mismatch else ""
         return PermissionDenied(f"{call.identity} lacks {needed} on {what}{suffix}")
-
-
-def _constrained(grants: list[Grant], permission: Permission, key_id: str) -> bool:
-    return decide(grants, permission, key_id, None).context_mismatch

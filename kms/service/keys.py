@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from kms.crashpoints import crash_point
 from kms.domain.keys import Key, KeyVersion, VersionState, new_key, validate_key_id
 from kms.domain.policy import Permission
+from kms.domain.text import validate_text
 from kms.errors import InvalidArgument, InvalidPageToken, InvalidRotationPeriod, KeyAlreadyExists, KeyNotFound
 from kms.ports import Clock, KeyRepository, KeyTransaction, MasterKeyStore
 from kms.service.authz import Authorizer
@@ -59,10 +60,11 @@ class KeyService:
     def create_key(
         self, call: Call, key_id: str, description: str = "", rotation_period: timedelta | None = None
     ) -> Key:
+        call.trail.note(key_id=key_id)
         validate_key_id(key_id)
-        self._authorizer.require(call, Permission.ADMIN, key_id)
         validate_description(description)
         self.validate_rotation_period(rotation_period)
+        self._authorizer.require(call, Permission.ADMIN, key_id)
         call.check_deadline()
         with self._repository.transaction(key_id) as transaction:
             if transaction.key is not None:
@@ -74,10 +76,12 @@ class KeyService:
             crash_point("create_key.before_commit")
         crash_point("create_key.after_commit")
         self._cache.put(key)
+        call.trail.note(key_version=1, detail=_schedule(rotation_period))
         log.info("key created", extra={"fields": {"key_id": key_id, "identity": call.identity}})
         return key
 
     def get_key(self, call: Call, key_id: str) -> Key:
+        call.trail.note(key_id=key_id)
         validate_key_id(key_id)
         self._authorizer.require_any(call, key_id)
         self._usage.flush()  # so that this replica's latest uses show
@@ -93,14 +97,19 @@ class KeyService:
             raise InvalidArgument("page_size must not be negative")
         limit = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode_page_token(page_token)
+        keys, token = self._page(call, limit, after)
+        call.trail.note(detail=f"{len(keys)} keys" + (" (more follow)" if token else ""))
+        return keys, token
+
+    def _page(self, call: Call, limit: int, after: str | None) -> tuple[Sequence[Key], str]:
         if self._authorizer.is_superuser(call):
-            keys = self._repository.list(limit + 1, after)
+            keys = self._repository.list_keys(limit + 1, after)
             if len(keys) > limit:
                 return keys[:limit], _encode_page_token(keys[limit - 1].key_id)
             return keys, ""
         visible: list[Key] = []
         for _scan in range(MAX_LIST_SCANS):
-            batch = self._repository.list(limit, after)
+            batch = self._repository.list_keys(limit, after)
             for key in batch:
                 after = key.key_id
                 if self._authorizer.may_see(call, key.key_id):
@@ -112,6 +121,7 @@ class KeyService:
         return visible, _encode_page_token(after) if after else ""
 
     def rotate_key(self, call: Call, key_id: str) -> Key:
+        call.trail.note(key_id=key_id)
         validate_key_id(key_id)
         self._authorizer.require(call, Permission.ROTATE, key_id)
         call.check_deadline()
@@ -120,18 +130,28 @@ class KeyService:
                 raise KeyNotFound(key_id)
             rotated = self._rotate(transaction, transaction.key, "rotate_key")
         crash_point("rotate_key.after_commit")
+        call.trail.note(key_version=rotated.primary_version)
         return self._rotated(rotated, call.identity)
 
-    def rotate_if_due(self, key_id: str, now: datetime, max_wraps: int | None = None) -> Key | None:
+    def rotate_if_due(self, call: Call, key_id: str, now: datetime, max_wraps: int | None = None) -> Key | None:
         """The scheduler's rotation: only if the key is still due once its lock is held (by its
         schedule or its primary version's wrap count), and only if no other replica holds the
         lock (it is rotating the key, or just has)."""
+        call.trail.note(key_id=key_id)
         with self._repository.try_transaction(key_id) as transaction:
             if transaction is None or transaction.key is None or not transaction.key.is_rotation_due(now, max_wraps):
                 return None
-            rotated = self._rotate(transaction, transaction.key, "scheduled_rotation")
+            current = transaction.key
+            why = (
+                "rotation period passed"
+                if current.rotation_period is not None and current.next_rotation_time is not None
+                and current.next_rotation_time <= now
+                else f"primary version wrapped {current.version(current.primary_version).usage.data_keys_issued} data keys"
+            )
+            rotated = self._rotate(transaction, current, "scheduled_rotation")
         crash_point("scheduled_rotation.after_commit")
-        return self._rotated(rotated, "kms:scheduler")
+        call.trail.note(key_version=rotated.primary_version, detail=why)
+        return self._rotated(rotated, call.identity)
 
     def _rotate(self, transaction: KeyTransaction, current: Key, step: str) -> Key:
         version = self._master_key_for(current.key_id, current.latest_version + 1)
@@ -187,8 +207,13 @@ class KeyService:
 
 
 def validate_description(description: str) -> None:
-    if len(description) > MAX_DESCRIPTION_LENGTH:
-        raise InvalidArgument(f"description must be at most {MAX_DESCRIPTION_LENGTH} characters")
+    validate_text("description", description, MAX_DESCRIPTION_LENGTH, multiline=True)
+
+
+def _schedule(rotation_period: timedelta | None) -> str:
+    if rotation_period is None:
+        return "rotated on demand"
+    return f"rotation period {int(rotation_period.total_seconds())}s"
 
 
 def _encode_page_token(last_key_id: str) -> str:

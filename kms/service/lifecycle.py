@@ -18,7 +18,7 @@ from kms.crashpoints import crash_point
 from kms.domain import lifecycle
 from kms.domain.keys import Key, validate_key_id
 from kms.domain.policy import Permission
-from kms.errors import FailedPrecondition, KeyNotFound
+from kms.errors import KeyNotFound, VersionStillInUse
 from kms.ports import Clock, KeyRepository, MasterKeyStore
 from kms.service.authz import Authorizer
 from kms.service.calls import Call
@@ -29,11 +29,6 @@ from kms.service.usage import UsageRecorder
 log = logging.getLogger(__name__)
 
 UNSET: object = object()
-
-
-class VersionStillInUse(FailedPrecondition):
-    def __init__(self, key_id: str, version: int, detail: str) -> None:
-        super().__init__(f"key {key_id!r} version {version} is still in use: {detail}")
 
 
 class LifecycleService:
@@ -69,6 +64,12 @@ class LifecycleService:
     ) -> Key:
         """Changes the given settings only. A new rotation period counts from the primary
         version's creation (see Key.with_rotation_period)."""
+        changed = [name for name, value in (("description", description), ("rotation_period", rotation_period),
+                                             ("min_decryption_version", min_decryption_version)) if value is not UNSET]
+        detail = "update " + ",".join(changed)
+        if min_decryption_version is not UNSET:
+            detail += f" (min_decryption_version {min_decryption_version})"
+        call.trail.note(key_id=key_id, detail=detail)
         if description is not UNSET:
             validate_description(description)  # type: ignore[arg-type]
         if rotation_period is not UNSET:
@@ -95,6 +96,7 @@ class LifecycleService:
         self, call: Call, key_id: str, version: int, pending_window: timedelta | None = None
     ) -> Key:
         window = lifecycle.DEFAULT_DESTROY_PENDING_WINDOW if pending_window is None else pending_window
+        call.trail.note(detail=f"pending window {int(window.total_seconds())}s")
         return self._change(
             call,
             key_id,
@@ -114,6 +116,8 @@ class LifecycleService:
         """Disables a version and schedules its destruction, refusing while usage shows it was
         used within ``min_idle`` (counts from every replica, flushed first from this one)."""
         window = lifecycle.DEFAULT_DESTROY_PENDING_WINDOW if pending_window is None else pending_window
+        call.trail.note(key_id=key_id, key_version=version,
+                        detail=f"min idle {int(min_idle.total_seconds())}s, pending window {int(window.total_seconds())}s")
         validate_key_id(key_id)
         self._authorizer.require(call, Permission.ADMIN, key_id)
         self._usage.flush()
@@ -134,9 +138,10 @@ class LifecycleService:
 
         return self._change(call, key_id, retire, "version retired", version)
 
-    def destroy_if_due(self, key_id: str, version: int) -> bool:
+    def destroy_if_due(self, call: Call, key_id: str, version: int) -> bool:
         """Destroys the master key of a version whose destruction is due, keeping a tombstone.
         Returns False when there is nothing to do or another replica holds the key."""
+        call.trail.note(key_id=key_id, key_version=version)
         with self._repository.try_transaction(key_id) as transaction:
             if transaction is None or transaction.key is None:
                 return False
@@ -144,6 +149,7 @@ class LifecycleService:
             now = self._clock.now()
             if not lifecycle.is_destruction_due(key.version(version), now):
                 return False
+            call.trail.note(detail=f"master key {key.version(version).master_key_id} destroyed in the HSM")
             self._master_keys.destroy(key.version(version).master_key_id)
             crash_point("destroy_version.after_hsm_destroy")
             destroyed = lifecycle.mark_destroyed(key, version, now)
@@ -155,6 +161,7 @@ class LifecycleService:
     def _change(
         self, call: Call, key_id: str, transition: Callable[[Key, datetime], Key], event: str, version: int = 0
     ) -> Key:
+        call.trail.note(key_id=key_id, key_version=version or None)
         validate_key_id(key_id)
         self._authorizer.require(call, Permission.ADMIN, key_id)
         call.check_deadline()

@@ -14,7 +14,8 @@ from kms.domain.policy import (
     validate_principal,
     validate_resource,
 )
-from kms.errors import InvalidArgument, KmsError
+from kms.crypto.context import encode_context
+from kms.errors import GrantNotFound, InvalidArgument, KmsError
 from kms.ports import Clock, PolicyRepository
 from kms.service.authz import Authorizer, PolicyCache
 from kms.service.calls import Call
@@ -22,13 +23,6 @@ from kms.service.calls import Call
 log = logging.getLogger(__name__)
 
 MAX_CONSTRAINTS = 16
-
-
-class GrantNotFound(KmsError):
-    code = "NOT_FOUND"
-
-    def __init__(self, grant_id: str) -> None:
-        super().__init__(f"grant {grant_id[:64]!r} not found")
 
 
 class PolicyService:
@@ -52,13 +46,20 @@ class PolicyService:
         if not granted:
             raise InvalidArgument("grant at least one permission")
         constraints = dict(context or {})
-        if len(constraints) > MAX_CONSTRAINTS or any(not k or len(k) > 128 or len(v) > 1024 for k, v in constraints.items()):
-            raise InvalidArgument(f"at most {MAX_CONSTRAINTS} context constraints, keys 1-128 and values up to 1024 characters")
+        if len(constraints) > MAX_CONSTRAINTS:
+            raise InvalidArgument(f"at most {MAX_CONSTRAINTS} context constraints")
+        # The constraint's values are recorded only as the keyed digest of their encoding, like
+        # any encryption context: a reader of the log learns which entries are pinned, not to what.
+        call.trail.note(
+            context=encode_context(constraints) if constraints else None,
+            detail=_describe(principal, resource, granted, constraints),
+        )
         self._authorizer.require_admin_over(call, resource)
         stored = self._repository.add_grant(
             Grant(principal, resource, granted, constraints, created_by=call.identity), self._clock.now()
         )
         self._cache.refresh(force=True)
+        call.trail.note(detail=_describe(principal, resource, granted, constraints) + f" as {stored.grant_id}")
         log.info(
             "permission granted",
             extra={"fields": {"grant_id": stored.grant_id, "principal": principal, "resource": resource,
@@ -70,6 +71,7 @@ class PolicyService:
         """Only an admin over everything learns that a grant does not exist (and may make this
         replica re-read the policy, in case the grant was made on another one just now); anyone
         else is denied, as for a grant outside what they administer."""
+        call.trail.note(detail=f"grant {grant_id[:64]}")
         grant = next((g for g in self._cache.all_grants() if g.grant_id == grant_id), None)
         if grant is None:
             self._authorizer.require_admin_over(call, "*")
@@ -78,6 +80,7 @@ class PolicyService:
         if grant is None:
             raise GrantNotFound(grant_id)
         self._authorizer.require_admin_over(call, grant.resource)
+        call.trail.note(detail=f"grant {grant_id}: " + _describe(grant.principal, grant.resource, grant.permissions, grant.context))
         if not self._repository.delete_grant(grant_id):
             raise GrantNotFound(grant_id)
         self._cache.refresh(force=True)
@@ -102,12 +105,14 @@ class PolicyService:
         return sorted(visible, key=lambda g: (g.resource, g.principal, g.grant_id))
 
     def add_member(self, call: Call, group: str, identity: str) -> bool:
+        call.trail.note(detail=f"{identity[:256]} into group {group[:64]}")
         self._authorizer.require_admin_over(call, "*")
         added = self._repository.add_member(validate_group(group), _identity(identity))
         self._cache.refresh(force=True)
         return added
 
     def remove_member(self, call: Call, group: str, identity: str) -> bool:
+        call.trail.note(detail=f"{identity[:256]} out of group {group[:64]}")
         self._authorizer.require_admin_over(call, "*")
         removed = self._repository.remove_member(validate_group(group), _identity(identity))
         self._cache.refresh(force=True)
@@ -116,6 +121,12 @@ class PolicyService:
     def members(self, call: Call, group: str = "") -> list[tuple[str, str]]:
         self._authorizer.require_admin_over(call, "*")
         return [(g, i) for g, i in self._cache.members() if not group or g == group]
+
+
+def _describe(principal: str, resource: str, permissions: Iterable[Permission], constraints: Mapping[str, str]) -> str:
+    names = ",".join(sorted(p.value for p in permissions))
+    pinned = " when " + ",".join(sorted(constraints)) + " match" if constraints else ""
+    return f"{principal} {names} on {resource}{pinned}"
 
 
 def _identity(identity: str) -> str:

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 
 from kms.domain.keys import Key, KeyVersion, VersionState, new_key
 from kms.ports import Clock, KeyRepository, MasterKeyObject, MasterKeyStore
+from kms.service.calls import internal
 from kms.service.key_cache import KeyCache
+from kms.service.recording import CallRecorder
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,15 @@ class ReconciliationReport:
 
 
 class Reconciler:
-    def __init__(self, repository: KeyRepository, master_keys: MasterKeyStore, cache: KeyCache, clock: Clock) -> None:
+    def __init__(
+        self,
+        repository: KeyRepository,
+        master_keys: MasterKeyStore,
+        cache: KeyCache,
+        clock: Clock,
+        recorder: CallRecorder,
+    ) -> None:
+        self._recorder = recorder
         self._repository = repository
         self._master_keys = master_keys
         self._cache = cache
@@ -75,6 +85,7 @@ class Reconciler:
             taken = {version.master_key_id for version in adopted}
             report.unresolved += [leftover for leftover in found if leftover.master_key_id not in taken]
         self._log(report)
+        self._record(report)
         return report
 
     def _adopt(self, key_id: str) -> list[KeyVersion]:
@@ -114,6 +125,25 @@ class Reconciler:
         if key is not None:
             self._cache.put(key)
         return adopted
+
+    def _record(self, report: ReconciliationReport) -> None:
+        """The audit log gets what reconciliation changed or found wrong, under kms:reconciler."""
+        for version in report.adopted:
+            call = internal("reconciler")
+            call.trail.note(key_id=version.key_id, key_version=version.version,
+                            detail=f"adopted leftover master key {version.master_key_id}")
+            self._recorder.finish(call, None, action="ReconciliationAdopt", fail_open=True)
+        for version in report.missing:
+            call = internal("reconciler")
+            call.trail.note(key_id=version.key_id, key_version=version.version,
+                            detail=f"master key {version.master_key_id} missing from the HSM ({version.state.value})")
+            self._recorder.finish(call, None, action="ReconciliationMissing", fail_open=True)
+        for found in report.unresolved:
+            call = internal("reconciler")
+            call.trail.note(key_id=found.key_id, key_version=found.version,
+                            detail=f"unreferenced master key {found.master_key_id} left for an operator"
+                                   + ("" if found.sound else " (attributes do not prove in-HSM generation)"))
+            self._recorder.finish(call, None, action="ReconciliationUnresolved", fail_open=True)
 
     @staticmethod
     def _log(report: ReconciliationReport) -> None:

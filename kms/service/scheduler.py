@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 
 from kms.errors import KmsError
 from kms.ports import Clock, KeyRepository
+from kms.service.calls import internal
 from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
+from kms.service.recording import CallRecorder
 from kms.service.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Scheduler:
         lifecycle: LifecycleService,
         usage: UsageRecorder,
         clock: Clock,
+        recorder: CallRecorder,
         *,
         batch: int = 100,
         max_wraps_per_version: int | None = None,
@@ -54,6 +57,7 @@ class Scheduler:
         self._lifecycle = lifecycle
         self._usage = usage
         self._clock = clock
+        self._recorder = recorder
         self._batch = batch
         self._max_wraps = max_wraps_per_version
 
@@ -63,25 +67,40 @@ class Scheduler:
         done = SchedulerPass()
         now = self._clock.now()
         try:
+            # Rotations and destructions are the events the log must hold most of all: while it
+            # cannot take them, they wait for the next pass.
+            self._recorder.check_writable()
+        except KmsError as error:
+            log.warning("scheduled work waits for the audit log", extra={"fields": {"error": error.message}})
+            return done
+        try:
             self._usage.flush()  # wrap counts decide rotations too
         except KmsError as error:
             log.warning("usage counts not written yet", extra={"fields": {"error": error.message}})
         for key_id in self._repository.due_for_rotation(now, self._batch, self._max_wraps):
+            call = internal("scheduler")
             try:
-                rotated = self._keys.rotate_if_due(key_id, now, self._max_wraps)
+                rotated = self._keys.rotate_if_due(call, key_id, now, self._max_wraps)
             except KmsError as error:
                 done.failed.append((key_id, error.message))
                 log.warning("scheduled rotation failed", extra={"fields": {"key_id": key_id, "error": error.message}})
+                self._recorder.finish(call, error, action="ScheduledRotation", fail_open=True)
                 continue
             if rotated is not None:
                 done.rotated.append((key_id, rotated.primary_version))
+                self._recorder.finish(call, None, action="ScheduledRotation", fail_open=True)
         for key_id, version in self._repository.due_for_destruction(now, self._batch):
+            call = internal("scheduler")
             try:
-                if self._lifecycle.destroy_if_due(key_id, version):
-                    done.destroyed.append((key_id, version))
+                destroyed = self._lifecycle.destroy_if_due(call, key_id, version)
             except KmsError as error:
                 done.failed.append((key_id, error.message))
                 log.warning("scheduled destruction failed", extra={"fields": {"key_id": key_id, "error": error.message}})
+                self._recorder.finish(call, error, action="ScheduledDestruction", fail_open=True)
+                continue
+            if destroyed:
+                done.destroyed.append((key_id, version))
+                self._recorder.finish(call, None, action="ScheduledDestruction", fail_open=True)
         self._usage.flush()
         return done
 

@@ -26,9 +26,20 @@ class UsageRecorder:
         self._uses: deque[tuple[str, int, int, int, datetime]] = deque()
         self._unwritten: defaultdict[tuple[str, int], UsageDelta] = defaultdict(UsageDelta)
         self._flush_lock = threading.Lock()
+        # Wraps by this process since it started, per version, for the hard limit. Updated
+        # without a lock: a lost increment under contention is harmless next to the margin.
+        self._wraps_here: dict[tuple[str, int], int] = {}
 
     def wrapped(self, version: KeyVersion) -> None:
         self._uses.append((version.key_id, version.version, 1, 0, self._clock.now()))
+        slot = (version.key_id, version.version)
+        self._wraps_here[slot] = self._wraps_here.get(slot, 0) + 1
+
+    def wraps_of(self, version: KeyVersion) -> int:
+        """An upper estimate of the data keys ``version`` has wrapped: the stored count as the
+        version was read, plus every wrap this process made (some of which the stored count may
+        already include: the estimate errs high, which is the safe side for a limit)."""
+        return version.usage.data_keys_issued + self._wraps_here.get((version.key_id, version.version), 0)
 
     def unwrapped(self, version: KeyVersion) -> None:
         self._uses.append((version.key_id, version.version, 0, 1, self._clock.now()))

@@ -92,6 +92,7 @@ class SqlAuditRepository:
         until: datetime | None = None,
         key_id: str | None = None,
         identity: str | None = None,
+        context_digest: str | None = None,
     ) -> Iterator[AuditRecord]:
         """Records in seq order, read in pages so any size streams in bounded memory."""
         table = AuditRecordRow.__table__
@@ -105,6 +106,8 @@ class SqlAuditRepository:
                 query = query.where(table.c.key_id == key_id)
             if identity is not None:
                 query = query.where(table.c.identity == identity)
+            if context_digest is not None:
+                query = query.where(table.c.context_digest == context_digest)
             with database_errors(), self._engine.connect() as connection:
                 rows = connection.execute(query).all()
             for row in rows:

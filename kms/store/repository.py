@@ -44,7 +44,7 @@ class SqlKeyRepository:
                 raise KeyNotFound(key_id)
             return _to_key(row)
 
-    def list(self, limit: int, after_key_id: str | None) -> Sequence[Key]:
+    def list_keys(self, limit: int, after_key_id: str | None) -> Sequence[Key]:
         query = select(KeyRow).order_by(KeyRow.key_id).limit(limit)
         if after_key_id is not None:
             query = query.where(KeyRow.key_id > after_key_id)
@@ -130,7 +130,7 @@ class SqlKeyRepository:
     def all_keys(self) -> Iterator[Key]:
         after = None
         while True:
-            page = self.list(500, after)
+            page = self.list_keys(500, after)
             yield from page
             if len(page) < 500:
                 return

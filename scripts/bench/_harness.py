@@ -322,6 +322,8 @@ class BenchServer:
             KMS_SHUTDOWN_GRACE="1s",
         )
         env.update(self._env)
+        if "KMS_TLS_CERT" not in env:
+            env.setdefault("KMS_DEV_MODE", "true")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(self._launcher), *self._launcher_args], env=env, stdout=subprocess.PIPE,

@@ -92,7 +92,7 @@ def throwaway_server() -> Iterator[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
         log = open(os.path.join(data_dir, "server.log"), "wb")  # noqa: SIM115
         server = subprocess.Popen(
-            [sys.executable, "-m", "kms", "serve", "--listen", target, "--data-dir", data_dir], env=env,
+            [sys.executable, "-m", "kms", "serve", "--dev", "--listen", target, "--data-dir", data_dir], env=env,
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:

@@ -49,7 +49,7 @@ ACTIONS = {
     "StreamReWrap": ("rewrap", lambda c, w: _item(list(c.stream_rewrap([(w, CONTEXT)])))),
     "ListAuditEvents": ("audit-read", lambda c, w: list(c.audit_events())),
     "VerifyAuditLog": ("audit-read", lambda c, w: c.verify_audit_log()),
-    "GrantPermissions": ("admin", lambda c, w: c.grant_permissions("someone", "orders", ["decrypt"])),
+    "GrantPermissions": ("admin", lambda c, w: c.grant_permissions("spiffe://kms.dev/x", "orders", ["decrypt"])),
     "ListGrants": ("admin", lambda c, w: c.list_grants(resource="orders")),
 }
 # Audit and group administration are about everything, so they need their permission on "*".
@@ -74,24 +74,41 @@ def test_every_rpc_is_denied_without_its_permission_and_allowed_with_it(world, r
     admin, app, wrapped = world
     needed, action = ACTIONS[rpc]
     PREPARE.get(rpc, lambda admin: None)(admin)
-    resource = "*" if rpc in GLOBAL else "orders*"
+    resources = ["*"] if rpc in GLOBAL else ["orders", "orders-*"]  # orders, orders-new, orders-archive
     others = [p for p in PERMISSIONS if p != needed]
-    admin.grant_permissions(APP, resource, others)
+    for resource in resources:
+        admin.grant_permissions(APP, resource, others)
     with pytest.raises(kms_client.PermissionDenied) as denied:
         action(app, wrapped)
     assert f"lacks the {needed} permission" in denied.value.message
-    admin.grant_permissions(APP, resource, [needed])
+    for resource in resources:
+        admin.grant_permissions(APP, resource, [needed])
     action(app, wrapped)  # allowed now (and it worked)
 
 
 def test_reading_a_key_needs_some_permission_on_it_and_listing_shows_only_those(world):
     admin, app, _ = world
+    with pytest.raises(kms_client.PermissionDenied, match="holds no grant"):
+        app.list_keys()  # an identity without any grant may do nothing at all
+    admin.grant_permissions(APP, "orders-archive", ["rotate"])
     with pytest.raises(kms_client.PermissionDenied):
         app.get_key("orders")
-    assert app.list_keys()[0] == []
+    assert [k.key_id for k in app.iter_keys()] == ["orders-archive"]
     admin.grant_permissions(APP, "orders", ["decrypt"])
     assert app.get_key("orders").key_id == "orders"
-    assert [k.key_id for k in app.iter_keys()] == ["orders"]
+    assert [k.key_id for k in app.iter_keys()] == ["orders", "orders-archive"]
+
+
+def test_a_grant_held_to_a_context_shows_no_key_metadata(world):
+    """A tenant constrained to its own context may use keys under that context, but must not
+    list other tenants' keys nor read their usage."""
+    admin, app, _ = world
+    admin.grant_permissions(APP, "*", ["encrypt", "decrypt"], encryption_context_equals=CONTEXT)
+    assert app.generate_data_key("orders", CONTEXT).key_id == "orders"
+    assert [k.key_id for k in app.iter_keys()] == []
+    for key_id in ("orders", "orders-archive"):
+        with pytest.raises(kms_client.PermissionDenied):
+            app.get_key(key_id)
 
 
 def test_a_denial_never_says_whether_the_key_exists(world):
@@ -158,20 +175,20 @@ def test_revoking_takes_the_permission_away(world):
 
 def test_delegated_admins_manage_grants_only_within_their_resource(world, connect, mtls_server):
     admin, app, _ = world
-    admin.grant_permissions(APP, "orders*", ["admin"])
+    admin.grant_permissions(APP, "orders-*", ["admin"])
     app.grant_permissions("spiffe://kms.dev/other", "orders-archive", ["decrypt"])
     with pytest.raises(kms_client.PermissionDenied):
         app.grant_permissions("spiffe://kms.dev/other", "*", ["decrypt"])
     with pytest.raises(kms_client.PermissionDenied):
         app.add_group_member("payments", "spiffe://kms.dev/other")
-    assert {g.resource for g in app.list_grants()} == {"orders*", "orders-archive"}
+    assert {g.resource for g in app.list_grants()} == {"orders-*", "orders-archive"}
 
 
 def test_invalid_grants_are_refused(world):
     admin, _, _ = world
     for principal, resource, permissions in (
-        ("x", "orders", ["fly"]), ("x", "bad resource", ["encrypt"]), ("has space", "orders", ["encrypt"]),
-        ("x", "orders", []), ("group:bad name", "orders", ["encrypt"]),
+        (APP, "orders", ["fly"]), (APP, "bad resource", ["encrypt"]), ("has space", "orders", ["encrypt"]),
+        (APP, "orders", []), ("group:bad name", "orders", ["encrypt"]), (APP, "orders*", ["encrypt"]),
     ):
         with pytest.raises(kms_client.InvalidArgument):
             admin.grant_permissions(principal, resource, permissions)

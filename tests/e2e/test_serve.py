@@ -65,7 +65,31 @@ def test_plaintext_on_a_non_loopback_address_is_refused(tmp_path):
         timeout=60,
     )
     assert result.returncode == 2
+    assert "no TLS configured" in result.stderr
+
+
+def test_development_mode_still_refuses_a_non_loopback_address(tmp_path):
+    result = subprocess.run(
+        kms_command("serve", "--dev", "--listen", f"0.0.0.0:{free_port()}", "--data-dir", str(tmp_path)),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
     assert "refusing to serve plaintext gRPC on non-loopback address 0.0.0.0" in result.stderr
+
+
+def test_plaintext_without_development_mode_is_refused_even_on_loopback(tmp_path):
+    result = subprocess.run(
+        kms_command("serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path)),
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "KMS_DEV_MODE" in result.stderr and "superuser" in result.stderr
 
 
 def test_sigterm_lets_in_flight_calls_finish(tmp_path, hsm_env):

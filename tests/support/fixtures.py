@@ -92,6 +92,7 @@ def make_settings(hsm_token, data_dir: Path, database_url: str, label_prefix: st
         shutdown_grace=2,
     )
     values.update(overrides)
+    values.setdefault("dev_mode", "tls_cert" not in values)
     return Settings(**values)
 
 

@@ -32,10 +32,11 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None, *, dev: bool = True) -> None:
         self.data_dir = data_dir
         self.env = env
         self.port = port or free_port()
+        self.dev = dev
         self.process: subprocess.Popen | None = None
         self.log = data_dir / "server.log"
 
@@ -50,7 +51,8 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            kms_command("serve", "--listen", self.target, "--data-dir", str(self.data_dir), "--log-format", "text"),
+            kms_command("serve", "--listen", self.target, "--data-dir", str(self.data_dir), "--log-format", "text",
+                        *(["--dev"] if self.dev else [])),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -179,10 +179,15 @@ class AdminMixin:
         key_id: str = "",
         identity: str = "",
         after_seq: int = 0,
+        context: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> Iterator[AuditEvent]:
-        """Audit records in sequence order, streamed (any number in bounded memory)."""
-        request = pb.ListAuditEventsRequest(key_id=key_id, identity=identity, after_seq=after_seq)
+        """Audit records in sequence order, streamed (any number in bounded memory). ``context``
+        selects the calls made with exactly that encryption context (the log keeps only a keyed
+        digest of it, which the service computes)."""
+        request = pb.ListAuditEventsRequest(
+            key_id=key_id, identity=identity, after_seq=after_seq, encryption_context=context or {}
+        )
         if start_time is not None:
             request.start_time.CopyFrom(_timestamp(start_time))
         if end_time is not None:
