@@ -143,6 +143,16 @@ class InvalidStateTransition(FailedPrecondition):
     pass
 
 
+class KeyMaterialCorrupt(FailedPrecondition):
+    """A wrapped version's stored key does not verify: not bound to its key and version (two
+    blobs swapped), not unwrapping under its root key (altered), or its root key gone."""
+
+    def __init__(self, key_id: str, version: int, why: str) -> None:
+        super().__init__(f"key {key_id!r} version {version}: {why}; see kms db verify")
+        self.key_id = key_id
+        self.version = version
+
+
 class KeyMetadataUnverified(FailedPrecondition):
     """The key's stored metadata is not what the HSM-sealed ledger vouches for (changed, inserted
     or restored outside the service): the key is not used until an operator has looked."""
@@ -269,6 +279,38 @@ class MetadataIntegrityLost(Unavailable):
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"metadata integrity check failed ({detail}); see kms db verify")
+
+
+class MasterKeyUntrusted(Unavailable):
+    """The HSM object a key version names does not prove it is the key this service generated
+    (imported, extractable, able to do more than encrypt and decrypt, or its CKA_ID names several
+    objects). It is never used; ``kms hsm check`` lists it."""
+
+    def __init__(self, key_id: str, version: int) -> None:
+        super().__init__(
+            f"key {key_id!r} version {version}: its HSM object does not prove in-HSM generation as a master key "
+            "and is not used; see kms hsm check"
+        )
+        self.key_id = key_id
+        self.version = version
+
+
+class SealKeyUntrusted(Unavailable):
+    """The audit seal key is in doubt (a second object under its label, attributes that do not
+    prove in-HSM generation, or the pinned object gone or replaced): nothing is sealed or checked
+    until an operator has looked (``kms hsm check``)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"audit seal key untrusted: {detail}; see kms hsm check")
+        self.detail = detail
+
+
+class RootKeyUntrusted(Unavailable):
+    """Objects labelled as root keys exist but none proves it was generated in the HSM as a
+    wrap-only, never-extractable key: none is used, and no other is created over them."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(f"no object labelled {label!r} is a sound root key; see kms hsm check")
 
 
 class ConcurrentCreation(Unavailable):

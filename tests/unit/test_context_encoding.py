@@ -40,16 +40,23 @@ def test_different_contexts_never_encode_alike(first, second):
 @pytest.mark.parametrize(
     "context",
     [
-        {"": "value"},
-        {"k" * (MAX_KEY_BYTES + 1): "v"},
-        {"k": "v" * (MAX_VALUE_BYTES + 1)},
-        {f"k{i}": "v" for i in range(MAX_ENTRIES + 1)},
-        {f"key-{i:03d}-" + "x" * 100: "v" * 1000 for i in range(9)},
-        {"\ud800": "lone surrogate"},
+        {"": "hidden-value"},
+        {"K" * (MAX_KEY_BYTES + 1): "hidden-value"},
+        {"tenant": "V" * (MAX_VALUE_BYTES + 1)},
+        {f"tenant-{i}": f"hidden-{i}" for i in range(MAX_ENTRIES + 1)},
+        {f"key-{i:03d}-" + "x" * 100: "V" * 1000 for i in range(9)},
+        {"\ud800": "hidden-value"},
+        {"tenant": "hidden-\udfff"},
+        {"tenant": b"hidden-bytes"},
     ],
-    ids=["empty-key", "long-key", "long-value", "too-many", "too-large", "surrogate"],
+    ids=["empty-key", "long-key", "long-value", "too-many", "too-large", "surrogate-key", "surrogate-value",
+         "not-text"],
 )
-def test_limits_are_enforced(context):
+def test_limits_are_enforced_and_refusals_never_echo_the_context(context):
     with pytest.raises(InvalidEncryptionContext) as raised:
         encode_context(context)
-    assert "v" * 50 not in str(raised.value)  # never echoes values
+    message = str(raised.value)
+    assert message.startswith("encryption context ")
+    for text in (*context, *context.values()):  # neither a key nor a value, nor the start of one
+        shown = text.decode() if isinstance(text, bytes) else text
+        assert not shown or shown[:12] not in message, shown[:12]

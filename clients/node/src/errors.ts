@@ -175,6 +175,10 @@ export class AuditUnavailable extends Unavailable { static { reason(this); } }
 export class AuditTampered extends Unavailable { static { reason(this); } }
 export class LedgerTampered extends Unavailable { static { reason(this); } }
 export class MetadataIntegrityLost extends Unavailable { static { reason(this); } }
+/** The HSM object a key version names does not prove it is a master key the service generated. */
+export class MasterKeyUntrusted extends Unavailable { static { reason(this); } }
+/** The service's audit seal key is in doubt: nothing is sealed or checked until an operator has looked. */
+export class SealKeyUntrusted extends Unavailable { static { reason(this); } }
 export class ConcurrentCreation extends Unavailable { static { reason(this); } }
 
 // CANCELLED

@@ -75,9 +75,11 @@ class AdminMixin:
         description: str = _UNSET,
         rotation_period: timedelta | None = _UNSET,
         min_decryption_version: int = _UNSET,
+        storage: str = _UNSET,
         timeout: float | None = None,
     ) -> Key:
-        """Changes only the settings given; ``rotation_period=None`` stops scheduled rotation."""
+        """Changes only the settings given; ``rotation_period=None`` stops scheduled rotation;
+        ``storage`` ("WRAPPED" or "HSM_OBJECT") applies to versions made from now on."""
         request = pb.UpdateKeyRequest(key_id=key_id)
         paths = []
         if description is not _UNSET:
@@ -90,6 +92,9 @@ class AdminMixin:
         if min_decryption_version is not _UNSET:
             request.min_decryption_version = min_decryption_version
             paths.append("min_decryption_version")
+        if storage is not _UNSET:
+            request.storage = pb.Key.Storage.Value(storage)
+            paths.append("storage")
         request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=paths))
         return key_from_pb(self._call(self._stub.UpdateKey, request, timeout))
 

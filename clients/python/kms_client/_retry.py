@@ -21,23 +21,34 @@ class RetryPolicy:
     max_backoff: float = 2.0
     multiplier: float = 2.0
 
-    def run(self, attempt: Callable[[float | None], T], deadline: float | None, sleep=time.sleep) -> T:  # noqa: ANN001
+    def run(
+        self,
+        attempt: Callable[[float | None], T],
+        deadline: float | None,
+        sleep: Callable[[float], object] = time.sleep,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> T:
         """Calls ``attempt(remaining_seconds)`` until it succeeds, raises a non-retryable
-        error, runs out of attempts, or the next wait would pass ``deadline`` (monotonic)."""
+        error, runs out of attempts, or the next wait would pass ``deadline`` (a ``monotonic``
+        value). Waits with ``sleep``, a uniform draw from ``rng`` (the ``random`` module's)
+        between 0 and the current backoff, or longer when the service said how long."""
+        uniform = (rng or random).uniform
         backoff = self.initial_backoff
         for number in range(1, self.max_attempts + 1):
-            remaining = None if deadline is None else deadline - time.monotonic()
+            remaining = None if deadline is None else deadline - monotonic()
             try:
                 return attempt(remaining)
             except (Unavailable, ResourceExhausted) as error:
                 if number == self.max_attempts:
                     raise
-                wait = random.uniform(0, backoff)
+                wait = uniform(0, backoff)
                 if isinstance(error, ResourceExhausted):
                     if error.retry_after is None:
                         raise
                     wait = max(wait, error.retry_after)
-                if deadline is not None and time.monotonic() + wait >= deadline:
+                if deadline is not None and monotonic() + wait >= deadline:
                     raise
                 sleep(wait)
                 backoff = min(backoff * self.multiplier, self.max_backoff)

@@ -112,9 +112,12 @@ class KmsClient(AdminMixin):
 
     def create_key(
         self, key_id: str, *, description: str = "", rotation_period: timedelta | None = None,
-        timeout: float | None = None,
+        storage: str | None = None, timeout: float | None = None,
     ) -> Key:
+        """``storage``: "WRAPPED" or "HSM_OBJECT" (None: the server's default)."""
         request = pb.CreateKeyRequest(key_id=key_id, description=description)
+        if storage is not None:
+            request.storage = pb.Key.Storage.Value(storage)
         if rotation_period is not None:
             request.rotation_period.CopyFrom(_duration(rotation_period))
         return key_from_pb(self._call(self._stub.CreateKey, request, timeout))

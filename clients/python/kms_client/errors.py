@@ -1,9 +1,21 @@
 """Typed exceptions rebuilt from the service's gRPC status.
 
-The service names the exact condition in the trailing metadata entry ``kms-error-reason``;
-when it is absent (a proxy answered, say) the status code picks the class. Code that only
-cares about the broad kind catches the base classes: ``InvalidArgument``, ``NotFound``,
-``FailedPrecondition``, ``Unavailable`` and so on, or ``KmsError`` for everything.
+The service names the exact condition in the trailing metadata entry ``kms-error-reason`` (the
+name of its exception class, kms/errors.py); when it is absent (a proxy answered, say), unknown,
+or names a class whose status code disagrees with the status, the status code picks the class.
+Code that only cares about the broad kind catches the per-code classes: ``InvalidArgument``,
+``NotFound``, ``FailedPrecondition``, ``ResourceExhausted``, ``Unavailable`` and so on, or
+``KmsError`` for everything.
+
+One registry, filled by the classes themselves, in the manner of google-api-core's exceptions:
+defining a subclass in this SDK registers it under its name as a reason (``__init_subclass__``),
+and a class that sets ``code`` itself is also the class of that status code. Adding a condition
+is one class statement; no table is kept by hand. (Subclasses an application defines are not
+registered: they never change which class the SDK raises.) Every class of the service has a class here of the
+same name, status code and place in the hierarchy (tests/unit/test_error_parity.py).
+
+Messages are the service's own (which never carry key material, plaintext or context values)
+or fixed strings of this SDK.
 """
 
 from __future__ import annotations
@@ -11,12 +23,31 @@ from __future__ import annotations
 import grpc
 
 REASON_KEY = "kms-error-reason"
+RETRY_AFTER_KEY = "retry-after-ms"
+
+_BY_REASON: dict[str, type[KmsError]] = {}
+_BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {}
+
+
+def _register(table: dict, name: object, cls: type[KmsError]) -> None:
+    existing = table.setdefault(name, cls)
+    if existing is not cls:
+        raise TypeError(f"{name} is registered twice ({existing.__qualname__}, {cls.__qualname__})")
 
 
 class KmsError(Exception):
-    """Base of every error this SDK raises. ``code`` is the gRPC status code."""
+    """Base of every error this SDK raises. ``code`` is the gRPC status code; ``reason`` the
+    service's name for the condition (this class's name when raised by the SDK itself)."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__module__.startswith("kms_client"):
+            return  # an application's own subclass changes nothing the SDK raises
+        if "code" in vars(cls):
+            _register(_BY_CODE, cls.code, cls)
+        _register(_BY_REASON, cls.__name__, cls)
 
     def __init__(self, message: str, *, reason: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -25,8 +56,64 @@ class KmsError(Exception):
         self.retry_after = retry_after
 
 
+# -- one class per status code ------------------------------------------------------------------
+
+
 class InvalidArgument(KmsError):
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(KmsError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(KmsError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(KmsError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(KmsError):
+    """Says which permission was missing on which key id, never whether that key exists."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(KmsError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(KmsError):
+    """``retry_after`` is how long the service asked to wait, when it said (rate limits)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(KmsError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(KmsError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Cancelled(KmsError):
+    """The call was cancelled before it finished (by this client, or by the service)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Internal(KmsError):
+    """A bug in the service; its message carries the request id to find it in the service's log."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+# -- one class per condition (the service's reasons, kms/errors.py) -----------------------------
+
+# INVALID_ARGUMENT
 
 
 class InvalidKeyId(InvalidArgument):
@@ -34,6 +121,22 @@ class InvalidKeyId(InvalidArgument):
 
 
 class InvalidEncryptionContext(InvalidArgument):
+    pass
+
+
+class InvalidPageToken(InvalidArgument):
+    pass
+
+
+class InvalidRotationPeriod(InvalidArgument):
+    pass
+
+
+class MalformedRequest(InvalidArgument):
+    """The request's bytes are not the message the RPC takes."""
+
+
+class BatchTooLarge(InvalidArgument):
     pass
 
 
@@ -46,16 +149,17 @@ class InvalidCiphertext(InvalidArgument):
 
 class TruncatedCiphertext(InvalidCiphertext):
     """The ciphertext ended before its final frame: inside the header, on a frame boundary, or
-    inside a frame's tag. Plaintext already written by ``decrypt_stream`` is incomplete."""
+    inside a frame's tag. Plaintext already written by ``decrypt_stream`` is incomplete.
+    Raised by this SDK only (the service never sees a whole ciphertext)."""
 
 
 class EncryptionContextMismatch(InvalidCiphertext):
     """The caller's encryption context is not the one recorded in the ciphertext's header.
-    Raised before the service is asked for the data key (the header's context is public)."""
+    Raised by this SDK before the service is asked for the data key (the header's context is
+    public)."""
 
 
-class NotFound(KmsError):
-    code = grpc.StatusCode.NOT_FOUND
+# NOT_FOUND
 
 
 class KeyNotFound(NotFound):
@@ -66,20 +170,22 @@ class KeyVersionNotFound(NotFound):
     pass
 
 
-class AlreadyExists(KmsError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+class GrantNotFound(NotFound):
+    pass
+
+
+# ALREADY_EXISTS
 
 
 class KeyAlreadyExists(AlreadyExists):
     pass
 
 
-class FailedPrecondition(KmsError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+# FAILED_PRECONDITION
 
 
 class KeyVersionNotUsable(FailedPrecondition):
-    pass
+    """A key version exists but its state, or the key's minimum decryption version, forbids the use."""
 
 
 class KeyVersionDisabled(KeyVersionNotUsable):
@@ -99,67 +205,105 @@ class KeyVersionBelowMinimum(KeyVersionNotUsable):
 
 
 class KeyMaterialMissing(FailedPrecondition):
+    """The service records a usable version but its HSM has no master key object for it."""
+
+
+class InvalidStateTransition(FailedPrecondition):
+    """The version's state does not allow the change asked for (enabling a destroyed version, ...)."""
+
+
+class KeyMetadataUnverified(FailedPrecondition):
+    """The key's stored metadata does not verify against the service's integrity ledger: the key
+    is not used until an operator has looked."""
+
+
+class VersionStillInUse(FailedPrecondition):
+    """Retirement refused: the version was used too recently."""
+
+
+class WrapLimitReached(FailedPrecondition):
+    """A version has wrapped as many data keys as one AES-GCM key may; rotate the key."""
+
+
+# RESOURCE_EXHAUSTED
+
+
+class RateLimited(ResourceExhausted):
+    """A per-identity rate limit; ``retry_after`` says when a token is back."""
+
+
+class TooManyStreams(ResourceExhausted):
+    """The service (or this identity) has as many streams open as it allows."""
+
+
+# UNAVAILABLE
+
+
+class HsmUnavailable(Unavailable):
     pass
 
 
-class PermissionDenied(KmsError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+class HsmOperationFailed(Unavailable):
+    pass
 
 
-class Unauthenticated(KmsError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+class DatabaseUnavailable(Unavailable):
+    pass
 
 
-class ResourceExhausted(KmsError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+class AuditUnavailable(Unavailable):
+    """The call's audit record could not be written, so its result was withheld."""
 
 
-class Unavailable(KmsError):
-    code = grpc.StatusCode.UNAVAILABLE
+class AuditTampered(Unavailable):
+    """The service found its audit log changed outside it and appends nothing until an operator
+    has looked."""
 
 
-class DeadlineExceeded(KmsError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+class LedgerTampered(Unavailable):
+    """The service's metadata ledger does not verify; nothing is believed from it."""
 
 
-class Cancelled(KmsError):
-    code = grpc.StatusCode.CANCELLED
+class MetadataIntegrityLost(Unavailable):
+    """No key or grant can be believed until an operator has looked (kms db verify)."""
 
 
-class InternalError(KmsError):
-    code = grpc.StatusCode.INTERNAL
+class MasterKeyUntrusted(Unavailable):
+    """The HSM object a key version names does not prove it is a master key the service
+    generated; the service does not use it until an operator has looked (kms hsm check)."""
 
 
-_BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidArgument,
-        NotFound,
-        AlreadyExists,
-        FailedPrecondition,
-        PermissionDenied,
-        Unauthenticated,
-        ResourceExhausted,
-        Unavailable,
-        DeadlineExceeded,
-        Cancelled,
-        InternalError,
-    )
-}
+class SealKeyUntrusted(Unavailable):
+    """The service's audit seal key is in doubt: nothing is sealed or checked until an operator
+    has looked (kms hsm check)."""
 
 
-def _subclasses(cls: type[KmsError]) -> list[type[KmsError]]:
-    found = []
-    for sub in cls.__subclasses__():
-        found += [sub, *_subclasses(sub)]
-    return found
+class ConcurrentCreation(Unavailable):
+    """Another replica is creating the same key right now; retrying later is safe."""
 
 
-_BY_REASON: dict[str, type[KmsError]] = {cls.__name__: cls for cls in _subclasses(KmsError)}
+# CANCELLED
+
+
+class StreamIdle(Cancelled):
+    """The service cancelled a stream that made no progress for too long."""
+
+
+# -- from a status to an exception --------------------------------------------------------------
+
+
+def reason_class(reason: str) -> type[KmsError] | None:
+    """The class registered for a service reason, or None."""
+    return _BY_REASON.get(reason)
+
+
+def code_class(code: grpc.StatusCode) -> type[KmsError] | None:
+    """The class of a status code, or None for a code without one (UNKNOWN, ABORTED, ...)."""
+    return _BY_CODE.get(code)
 
 
 def error_for(code: grpc.StatusCode, message: str, reason: str | None = None) -> KmsError:
-    """The exception for a status: the reason's class when it agrees with the code."""
+    """The exception for a status: the reason's class when it agrees with the code, else the code's."""
     cls = _BY_REASON.get(reason or "")
     if cls is None or cls.code != code:
         cls = _BY_CODE.get(code, KmsError)
@@ -175,7 +319,7 @@ def from_rpc_error(error: grpc.RpcError) -> KmsError:
     for key, value in metadata or ():
         if key == REASON_KEY:
             reason = value
-        elif key == "retry-after-ms":
+        elif key == RETRY_AFTER_KEY:
             try:
                 retry_after = int(value) / 1000
             except ValueError:

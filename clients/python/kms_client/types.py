@@ -20,6 +20,9 @@ class KeyVersion:
     data_keys_issued: int = 0
     decrypts: int = 0
     last_used_time: datetime | None = None
+    # WRAPPED (stored wrapped under an HSM root key, root_key_id) or HSM_OBJECT.
+    storage: str = "HSM_OBJECT"
+    root_key_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Key:
     create_time: datetime | None
     update_time: datetime | None
     min_decryption_version: int = 1
+    storage: str = "WRAPPED"  # where new versions live: WRAPPED or HSM_OBJECT
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ def key_from_pb(message: pb.Key) -> Key:
                 data_keys_issued=v.data_keys_issued,
                 decrypts=v.decrypts,
                 last_used_time=_time(v, "last_used_time"),
+                storage=pb.Key.Storage.Name(v.storage),
+                root_key_id=v.root_key_id,
             )
             for v in message.versions
         ),
@@ -85,6 +91,7 @@ def key_from_pb(message: pb.Key) -> Key:
         create_time=_time(message, "create_time"),
         update_time=_time(message, "update_time"),
         min_decryption_version=message.min_decryption_version,
+        storage=pb.Key.Storage.Name(message.storage),
     )
 
 

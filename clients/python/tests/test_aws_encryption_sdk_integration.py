@@ -37,7 +37,7 @@ from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
 from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
 from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
 
-from kms_client import KmsClient, parse_header_bytes
+from kms_client import InvalidCiphertext, KmsClient, parse_header_bytes
 from kms_client.integrations.aws_encryption_sdk import (
     PROVIDER_ID,
     KmsGrpcKeyring,
@@ -118,7 +118,7 @@ def test_master_key_provider_round_trip_and_its_edk_is_the_services_wrapped_key(
     assert "aws-crypto-public-key" in header.encryption_context
     unwrapped = client.decrypt_data_key(wrapped, dict(header.encryption_context))
     assert unwrapped.key_id == "orders" and len(unwrapped.plaintext) == 32
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidCiphertext):
         client.decrypt_data_key(wrapped, CONTEXT)
 
     plaintext, decrypted_header = esdk.decrypt(source=ciphertext, key_provider=provider(client, "orders"))
@@ -360,7 +360,7 @@ def test_required_encryption_context_pairs_are_bound_though_not_stored(esdk, mpl
     assert b"acme" not in ciphertext  # not stored in the message...
     (edk,) = header.encrypted_data_keys
     stored = {k: v for k, v in header.encryption_context.items() if k != "tenant"}
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidCiphertext):
         client.decrypt_data_key(edk.encrypted_data_key, stored)
     client.decrypt_data_key(edk.encrypted_data_key, {**stored, "tenant": "acme"})  # ...but bound by the service
     assert esdk.decrypt(source=ciphertext, materials_manager=cmm, encryption_context=CONTEXT)[0] == PLAINTEXT
