@@ -193,6 +193,11 @@ class Pipeline:
                             call.check_deadline()
                             yield response
                             _progress(slot[0])
+                            # A stream is admitted again after every message: one whose caller
+                            # has since spent its failure budget (or lost every grant) ends.
+                            self._recorder.admit(call)
+                        if not context.is_active():  # the requests ended because the call was cancelled
+                            raise _cancelled(slot[0] if slot else None)
                     except KmsError as exc:
                         error = exc
                     except grpc.RpcError:  # raised by the request iterator when the client cancels
@@ -230,7 +235,7 @@ class Pipeline:
             identity=identity, groups=groups, request_id=request_id, peer=call.peer, method=name, deadline=deadline
         )
         try:
-            self._recorder.admit(call)
+            self._recorder.admit(call, audited=name not in _AUDIT_FAIL_OPEN)
         except KmsError as error:
             return call, error
         return call, None

@@ -12,6 +12,7 @@ from datetime import timedelta
 from kms.api import convert
 from kms.api.errors import item_error
 from kms.api.proto import pb
+from kms.domain.policy import clipped
 from kms.errors import InvalidArgument, InvalidRotationPeriod, KmsError
 from kms.service.calls import Call, Trail
 from kms.service.data_keys import DataKeyRequest, DataKeyService, UnwrapRequest
@@ -19,7 +20,7 @@ from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
 
 
-UPDATABLE = frozenset({"description", "rotation_period", "min_decryption_version"})
+UPDATABLE = frozenset({"description", "rotation_period", "min_decryption_version", "storage"})
 DEFAULT_RETIRE_MIN_IDLE = timedelta(days=7)
 
 
@@ -31,7 +32,11 @@ class KeyManagementServicer:
 
     def CreateKey(self, request: pb.CreateKeyRequest, call: Call) -> pb.Key:
         rotation_period = convert.optional_duration(request, "rotation_period", InvalidRotationPeriod)
-        return convert.key(self._keys.create_key(call, request.key_id, request.description, rotation_period))
+        return convert.key(
+            self._keys.create_key(
+                call, request.key_id, request.description, rotation_period, storage=convert.storage(request.storage)
+            )
+        )
 
     def GetKey(self, request: pb.GetKeyRequest, call: Call) -> pb.Key:
         return convert.key(self._keys.get_key(call, request.key_id))
@@ -48,7 +53,13 @@ class KeyManagementServicer:
         if not paths:
             raise InvalidArgument("update_mask must name the fields to change")
         if unknown := paths - UPDATABLE:
-            raise InvalidArgument(f"update_mask names fields that cannot be updated: {', '.join(sorted(unknown))}")
+            # The caller's paths are quoted with escapes and cut short (clipped): an error message
+            # never carries control characters or unbounded text from a request.
+            named = ", ".join(clipped(path) for path in sorted(unknown)[:3])
+            named += " and others" if len(unknown) > 3 else ""
+            raise InvalidArgument(
+                f"update_mask names fields that cannot be updated: {named} (updatable: {', '.join(sorted(UPDATABLE))})"
+            )
         changes: dict[str, object] = {}
         if "description" in paths:
             changes["description"] = request.description
@@ -56,6 +67,11 @@ class KeyManagementServicer:
             changes["rotation_period"] = convert.optional_duration(request, "rotation_period", InvalidRotationPeriod)
         if "min_decryption_version" in paths:
             changes["min_decryption_version"] = request.min_decryption_version
+        if "storage" in paths:
+            chosen = convert.storage(request.storage)
+            if chosen is None:
+                raise InvalidArgument("storage must be WRAPPED or HSM_OBJECT")
+            changes["storage"] = chosen
         return convert.key(self._lifecycle.update_key(call, request.key_id, **changes))
 
     def DisableKeyVersion(self, request: pb.DisableKeyVersionRequest, call: Call) -> pb.Key:

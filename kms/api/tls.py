@@ -31,7 +31,7 @@ from kms.errors import Unauthenticated
 log = logging.getLogger(__name__)
 
 
-class CertificateError(Exception):
+class CertificateUnusable(Exception):
     pass
 
 
@@ -50,12 +50,12 @@ def load_pair(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]:
         certificate = x509.load_pem_x509_certificate(chain)
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as error:
-        raise CertificateError(f"cannot read the TLS certificate or key: {error}") from None
+        raise CertificateUnusable(f"cannot read the TLS certificate or key: {error}") from None
     public = serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(serialization.Encoding.DER, public) != certificate.public_key().public_bytes(
         serialization.Encoding.DER, public
     ):
-        raise CertificateError(f"{key_path} is not the private key of {cert_path}")
+        raise CertificateUnusable(f"{key_path} is not the private key of {cert_path}")
     return key_pem, chain
 
 
@@ -90,7 +90,7 @@ class ReloadingServerCredentials:
             self._stamp = stamp
             try:
                 configuration = self._configuration()
-            except (CertificateError, OSError) as error:
+            except (CertificateUnusable, OSError) as error:
                 log.error("TLS files changed but cannot be used; keeping the previous ones",
                           extra={"fields": {"error": str(error)}})
                 return None

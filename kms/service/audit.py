@@ -97,12 +97,17 @@ class AuditLog:
         self._thread.start()
 
     def record(self, entries: Sequence[AuditEntry], *, fail_open: bool = False) -> None:
-        """Returns once ``entries`` are journaled; raises AuditUnavailable if they cannot be, or if
-        the chain is too far behind (unless failing open, when the entries go to the log)."""
+        """Returns once ``entries`` are journaled; raises AuditUnavailable if they cannot be
+        (unless failing open, when the entries go to the log).
+
+        The chain lagging does not stop this: the records of a call that has already run are
+        journaled whatever the chain's state, so that no change goes unrecorded. New calls are
+        refused while the chain lags (``check_writable``, asked before a call runs)."""
         if not entries:
             return
         try:
-            self.check_writable()
+            if self._tampered or not self._thread.is_alive():
+                raise AuditUnavailable()
             origins = self._journal.append(list(entries))
         except Exception as error:  # whatever stops the journal, the call must not go on unrecorded
             if not isinstance(error, AuditUnavailable):
@@ -115,6 +120,10 @@ class AuditLog:
         now = self._monotonic()
         # deque.extend is atomic: no lock on the hot path; the writer polls at CHAIN_INTERVAL.
         self._pending.extend(_Pending(o, e, False, now) for o, e in zip(origins, entries, strict=True))
+
+    @property
+    def fail_open(self) -> bool:
+        return self._fail_open
 
     def check_writable(self) -> None:
         """Raises AuditUnavailable while the oldest record not yet chained is older than
@@ -216,7 +225,10 @@ class AuditLog:
             log.exception("audit records not chained yet")
             self._failing_since = self._failing_since or time.monotonic()
             return False
-        self._journal.committed([pending.origin for pending in batch])
+        try:
+            self._journal.committed([pending.origin for pending in batch])
+        except OSError as error:  # a journal file that cannot be deleted only costs disk space
+            log.warning("chained audit journal file not removed", extra={"fields": {"error": _describe(error)}})
         if self._failing_since is not None:
             log.info("audit chain caught up", extra={"fields": {"records": len(batch)}})
         self._failing_since = None

@@ -1,9 +1,9 @@
 """Authorization and quotas, decided in memory on every call.
 
-Grants live in the database; each replica keeps a copy and polls a revision number every
-``poll_interval`` (250 ms by default) and reloads when it changed, so a policy change made on
-any replica applies on every replica within a second. Changes made through this replica apply
-at once.
+Grants live in the database; each replica keeps the copy the metadata ledger vouches for and
+reloads it when the ledger shows a change (polled every KMS_POLICY_POLL_INTERVAL, 250 ms by
+default), so a policy change made on any replica applies on every replica within a second.
+Changes made through this replica apply at once.
 
 Superusers: the bootstrap admin (KMS_BOOTSTRAP_ADMIN) may do everything, so that it can grant
 narrower permissions to others. In development mode (plaintext on loopback, no bootstrap admin
@@ -20,8 +20,10 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from kms.domain.policy import (
+    ANONYMOUS,
     GROUP_PREFIX,
     Decision,
     Grant,
@@ -30,42 +32,69 @@ from kms.domain.policy import (
     decide,
     resource_covers,
     resource_includes,
+    validate_principal,
+    validate_resource,
 )
 from kms.domain.quota import Bucket, Limit
-from kms.errors import KmsError, PermissionDenied, RateLimited, Unauthenticated
+from kms.errors import KmsError, MetadataIntegrityLost, PermissionDenied, RateLimited, Unauthenticated
 from kms.ports import PolicyRepository
 from kms.service.calls import SYSTEM_PREFIX, Call
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS = "anonymous"
+
+
+class PolicyVerifier(Protocol):
+    """Which stored grants and memberships the metadata ledger vouches for
+    (kms.service.integrity.MetadataIntegrity)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def problem(self) -> str | None: ...
+
+    def refresh(self) -> None: ...
+
+    def grant_verified(self, grant: Grant) -> bool: ...
+
+    def member_verified(self, group: str, identity: str) -> bool: ...
 
 
 class PolicyCache:
-    def __init__(self, repository: PolicyRepository, poll_interval: float = 0.25) -> None:
+    """The grants and memberships in force, as this replica believes them: the stored rows the
+    metadata ledger vouches for, and no other. Reloaded whenever the ledger shows a policy
+    change (kms.service.integrity calls ``refresh``), and at once after a change made here."""
+
+    def __init__(self, repository: PolicyRepository, verifier: PolicyVerifier) -> None:
         self._repository = repository
-        self._poll_interval = poll_interval
-        self._revision = -1
+        self._verifier = verifier
         # (grants by principal, groups by identity): one object, swapped in whole, so a reader
         # never pairs a new policy's grants with an old one's groups.
         self._policy: tuple[dict[str, list[Grant]], dict[str, frozenset[str]]] = ({}, {})
-        # Loads one at a time: the poller must not replace a fresher policy, loaded just after
-        # a change, with an older one it read before.
+        # Loads one at a time: a load must not replace a fresher policy with an older one.
         self._loading = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="kms-policy", daemon=True)
+        self._warned: set[str] = set()
 
-    def start(self) -> None:
-        self.refresh()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def refresh(self, force: bool = False) -> None:
+    def refresh(self, force: bool = True) -> None:
+        if self._verifier.problem is not None:
+            self._policy = ({}, {})  # nothing in the database can be believed
+            return
         with self._loading:
-            if force or self._repository.revision() != self._revision:
-                self._load(self._repository.snapshot())
+            snapshot = self._repository.snapshot()
+            caught_up = snapshot.revision <= self._verifier.seq
+            if caught_up:
+                self._load(snapshot)
+        if not caught_up:
+            # Rows newer than the ledger this replica has read: catch up first (which reloads
+            # the policy through the ledger's listener), or they would look forged.
+            self._verifier.refresh()
+
+    def check_trusted(self) -> None:
+        """Raises MetadataIntegrityLost while no stored grant can be believed."""
+        problem = self._verifier.problem
+        if problem is not None:
+            raise MetadataIntegrityLost(problem)
 
     def grants(self, identity: str, groups: Iterable[str] = ()) -> list[Grant]:
         by_principal, groups_of = self._policy
@@ -86,19 +115,27 @@ class PolicyCache:
     def _load(self, snapshot: PolicySnapshot) -> None:
         by_principal: dict[str, list[Grant]] = defaultdict(list)
         for grant in snapshot.grants:
-            by_principal[grant.principal].append(grant)
+            if self._verifier.grant_verified(grant):
+                self._warn_if_inert(grant)
+                by_principal[grant.principal].append(grant)
         groups: dict[str, set[str]] = defaultdict(set)
         for group, identity in snapshot.members:
-            groups[identity].add(group)
+            if self._verifier.member_verified(group, identity):
+                groups[identity].add(group)
         self._policy = (dict(by_principal), {identity: frozenset(names) for identity, names in groups.items()})
-        self._revision = snapshot.revision
 
-    def _poll(self) -> None:
-        while not self._stop.wait(self._poll_interval):
-            try:
-                self.refresh()
-            except KmsError as error:
-                log.warning("policy refresh failed", extra={"fields": {"error": error.message}})
+    def _warn_if_inert(self, grant: Grant) -> None:
+        """Grants stored by an older version under rules since tightened (a prefix that does not
+        end at a separator, a principal no certificate can be) now match nothing: say so once."""
+        if grant.grant_id in self._warned:
+            return
+        try:
+            validate_resource(grant.resource)
+            validate_principal(grant.principal)
+        except KmsError as error:
+            self._warned.add(grant.grant_id)
+            log.warning("grant matches nothing under the current rules; revoke it and grant again",
+                        extra={"fields": {"grant_id": grant.grant_id, "problem": error.message}})
 
 
 class QuotaBook:
@@ -174,6 +211,7 @@ class Authorizer:
         if self.is_superuser(call) or call.identity.startswith(SYSTEM_PREFIX):
             return
         self._quotas.check_failures(call.identity)
+        self._policies.check_trusted()
         if not self._policies.grants(call.identity, call.groups):
             if call.identity == ANONYMOUS:
                 raise Unauthenticated("this call needs an authenticated identity (a TLS client certificate)")

@@ -16,6 +16,7 @@ Two guards against callers that fail on purpose:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,9 @@ from kms.errors import AuditUnavailable, KmsError
 from kms.ports import Clock
 from kms.service.audit import AuditLog, ContextDigests
 from kms.service.authz import Authorizer
-from kms.service.calls import Call, Trail
+from kms.service.calls import Call, Trail, internal
+
+log = logging.getLogger(__name__)
 
 # Outcomes charged to the failure budget: what a caller provokes by asking for what it may not.
 CHARGED_OUTCOMES = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
@@ -50,14 +53,29 @@ class CallRecorder:
         self._monotonic = monotonic
         self._repeats = RepeatedOutcomes(repeat_window)
         self._repeats_lock = threading.Lock()
+        self._lagging = False
 
     def check_writable(self) -> None:
         """Raises AuditUnavailable while records cannot be journaled and chained in time."""
         self._log.check_writable()
 
-    def admit(self, call: Call) -> None:
-        """Raises, before any work, when the caller may do nothing at all or has spent its
-        failure budget (kms.service.authz.Authorizer.admit)."""
+    def admit(self, call: Call, *, audited: bool = True) -> None:
+        """Raises, before any work: AuditUnavailable while the audit log cannot take records in
+        time (so that nothing happens that would go unrecorded), then whatever the authorizer
+        says of a caller that may do nothing at all or has spent its failure budget
+        (kms.service.authz.Authorizer.admit). ``audited=False`` for the calls that read the log
+        itself, which must keep working when it is damaged."""
+        if audited:
+            try:
+                self._log.check_writable()
+            except AuditUnavailable:
+                if not self._log.fail_open:
+                    raise
+                if not self._lagging:
+                    log.error("audit chain behind; calls go on (fail-open): records wait in the journal")
+                self._lagging = True
+            else:
+                self._lagging = False
         self._authorizer.admit(call)
 
     def finish(
@@ -83,6 +101,12 @@ class CallRecorder:
             self._write(entries, False)
         finally:
             self._charge(call, entries)
+
+    def integrity_event(self, action: str, kind: str, name: str, detail: str) -> None:
+        """A record of the metadata checks' own (kms.service.integrity), as kms:integrity."""
+        call = internal("integrity")
+        call.trail.note(key_id=name if kind == "key" else "", detail=f"{kind} {name[:200]}: {detail}".strip())
+        self.finish(call, None, action=action, fail_open=True)
 
     def flush_repeats(self, *, everything: bool = False) -> None:
         """Writes the summaries of failure windows that have closed (all of them at shutdown)."""

@@ -26,20 +26,30 @@ class UsageRecorder:
         self._uses: deque[tuple[str, int, int, int, datetime]] = deque()
         self._unwritten: defaultdict[tuple[str, int], UsageDelta] = defaultdict(UsageDelta)
         self._flush_lock = threading.Lock()
-        # Wraps by this process since it started, per version, for the hard limit. Updated
-        # without a lock: a lost increment under contention is harmless next to the margin.
-        self._wraps_here: dict[tuple[str, int], int] = {}
+        # For the hard limit on wraps per version: the stored totals this process last read
+        # back (after adding its own counts, so they include every replica's flushed counts),
+        # and the wraps reserved here since.
+        self._flushed_totals: dict[tuple[str, int], int] = {}
+        self._since_flush: dict[tuple[str, int], int] = {}
+        self._reserve_lock = threading.Lock()
 
     def wrapped(self, version: KeyVersion) -> None:
         self._uses.append((version.key_id, version.version, 1, 0, self._clock.now()))
-        slot = (version.key_id, version.version)
-        self._wraps_here[slot] = self._wraps_here.get(slot, 0) + 1
 
-    def wraps_of(self, version: KeyVersion) -> int:
-        """An upper estimate of the data keys ``version`` has wrapped: the stored count as the
-        version was read, plus every wrap this process made (some of which the stored count may
-        already include: the estimate errs high, which is the safe side for a limit)."""
-        return version.usage.data_keys_issued + self._wraps_here.get((version.key_id, version.version), 0)
+    def reserve_wrap(self, version: KeyVersion, limit: int) -> int | None:
+        """Counts one more wrap by ``version`` unless that would take the estimate of its total
+        past ``limit``; returns None when reserved, else the estimate (which is not raised).
+
+        The estimate is the newest stored total this process knows (as the version was read, or
+        as read back at the last flush) plus the wraps reserved here since. Other replicas' wraps
+        of the last scheduler interval are the margin (see docs/security.md)."""
+        slot = (version.key_id, version.version)
+        with self._reserve_lock:
+            total = max(version.usage.data_keys_issued, self._flushed_totals.get(slot, 0)) + self._since_flush.get(slot, 0)
+            if total >= limit:
+                return total
+            self._since_flush[slot] = self._since_flush.get(slot, 0) + 1
+            return None
 
     def unwrapped(self, version: KeyVersion) -> None:
         self._uses.append((version.key_id, version.version, 0, 1, self._clock.now()))
@@ -57,5 +67,10 @@ class UsageRecorder:
                 pending[(key_id, number)].add(wraps, unwraps, when)
             if not pending:
                 return
-            self._repository.add_usage(pending)  # raises and keeps the counts for next time
-            self._unwritten = defaultdict(UsageDelta)
+            totals = self._repository.add_usage(pending)  # raises and keeps the counts for next time
+            written, self._unwritten = self._unwritten, defaultdict(UsageDelta)
+            with self._reserve_lock:
+                for slot, total in totals.items():
+                    self._flushed_totals[slot] = total
+                    # What was written is in the total now; reservations made since stay counted.
+                    self._since_flush[slot] = max(0, self._since_flush.get(slot, 0) - written[slot].wraps)

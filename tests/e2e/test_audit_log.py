@@ -3,11 +3,13 @@ results withheld when records cannot be written."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
+import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -154,7 +156,7 @@ def test_an_inserted_record_is_found_even_with_a_valid_hash(audited):
     assert result.problem_seq == seq and "not sealed by any checkpoint" in result.problem
     # The service will not extend a chain whose head it did not seal (that would seal the
     # forgery): as soon as its writer sees the head, calls fail closed.
-    with pytest.raises(kms_client.Unavailable, match="audit log cannot be written"):
+    with pytest.raises(kms_client.AuditUnavailable, match="audit log cannot be written"):
         for _ in range(1000):
             client.generate_data_key("orders", CONTEXT)
             time.sleep(0.01)
@@ -197,7 +199,7 @@ def test_when_the_chain_cannot_be_written_calls_fail_closed_and_no_record_is_los
             answered = 0
             try:
                 deadline = time.monotonic() + 30
-                with pytest.raises(kms_client.Unavailable, match="audit log cannot be written"):
+                with pytest.raises(kms_client.AuditUnavailable, match="audit log cannot be written"):
                     while time.monotonic() < deadline:
                         client.generate_data_key("orders", CONTEXT)
                         answered += 1
@@ -219,25 +221,45 @@ def test_when_the_chain_cannot_be_written_calls_fail_closed_and_no_record_is_los
         app.stop(grace=1)
 
 
-def test_when_the_journal_cannot_be_written_no_result_is_released(server):
-    """The journal's next file cannot be created (as on a full disk; here: a directory where no
-    file can be created, even by root): the result is withheld at once."""
-    with kms_client.KmsClient(server.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
-        client.create_key("orders")
-        journal = server.services.audit_log._journal
-        client.generate_data_key("orders", CONTEXT)
-        directory, journal._directory = journal._directory, Path("/proc/self")
-        journal._current.size = len(journal._current.mapping)  # the current file is full
-        try:
-            with pytest.raises(kms_client.Unavailable, match="audit log cannot be written"):
-                client.generate_data_key("orders", CONTEXT)
-        finally:
-            journal._directory = directory
-        assert client.generate_data_key("orders", CONTEXT).key_id == "orders"
-        assert client.verify_audit_log().intact
+def test_when_the_journal_cannot_be_written_no_result_is_released(sqlite_settings, monkeypatch):
+    """The disk fills up: the journal's next file cannot be allocated (journal files are small
+    here, so that a next one is needed after a few calls). The call whose records find no room
+    is refused and its result withheld; once there is room again calls go on, and every answered
+    call has its record in an intact chain."""
+    from kms.store import audit_journal
+    from tests.support.fixtures import _running
+
+    monkeypatch.setattr(audit_journal, "FILE_BYTES", 4096)
+    full = threading.Event()
+    fallocate = os.posix_fallocate
+
+    def fallocate_on_a_disk_that_may_be_full(descriptor: int, offset: int, length: int) -> None:
+        if full.is_set():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fallocate(descriptor, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate_on_a_disk_that_may_be_full)
+    app = _running(sqlite_settings)
+    try:
+        with kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
+            client.create_key("orders")
+            full.set()
+            answered = 0
+            with pytest.raises(kms_client.AuditUnavailable, match="audit log cannot be written"):
+                for _ in range(1000):
+                    client.generate_data_key("orders", CONTEXT)
+                    answered += 1
+            full.clear()
+            assert client.generate_data_key("orders", CONTEXT).key_id == "orders"
+            app.services.audit_log.flush()
+            issued = [e for e in client.audit_events() if e.rpc == "GenerateDataKey" and e.outcome == "OK"]
+            assert len(issued) == answered + 1
+            assert client.verify_audit_log().intact
+    finally:
+        app.stop(grace=1)
 
 
-def test_fail_open_logs_the_records_instead(settings, caplog):
+def test_fail_open_lets_calls_go_on_while_the_chain_cannot_be_written_and_loses_no_record(settings, caplog):
     from tests.support.fixtures import _running
 
     app = _running(settings.model_copy(update={"audit_fail_open": True, "audit_max_lag": timedelta(seconds=0.2)}))
@@ -246,21 +268,28 @@ def test_fail_open_logs_the_records_instead(settings, caplog):
         with kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
             client.create_key("orders")
             _make_audit_unwritable(app, dialect)
+            issued = []
             try:
-                with caplog.at_level(logging.ERROR, logger="kms.service.audit"):
+                with caplog.at_level(logging.ERROR, logger="kms.service.recording"):
                     deadline = time.monotonic() + 30
                     while time.monotonic() < deadline and not _logged_instead(caplog):
-                        assert client.generate_data_key("orders", CONTEXT).key_id == "orders"
+                        issued.append(client.generate_data_key("orders", CONTEXT).wrapped_key)
                         time.sleep(0.02)
             finally:
                 _make_audit_writable(app, dialect)
-        assert _logged_instead(caplog)
+            assert _logged_instead(caplog)
+            deadline = time.monotonic() + 30  # the writer retries with a backoff of up to 2 s
+            while not app.services.audit_log.flush(timeout=1) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            recorded = [e for e in client.audit_events() if e.rpc == "GenerateDataKey"]
+            assert len(recorded) == len(issued)  # every call that went on is in the chain after all
+            assert client.verify_audit_log().intact
     finally:
         app.stop(grace=1)
 
 
 def _logged_instead(caplog) -> bool:
-    return any(r.getMessage() == "audit record not stored (fail-open)" for r in caplog.records)
+    return any("calls go on (fail-open)" in r.getMessage() for r in caplog.records)
 
 
 def _make_audit_unwritable(app, dialect: str) -> None:

@@ -1,5 +1,5 @@
 """Who may do what, over mutual TLS: default deny, every RPC against its permission, prefix and
-group grants, encryption-context constraints, and a change reaching another replica."""
+group grants, encryption-context constraints, and a change reaching another replica in time."""
 
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ def test_revoking_takes_the_permission_away(world):
     admin.revoke_grant(grant.grant_id)
     with pytest.raises(kms_client.PermissionDenied):
         app.generate_data_key("orders", CONTEXT)
-    with pytest.raises(kms_client.NotFound):
+    with pytest.raises(kms_client.GrantNotFound):
         admin.revoke_grant(grant.grant_id)
     with pytest.raises(kms_client.PermissionDenied):  # whether a grant exists is an admin's business
         app.revoke_grant(grant.grant_id)
@@ -209,16 +209,18 @@ def test_a_caller_without_a_certificate_is_unauthenticated(hsm_token, tmp_path, 
         app.stop(grace=1)
 
 
-def test_a_policy_change_reaches_another_replica_without_a_restart(
+def test_a_policy_change_reaches_another_replica_within_a_second_of_its_poll(
     hsm_token, tmp_path, postgres_url, label_prefix, dev_certs, connect
 ):
-    """Two replicas on one PostgreSQL database. Replicas poll the policy revision every 250 ms
-    (KMS_POLICY_POLL_INTERVAL), which bounds how late a change is seen to about a second; the
-    machine is shared, so the test waits generously and prints what it observed."""
+    """Two replicas on one PostgreSQL database. A replica polls for policy changes every
+    KMS_POLICY_POLL_INTERVAL (250 ms), and the service promises that a change made on any
+    replica applies on every other within a second of that: a grant and its revocation made on
+    the first replica are honoured by the second by then."""
     from tests.support.fixtures import _running, make_settings
 
     settings = make_settings(hsm_token, tmp_path, postgres_url, label_prefix, tls_cert=dev_certs / "server.crt",
                              tls_key=dev_certs / "server.key", client_ca=dev_certs / "ca.crt", bootstrap_admin=ADMIN)
+    promised = settings.policy_poll_interval.total_seconds() + 1.0
     first, second = _running(settings), _running(settings.model_copy(update={"listen": "127.0.0.1:0"}))
     try:
         admin, app_on_second = connect(first, "admin"), connect(second, "app")
@@ -226,29 +228,28 @@ def test_a_policy_change_reaches_another_replica_without_a_restart(
         with pytest.raises(kms_client.PermissionDenied):
             app_on_second.generate_data_key("orders", CONTEXT)
         grant = admin.grant_permissions(APP, "orders", ["encrypt"])
-        granted_at = time.monotonic()
-        waited = _until_allowed(lambda: app_on_second.generate_data_key("orders", CONTEXT), granted_at)
+        granted = _seconds_until(lambda: _allowed(app_on_second), promised)
         admin.revoke_grant(grant.grant_id)
-        revoked_at = time.monotonic()
-        while time.monotonic() - revoked_at < 30:
-            try:
-                app_on_second.generate_data_key("orders", CONTEXT)
-            except kms_client.PermissionDenied:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("the revocation never reached the second replica")
-        print(f"grant seen after {waited:.3f}s, revocation after {time.monotonic() - revoked_at:.3f}s")
+        revoked = _seconds_until(lambda: not _allowed(app_on_second), promised)
     finally:
         first.stop(grace=1)
         second.stop(grace=1)
+    print(f"grant honoured after {granted:.3f}s, revocation after {revoked:.3f}s (promised {promised:.2f}s)")
 
 
-def _until_allowed(action, since: float) -> float:
-    while time.monotonic() - since < 30:
-        try:
-            action()
-            return time.monotonic() - since
-        except kms_client.PermissionDenied:
-            time.sleep(0.02)
-    pytest.fail("the grant never reached the second replica")
+def _allowed(app) -> bool:  # noqa: ANN001
+    try:
+        app.generate_data_key("orders", CONTEXT)
+    except kms_client.PermissionDenied:
+        return False
+    return True
+
+
+def _seconds_until(condition, promised: float) -> float:  # noqa: ANN001
+    """How long after now ``condition`` first holds; fails once ``promised`` seconds have passed."""
+    since = time.monotonic()
+    while not condition():
+        if time.monotonic() - since > promised:
+            pytest.fail(f"not seen on the other replica {promised:.2f}s after the change")
+        time.sleep(0.02)
+    return time.monotonic() - since

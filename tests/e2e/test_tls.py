@@ -13,7 +13,7 @@ import pytest
 
 import kms_client
 from tests.support.fixtures import ADMIN
-from tests.support.process import clean_env, free_port, kms_command
+from tests.support.process import clean_env, kms_command
 
 
 def test_a_client_certificate_from_the_ca_gets_in_and_is_named_by_its_uri_san(mtls_server, connect):
@@ -94,30 +94,25 @@ def _make_server_cert_from(ca_cert, ca_key, directory) -> None:
 
 
 def test_tls_may_listen_on_any_address_and_the_flags_are_the_documented_ones(tmp_path, hsm_env, dev_certs):
-    from tests.support.process import ServerProcess
-
     env = clean_env({**hsm_env, "KMS_PKCS11_LABEL_PREFIX": "tlsflags", "KMS_BOOTSTRAP_ADMIN": ADMIN})
-    port = free_port()
+    port_file = tmp_path / "port"
     process = subprocess.Popen(
-        kms_command("serve", "--listen", f"0.0.0.0:{port}", "--data-dir", str(tmp_path),
+        kms_command("serve", "--listen", "0.0.0.0:0", "--port-file", str(port_file), "--data-dir", str(tmp_path),
                     "--tls-cert", str(dev_certs / "server.crt"), "--tls-key", str(dev_certs / "server.key"),
                     "--client-ca", str(dev_certs / "ca.crt")),
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        server = ServerProcess(tmp_path, env, port)
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            assert process.poll() is None, f"kms serve exited with {process.returncode}"
+            assert time.monotonic() < deadline, "kms serve wrote no port file"
+            time.sleep(0.05)
         credentials = kms_client.tls_credentials(
             str(dev_certs / "ca.crt"), str(dev_certs / "admin.crt"), str(dev_certs / "admin.key"))
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with kms_client.KmsClient(server.target, credentials=credentials, timeout=5) as client:
-                    client.create_key("reachable")
-                break
-            except kms_client.Unavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        target = f"127.0.0.1:{int(port_file.read_text())}"
+        with kms_client.KmsClient(target, credentials=credentials, timeout=10) as client:
+            assert client.create_key("reachable").key_id == "reachable"
     finally:
         process.terminate()
         process.wait(timeout=30)
