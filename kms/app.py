@@ -18,6 +18,7 @@ from kms.api.policy_servicer import PolicyServicer
 from kms.api.proto import AUDIT_SERVICE, POLICY_SERVICE, SERVICE
 from kms.api.server import build_server, split_listen
 from kms.api.servicer import KeyManagementServicer
+from kms.api.stream_guard import StreamGuard
 from kms.api.streams import StreamLimits
 from kms.api.tls import LOCAL, CertificateIdentity, LoopbackIdentity, ReloadingServerCredentials
 from kms.clock import SystemClock
@@ -25,26 +26,32 @@ from kms.config import Settings
 from kms.crypto.random import random_bytes
 from kms.errors import KmsError
 from kms.domain.policy import Permission
+from kms.domain.keys import Storage
 from kms.domain.quota import Limit
 from kms.hsm import softhsm
+from kms.hsm.anchor import Pkcs11Anchor
 from kms.hsm.audit_seal import Pkcs11AuditSealer
+from kms.hsm.hierarchy import KeyHierarchy
 from kms.hsm.master_keys import Pkcs11MasterKeyStore
 from kms.hsm.pool import SessionPool
 from kms.ports import Clock
 from kms.service.audit import AuditLog, AuditService, ContextDigests
 from kms.service.authz import Authorizer, PolicyCache, QuotaBook
 from kms.service.data_keys import DataKeyService
+from kms.service.integrity import MetadataIntegrity
 from kms.service.key_cache import KeyCache
 from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
 from kms.service.policy import PolicyService
 from kms.service.recording import CallRecorder
+from kms.service.roots import RootKeys
 from kms.service.reconcile import Reconciler
 from kms.service.scheduler import Periodic, Scheduler
 from kms.service.usage import UsageRecorder
 from kms.store.audit import SqlAuditRepository
 from kms.store.audit_journal import FileAuditJournal
-from kms.store.database import make_engine, upgrade
+from kms.store.database import exclusive, make_engine, upgrade
+from kms.store.ledger import SqlLedger
 from kms.store.policy import SqlPolicyRepository
 from kms.store.repository import SqlKeyRepository
 
@@ -85,6 +92,11 @@ class Services:
     usage: UsageRecorder
     scheduler: Scheduler
     reconciler: Reconciler
+    sealer: Pkcs11AuditSealer
+    ledger: SqlLedger
+    anchor: Pkcs11Anchor
+    integrity: MetadataIntegrity
+    roots: RootKeys
     policy_cache: PolicyCache
     authorizer: Authorizer
     policies: PolicyService
@@ -93,7 +105,7 @@ class Services:
     recorder: CallRecorder
 
     def close(self) -> None:
-        self.policy_cache.stop()
+        self.integrity.stop()
         try:
             self.recorder.flush_repeats(everything=True)
         except KmsError:
@@ -131,7 +143,6 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     hsm = hsm_settings(settings)
     engine = make_engine(settings.database_url_or_default())
     upgrade(engine)
-    repository = SqlKeyRepository(engine)
     pool = SessionPool(
         hsm.module_path,
         hsm.token_label,
@@ -139,28 +150,48 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         size=settings.max_workers + 4,
         retry_interval=settings.hsm_retry_interval.total_seconds(),
     )
-    master_keys = Pkcs11MasterKeyStore(pool, clock, settings.pkcs11_label_prefix, random_bytes)
-    cache = KeyCache(
-        repository,
-        settings.metadata_cache_ttl.total_seconds(),
-        max_stale=settings.metadata_max_stale.total_seconds(),
+    # Replicas starting together must not each create a seal key: the database serializes them.
+    sealer = Pkcs11AuditSealer(
+        pool, clock, settings.pkcs11_label_prefix, creation_lock=lambda: exclusive(engine, "hsm-object-creation")
     )
+    ledger = SqlLedger(engine, sealer)
+    repository = SqlKeyRepository(engine, ledger)
+    policy_repository = SqlPolicyRepository(engine, ledger)
+    anchor = Pkcs11Anchor(pool, settings.pkcs11_label_prefix)
+    integrity = MetadataIntegrity(
+        ledger,
+        sealer,
+        anchor,
+        poll_interval=settings.policy_poll_interval.total_seconds(),
+        max_stale=settings.metadata_max_stale.total_seconds(),
+        adopt=lambda: [*repository.unledgered(), *policy_repository.unledgered()],
+    )
+    hierarchy = KeyHierarchy(
+        pool, clock.now, settings.pkcs11_label_prefix, sealer.seal, sealer.check,
+        creation_lock=lambda: exclusive(engine, "hsm-object-creation"),
+    )
+    master_keys = Pkcs11MasterKeyStore(
+        pool, clock, settings.pkcs11_label_prefix, random_bytes,
+        hierarchy=hierarchy, handle_capacity=settings.hsm_key_cache_size,
+    )
+    cache = KeyCache(repository, integrity)
     usage = UsageRecorder(repository, clock)
-    policy_repository = SqlPolicyRepository(engine)
-    policy_cache = PolicyCache(policy_repository, settings.policy_poll_interval.total_seconds())
-    policy_cache.refresh(force=True)
+    policy_cache = PolicyCache(policy_repository, integrity)
+    integrity.on_keys_changed(cache.invalidate)
+    integrity.on_policy_changed(policy_cache.refresh)
     failures = settings.quota("failures")
     quotas = QuotaBook(quota_limits(settings), Limit(*failures) if failures else None)
     authorizer = Authorizer(policy_cache, quotas, superusers(settings))
     keys = KeyService(
-        repository, master_keys, cache, clock, usage, authorizer, min_rotation_period=settings.min_rotation_period
+        repository, master_keys, cache, clock, usage, authorizer, integrity,
+        min_rotation_period=settings.min_rotation_period,
+        default_storage=Storage.WRAPPED if settings.key_storage == "wrapped" else Storage.HSM_OBJECT,
     )
     lifecycle = LifecycleService(
-        repository, master_keys, cache, clock, usage, keys, authorizer,
+        repository, master_keys, cache, clock, usage, keys, authorizer, integrity,
         min_destroy_pending_window=settings.min_destroy_pending_window,
     )
     audit_repository = SqlAuditRepository(engine)
-    sealer = Pkcs11AuditSealer(pool, clock, settings.pkcs11_label_prefix)
     audit_log = AuditLog(
         audit_repository, sealer, clock, FileAuditJournal(settings.data_dir / "audit-journal"),
         fail_open=settings.audit_fail_open, max_lag=settings.audit_max_lag.total_seconds(),
@@ -169,6 +200,12 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     recorder = CallRecorder(
         audit_log, digests, authorizer, clock, repeat_window=settings.audit_repeat_window.total_seconds()
     )
+    integrity.report_to(recorder)
+    try:
+        sealer.ensure()
+        integrity.catch_up()
+    except KmsError as error:  # the health monitor's start-up task tries again until it works
+        log.warning("metadata ledger not read yet", extra={"fields": {"error": error.message}})
     return Services(
         settings=settings,
         clock=clock,
@@ -188,9 +225,14 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
             repository, keys, lifecycle, usage, clock, recorder, max_wraps_per_version=settings.max_wraps_per_version
         ),
         reconciler=Reconciler(repository, master_keys, cache, clock, recorder),
+        sealer=sealer,
+        ledger=ledger,
+        anchor=anchor,
+        integrity=integrity,
+        roots=RootKeys(repository, hierarchy, cache, recorder),
         policy_cache=policy_cache,
         authorizer=authorizer,
-        policies=PolicyService(policy_repository, policy_cache, authorizer, clock),
+        policies=PolicyService(policy_repository, policy_cache, authorizer, clock, integrity),
         audit_log=audit_log,
         audit=AuditService(audit_repository, sealer, audit_log, authorizer, digests),
         recorder=recorder,
@@ -218,9 +260,11 @@ class Application:
         services = self.services
         self.health = HealthMonitor(
             {"hsm": services.master_keys.check, "database": services.repository.ping,
-             "audit": services.audit_log.check_writable},
+             "audit": services.audit_log.check_writable, "metadata": services.integrity.check_trusted,
+             "seal_key": services.sealer.verify_pins},
             settings.health_interval.total_seconds(),
-            startup=lambda: services.reconciler.reconcile(),
+            startup=lambda: (services.integrity.catch_up(), services.reconciler.reconcile()),
+            details={"metadata": services.integrity.health_problem},
         )
         self.tls = (
             ReloadingServerCredentials(settings.tls_cert, settings.tls_key, settings.client_ca)
@@ -260,6 +304,11 @@ class Application:
             max_message_bytes=settings.max_message_bytes,
             credentials=self.tls.credentials() if self.tls else None,
             extra_handlers=handlers[1:],
+            # Reflection and health Watch are grpcio's own services: rationed like ours.
+            interceptors=[StreamGuard(
+                self.authenticator, lambda call: services.recorder.admit(call, audited=False), self.streams,
+                ours=("/kms.v1.", "/kms.bench."),
+            )],
         )
         self.scheduler = Periodic("kms-scheduler", services.scheduler.run_once, settings.scheduler_interval.total_seconds())
         self.repeats = Periodic("kms-audit-repeats", services.recorder.flush_repeats, 1.0)
@@ -275,7 +324,7 @@ class Application:
             host, port = split_listen(self.settings.metrics_listen)
             start_http_server(port, addr=host)
         self.server.start()
-        self.services.policy_cache.start()
+        self.services.integrity.start()
         self.health.start()
         self.scheduler.start()
         self.repeats.start()

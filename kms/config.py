@@ -14,6 +14,9 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kms.domain.policy import validate_identity
+from kms.errors import KmsError
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -65,6 +68,11 @@ class Settings(BaseSettings):
     metadata_cache_ttl: Duration = timedelta(seconds=1)
     metadata_max_stale: Duration = timedelta(seconds=30)
     data_key_source: Literal["os", "hsm"] = "os"
+    # Where new keys' versions live unless CreateKey says: "wrapped" (under an HSM root key,
+    # stored in the database: any number of keys) or "hsm_object" (a token object per version).
+    key_storage: Literal["wrapped", "hsm_object"] = "wrapped"
+    # Version keys kept ready per process (unwrapped session objects, found token objects).
+    hsm_key_cache_size: int = Field(default=4096, ge=16, le=1_000_000)
     # Shortest rotation period a key may have (tests and demos lower it to watch rotation).
     min_rotation_period: Duration = timedelta(hours=1)
     # Shortest wait between scheduling a version's destruction and the destruction.
@@ -132,6 +140,11 @@ class Settings(BaseSettings):
             raise ValueError("development mode (KMS_DEV_MODE, --dev) serves plaintext: do not also configure TLS")
         for name in ("admin", "encrypt", "decrypt", "rewrap", "rotate", "audit_read", "failures"):
             self.quota(name)  # validates
+        if self.bootstrap_admin is not None:
+            try:
+                validate_identity(self.bootstrap_admin)
+            except KmsError as error:
+                raise ValueError(f"KMS_BOOTSTRAP_ADMIN: {error.message}") from None
         if self.hard_max_wraps_per_version < self.max_wraps_per_version:
             raise ValueError("KMS_HARD_MAX_WRAPS_PER_VERSION must be at least KMS_MAX_WRAPS_PER_VERSION")
         return self

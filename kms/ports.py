@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Protocol
 
 from kms.domain.audit import AuditEntry, AuditRecord, Checkpoint
-from kms.domain.keys import Key, KeyVersion
+from kms.domain.keys import Key, KeyVersion, WrappedMaterial
+from kms.domain.ledger import LedgerEntry
 from kms.domain.policy import Grant, PolicySnapshot
 from kms.domain.usage import UsageDelta
 
@@ -48,11 +49,21 @@ class MasterKeyStore(Protocol):
     """
 
     def create(self, key_id: str, version: int) -> KeyVersion:
-        """Generates a new AES-256 master key object for ``key_id`` version ``version``.
+        """Generates a new AES-256 token object for ``key_id`` version ``version`` (HSM_OBJECT).
 
         Returns the version in state ENABLED, naming the object. The object is durable in the
         HSM when this returns; recording it is the caller's job.
         """
+        ...
+
+    def generate_material(self, kind: str = "aes") -> WrappedMaterial:
+        """A new version key ("aes", or "hmac" for pseudonymization), generated in the HSM and
+        returned only wrapped under the active root key. Leaves nothing in the HSM."""
+        ...
+
+    def wrapped_version(self, key_id: str, version: int, material: WrappedMaterial) -> KeyVersion:
+        """A new WRAPPED version holding ``material``, bound (by an HSM MAC) to ``key_id`` and
+        ``version``, in state ENABLED."""
         ...
 
     def find(self, key_id: str, version: int) -> list[MasterKeyObject]:
@@ -89,8 +100,13 @@ class MasterKeyStore(Protocol):
         the data key is never handed back to the caller. Raises as decrypt and encrypt do."""
         ...
 
-    def destroy(self, master_key_id: str) -> None:
-        """Destroys the object. Succeeds when it is already gone."""
+    def destroy(self, version: KeyVersion) -> None:
+        """Destroys the version's key in the HSM (its token object, or the unwrapped copy a
+        WRAPPED version has in this process). Succeeds when it is already gone."""
+        ...
+
+    def hmac(self, version: KeyVersion, message: bytes) -> bytes:
+        """HMAC-SHA256 of ``message`` under a PSEUDONYMIZE version's key, inside the HSM."""
         ...
 
     def random_bytes(self, length: int) -> bytes:
@@ -99,6 +115,35 @@ class MasterKeyStore(Protocol):
 
     def check(self) -> None:
         """Returns when the HSM answers, else raises HsmUnavailable. May trigger reconnection."""
+        ...
+
+
+class RootKeyStore(Protocol):
+    """The root keys of the key hierarchy, inside the HSM (kms.hsm.hierarchy)."""
+
+    def active_root(self) -> str:
+        """The CKA_ID (hex) of the root that wraps new versions; created on first use."""
+        ...
+
+    def roots(self) -> list[str]:
+        """Every sound root key (CKA_ID hex)."""
+        ...
+
+    def create_root(self) -> str:
+        """A new root, which becomes the active one."""
+        ...
+
+    def destroy_root(self, root_key_id: str) -> None: ...
+
+    def bind(self, key_id: str, version: int, material: WrappedMaterial) -> str:
+        """The HSM's MAC binding ``material`` to ``key_id`` version ``version`` (hex)."""
+        ...
+
+    def rewrap_material(
+        self, key_id: str, version: int, material: WrappedMaterial, mac: str, kind: str, to_root: str
+    ) -> WrappedMaterial:
+        """The same version key wrapped under ``to_root``, the key never leaving the HSM.
+        Raises KeyMaterialCorrupt when ``material`` is not bound to the key and version."""
         ...
 
 
@@ -113,8 +158,14 @@ class KeyTransaction(Protocol):
         """The key as stored when the lock was taken, or None if it does not exist."""
         ...
 
-    def save(self, key: Key) -> None:
-        """Writes ``key`` (new or changed, with its versions) within this transaction."""
+    def save(self, key: Key) -> Key:
+        """Writes ``key`` (new or changed, with its versions) within this transaction, with its
+        revision incremented and its ledger entry appended; returns it as stored."""
+        ...
+
+    @property
+    def appended(self) -> list[LedgerEntry]:
+        """The ledger entries this transaction appended (valid once it has committed)."""
         ...
 
 
@@ -139,6 +190,11 @@ class KeyRepository(Protocol):
         """
         ...
 
+    def preparation_lock(self, key_id: str) -> AbstractContextManager[None]:
+        """Serializes, across replicas, the making of ``key_id``'s next HSM object before its
+        transaction, without holding a database lock meanwhile."""
+        ...
+
     def try_transaction(self, key_id: str) -> AbstractContextManager[KeyTransaction | None]:
         """As ``transaction``, but yields None at once if another transaction holds the key
         (how replicas split scheduled work without waiting on each other)."""
@@ -149,12 +205,21 @@ class KeyRepository(Protocol):
         then those whose primary version has wrapped ``max_wraps`` data keys or more."""
         ...
 
+    def keys_wrapped_outside(self, root_key_id: str, limit: int, after_key_id: str | None) -> list[str]:
+        """Ids of keys with a WRAPPED version (not destroyed) under another root, in id order."""
+        ...
+
+    def keys_wrapped_under(self, root_key_id: str, limit: int) -> list[str]:
+        """Ids of keys with a WRAPPED version (not destroyed) under ``root_key_id``."""
+        ...
+
     def due_for_destruction(self, now: datetime, limit: int) -> list[tuple[str, int]]:
         """(key id, version) of DESTROY_SCHEDULED versions whose destroy time has come."""
         ...
 
-    def add_usage(self, deltas: Mapping[tuple[str, int], UsageDelta]) -> None:
-        """Adds counted uses to the stored totals of each (key id, version)."""
+    def add_usage(self, deltas: Mapping[tuple[str, int], UsageDelta]) -> dict[tuple[str, int], int]:
+        """Adds counted uses to the stored totals of each (key id, version); returns the wraps
+        each of those versions now has in all (every replica's flushed counts)."""
         ...
 
     def all_keys(self) -> Iterator[Key]:
@@ -167,12 +232,10 @@ class KeyRepository(Protocol):
 
 
 class PolicyRepository(Protocol):
-    """Grants and group memberships; every change bumps one revision number."""
-
-    def revision(self) -> int: ...
+    """Grants and group memberships; every change appends to the metadata ledger."""
 
     def snapshot(self) -> PolicySnapshot:
-        """All grants and memberships, and the revision they are at, read consistently."""
+        """All stored grants and memberships, read consistently (not yet verified)."""
         ...
 
     def add_grant(self, grant: Grant, now: datetime) -> Grant:

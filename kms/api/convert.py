@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from kms.api.proto import pb
-from kms.domain.keys import Key, KeyVersion
+from kms.domain.keys import Key, KeyVersion, Storage
 from kms.errors import InvalidArgument
 from kms.service.data_keys import DataKey, Rewrapped
 
@@ -64,6 +64,8 @@ def key_version(version: KeyVersion) -> pb.KeyVersion:
         data_keys_issued=version.usage.data_keys_issued,
         decrypts=version.usage.decrypts,
         last_used_time=timestamp(version.usage.last_used_time),
+        storage=pb.Key.Storage.Value(version.storage.value),
+        root_key_id=version.root_key_id,
     )
 
 
@@ -78,7 +80,18 @@ def key(value: Key) -> pb.Key:
         create_time=timestamp(value.create_time),
         update_time=timestamp(value.update_time),
         min_decryption_version=value.min_decryption_version,
+        storage=pb.Key.Storage.Value(value.storage.value),
     )
+
+
+def storage(value: int) -> Storage | None:
+    """A requested Key.Storage, or None for "the server's default"."""
+    if value == pb.Key.Storage.STORAGE_UNSPECIFIED:
+        return None
+    try:
+        return Storage(pb.Key.Storage.Name(value))
+    except ValueError:
+        raise InvalidArgument(f"unknown storage {value}") from None
 
 
 def data_key(value: DataKey) -> pb.GenerateDataKeyResponse:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+DETAIL_PREFIX = "kms.v1.health."
 
 
 class HealthMonitor:
@@ -28,10 +29,17 @@ class HealthMonitor:
         self,
         checks: Mapping[str, Callable[[], None]],
         interval: float,
-        startup: Callable[[], None] | None = None,
+        startup: Callable[[], object] | None = None,
+        details: Mapping[str, Callable[[], str | None]] | None = None,
     ) -> None:
+        """``checks`` must all pass for SERVING. ``details`` are named conditions worth an
+        operator's attention that do not stop the service (a protected row that does not
+        verify): each is its own health service, ``kms.v1.health.<name>``, NOT_SERVING while
+        it reports a problem, and is logged when it changes."""
         self.servicer = health.HealthServicer(experimental_non_blocking=True)
         self._checks = dict(checks)
+        self._details = dict(details or {})
+        self._detail_state: dict[str, str | None] = {}
         self._interval = interval
         self._startup = startup
         self._stop = threading.Event()
@@ -74,7 +82,20 @@ class HealthMonitor:
                 problems["startup"] = error.message
         self._problems = problems
         self._set(not problems and self._startup is None)
+        self._report_details()
         return self.serving
+
+    def _report_details(self) -> None:
+        for name, detail in self._details.items():
+            try:
+                problem = detail()
+            except Exception as error:  # a detail must never kill the monitor
+                problem = type(error).__name__
+            if problem != self._detail_state.get(name, ""):
+                if problem is not None:
+                    log.warning("health detail", extra={"fields": {"detail": name, "problem": problem}})
+                self._detail_state[name] = problem
+                self.servicer.set(DETAIL_PREFIX + name, SERVING if problem is None else NOT_SERVING)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):

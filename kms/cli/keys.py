@@ -23,10 +23,17 @@ def keys() -> None:
 @click.argument("key_id")
 @click.option("--description", default="", help="Free text shown with the key.")
 @click.option("--rotation-period", type=DURATION, default=None, help="Rotate on this schedule (e.g. 30d).")
+@click.option("--storage", type=click.Choice(["wrapped", "hsm-object"]), default=None,
+              help="Where its versions live (default: the server's, KMS_KEY_STORAGE): wrapped under an HSM root "
+                   "key in the database, or a token object each.")
 @remote
-def create(client: KmsClient, as_json: bool, key_id: str, description: str, rotation_period: timedelta | None) -> None:
+def create(client: KmsClient, as_json: bool, key_id: str, description: str, rotation_period: timedelta | None,
+           storage: str | None) -> None:
     """Create KEY_ID with version 1 generated in the HSM."""
-    key = client.create_key(key_id, description=description, rotation_period=rotation_period)
+    key = client.create_key(
+        key_id, description=description, rotation_period=rotation_period,
+        storage=None if storage is None else storage.upper().replace("-", "_"),
+    )
     emit_json(key) if as_json else show_key(key)
 
 
@@ -157,3 +164,20 @@ def _require_clear(path: Path, key_id: str, version: int) -> None:
             f"{path}: {report.unknown_version} items could not be read, so that run cannot show that none is under "
             f"{key_id} version {version}; fix or remove them (see the report's failures) and re-run kms rewrap"
         )
+
+
+@keys.command()
+@click.argument("key_id")
+@click.option("--to", "storage", type=click.Choice(["wrapped", "hsm-object"]), default="wrapped", show_default=True,
+              help="Where the key's versions should live from now on.")
+@remote
+def migrate(client: KmsClient, as_json: bool, key_id: str, storage: str) -> None:
+    """Move KEY_ID into the key hierarchy (or out of it): new versions are made the new way.
+
+    A version's key cannot move between an HSM object and wrapped storage (HSM objects are never
+    extractable), so migrating is: change the key's storage, then rotate. The old versions keep
+    decrypting; re-wrap what they protect (kms rewrap) and retire them as usual.
+    """
+    client.update_key(key_id, storage="WRAPPED" if storage == "wrapped" else "HSM_OBJECT")
+    key = client.rotate_key(key_id)
+    emit_json(key) if as_json else show_key(key)

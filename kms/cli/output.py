@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import sys
 import json
 from datetime import datetime, timedelta
@@ -37,6 +38,8 @@ def _jsonable(value: Any) -> Any:
         return value.total_seconds()
     if isinstance(value, bytes):
         return value.hex()
+    if isinstance(value, enum.Enum):
+        return value.value
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -59,8 +62,10 @@ def show_key(key: Key) -> None:
     console.print(f"  rotation period         {format_duration(key.rotation_period)}")
     console.print(f"  next rotation           {_time(key.next_rotation_time)}")
     console.print(f"  created                 {_time(key.create_time)}")
+    console.print(f"  storage of new versions {key.storage}")
     table = Table(box=None, pad_edge=False)
-    for column in ("VERSION", "STATE", "CREATED", "DESTROY TIME", "ISSUED", "DECRYPTS", "LAST USED", "HSM LABEL", "HSM OBJECT ID"):
+    for column in ("VERSION", "STATE", "CREATED", "DESTROY TIME", "ISSUED", "DECRYPTS", "LAST USED", "STORED",
+                   "HSM LABEL / ROOT KEY", "ID"):
         table.add_column(column)
     for version in key.versions:
         marker = " *" if version.version == key.primary_version else ""
@@ -72,7 +77,8 @@ def show_key(key: Key) -> None:
             str(version.data_keys_issued),
             str(version.decrypts),
             _time(version.last_used_time),
-            version.hsm_label,
+            version.storage,
+            version.hsm_label if version.storage == "HSM_OBJECT" else f"root {version.root_key_id}",
             version.hsm_object_id,
         )
     console.print(table)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from kms import logs
 from kms.api.server import ListenRefused
-from kms.api.tls import CertificateError
+from kms.api.tls import CertificateUnusable
 from kms.app import Application
 from kms.config import Settings
 from kms.errors import KmsError
-from kms.hsm.module import ModuleError
+from kms.hsm.module import ModuleUnusable
 
 
 @click.command()
@@ -30,8 +32,11 @@ from kms.hsm.module import ModuleError
               help="CA that signs client certificates, PEM (KMS_CLIENT_CA): turns on mutual TLS.")
 @click.option("--dev", "dev_mode", is_flag=True, default=None,
               help="Development mode (KMS_DEV_MODE): plaintext on loopback, every local user is a superuser.")
+@click.option("--port-file", type=click.Path(dir_okay=False), default=None,
+              help="Once serving, write the port listened on to this file (for --listen HOST:0).")
 def serve(listen: str | None, data_dir: str | None, metrics_listen: str | None, log_format: str | None,
-          tls_cert: str | None, tls_key: str | None, client_ca: str | None, dev_mode: bool | None) -> None:
+          tls_cert: str | None, tls_key: str | None, client_ca: str | None, dev_mode: bool | None,
+          port_file: str | None) -> None:
     """Run the key management service until SIGTERM or SIGINT.
 
     The HSM PIN is read from KMS_PKCS11_PIN or KMS_PKCS11_PIN_FILE, never from a flag.
@@ -47,7 +52,7 @@ def serve(listen: str | None, data_dir: str | None, metrics_listen: str | None, 
     logs.configure(settings.log_level, settings.log_format)
     try:
         app = Application(settings)
-    except (ListenRefused, ModuleError, ValueError, KmsError, CertificateError) as error:
+    except (ListenRefused, ModuleUnusable, ValueError, KmsError, CertificateUnusable) as error:
         click.echo(f"kms serve: {error}", err=True)
         sys.exit(2)
 
@@ -57,4 +62,14 @@ def serve(listen: str | None, data_dir: str | None, metrics_listen: str | None, 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     app.start()
+    if port_file:
+        write_port(Path(port_file), app.port)
     app.wait()
+
+
+def write_port(path: Path, port: int) -> None:
+    """Writes ``port`` and a newline to ``path`` so that a reader sees either no file or the
+    whole number, never a part: written beside it first, then renamed over it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(f"{port}\n")
+    os.replace(partial, path)

@@ -7,8 +7,9 @@ Every check of "may this version wrap or unwrap" goes through ``Key.version_for_
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from kms.errors import (
@@ -30,6 +31,22 @@ def validate_key_id(key_id: str) -> str:
     return key_id
 
 
+class Storage(enum.Enum):
+    """Where a version's key lives. WRAPPED: generated in the HSM and stored in the database
+    only wrapped under an HSM root key (kms.hsm.hierarchy), so the HSM holds a handful of
+    objects whatever the number of keys. HSM_OBJECT: a token object of its own in the HSM."""
+
+    WRAPPED = "WRAPPED"
+    HSM_OBJECT = "HSM_OBJECT"
+
+
+class Purpose(enum.Enum):
+    """What a key's versions do: wrap data keys (AES-256-GCM), or make pseudonyms (HMAC-SHA256)."""
+
+    ENCRYPT_DECRYPT = "ENCRYPT_DECRYPT"
+    PSEUDONYMIZE = "PSEUDONYMIZE"
+
+
 class VersionState(enum.Enum):
     ENABLED = "ENABLED"
     DISABLED = "DISABLED"
@@ -42,6 +59,15 @@ _UNUSABLE = {
     VersionState.DESTROY_SCHEDULED: KeyVersionDestroyScheduled,
     VersionState.DESTROYED: KeyVersionDestroyed,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedMaterial:
+    """A version key as it leaves the HSM: wrapped under the root key ``root_key_id`` (CKA_ID,
+    hex). Only the HSM can unwrap it (kms.hsm.hierarchy)."""
+
+    blob: bytes = field(repr=False)
+    root_key_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +92,22 @@ class KeyVersion:
     create_time: datetime
     destroy_time: datetime | None = None
     usage: VersionUsage = VersionUsage()
+    storage: Storage = Storage.HSM_OBJECT
+    # For WRAPPED versions: the key wrapped under the root key ``root_key_id`` (its CKA_ID, hex),
+    # and the HSM's MAC binding it to this key id and version (kms.hsm.hierarchy).
+    wrapped_material: bytes = field(default=b"", repr=False)
+    root_key_id: str = ""
+    material_mac: str = ""
+
+    @property
+    def material_digest(self) -> str:
+        """What the metadata ledger records of the stored material: SHA-256 over root key id,
+        wrapped key and binding MAC, in hex; "" for an HSM_OBJECT version (nothing is stored)."""
+        if self.storage is Storage.HSM_OBJECT:
+            return ""
+        return hashlib.sha256(
+            self.root_key_id.encode() + b"\0" + self.wrapped_material + b"\0" + self.material_mac.encode()
+        ).hexdigest()
 
     def must_have_material(self, now: datetime) -> bool:
         """Whether the HSM object must exist: not for a tombstone, nor for a version whose
@@ -87,6 +129,16 @@ class Key:
     rotation_period: timedelta | None = None
     next_rotation_time: datetime | None = None
     min_decryption_version: int = 1
+    # Incremented by every stored change; the metadata ledger names each revision's digest.
+    revision: int = 0
+    # Where new versions' keys live (a rotation follows it; older versions keep theirs).
+    storage: Storage = Storage.HSM_OBJECT
+    purpose: Purpose = Purpose.ENCRYPT_DECRYPT
+    # Privacy settings (kms.domain.privacy): the context entry naming the data subject, how
+    # long a version is kept once it stopped being primary, and the bound on erasure finality.
+    subject_field: str = ""
+    retention_period: timedelta | None = None
+    erasure_finality: timedelta | None = None
 
     def version(self, number: int) -> KeyVersion:
         # Versions are numbered 1..n without gaps, so the tuple index is the number minus one.

@@ -71,10 +71,18 @@ def is_destruction_due(version: KeyVersion, now: datetime) -> bool:
 
 
 def mark_destroyed(key: Key, number: int, now: datetime) -> Key:
-    """The record of a destruction the HSM has carried out: a tombstone is kept."""
+    """The record of a destruction the HSM has carried out: a tombstone is kept. A WRAPPED
+    version's wrapped key goes with it (copies in database backups stay unwrappable under the
+    root key until the root is rotated and retired: see docs/operations.md)."""
     if not is_destruction_due(key.version(number), now):
         raise InvalidStateTransition(f"key {key.key_id!r} version {number} is not due for destruction")
-    return _with_state(key, number, VersionState.DESTROYED, now, destroy_time=now)
+    destroyed = _with_state(key, number, VersionState.DESTROYED, now, destroy_time=now)
+    return replace(
+        destroyed,
+        versions=tuple(
+            replace(v, wrapped_material=b"", material_mac="") if v.version == number else v for v in destroyed.versions
+        ),
+    )
 
 
 def set_min_decryption_version(key: Key, floor: int, now: datetime) -> Key:

@@ -254,7 +254,7 @@ class Grant:
 
 @dataclass(frozen=True)
 class PolicySnapshot:
-    revision: int
+    revision: int  # the metadata ledger's position the rows were read at
     grants: tuple[Grant, ...]
     members: tuple[tuple[str, str], ...]  # (group, identity)
 

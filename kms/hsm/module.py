@@ -23,6 +23,8 @@ from pathlib import Path
 import pkcs11
 from pkcs11 import _pkcs11
 
+from kms.hsm.raw import RawCalls
+
 CKR_OK = 0x0
 CKR_CRYPTOKI_ALREADY_INITIALIZED = 0x191
 CKF_OS_LOCKING_OK = 0x2
@@ -31,7 +33,7 @@ CKS_RW_USER_FUNCTIONS = 3
 
 # Positions in CK_FUNCTION_LIST (PKCS#11 v2.40, pkcs11f.h), after the CK_VERSION header.
 _C_INITIALIZE, _C_FINALIZE, _C_INIT_TOKEN, _C_CLOSE_ALL_SESSIONS, _C_GET_SESSION_INFO = 0, 1, 9, 14, 15
-_FUNCTIONS_USED = 16
+_FUNCTIONS_USED = 68  # the whole v2.40 list: kms.hsm.raw calls further into it
 
 
 class _Version(ctypes.Structure):
@@ -70,7 +72,7 @@ _INIT_TOKEN_FN = ctypes.CFUNCTYPE(
 _SESSION_INFO_FN = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(_SessionInfo))
 
 
-class ModuleError(Exception):
+class ModuleUnusable(Exception):
     """The module could not be loaded or initialized. Carries the CKR code, never secrets."""
 
     def __init__(self, message: str, rv: int | None = None) -> None:
@@ -103,7 +105,7 @@ class Pkcs11Module:
 
     @classmethod
     def load(cls, path: str | Path) -> Pkcs11Module:
-        """The process-wide instance for the module at ``path``; raises ModuleError."""
+        """The process-wide instance for the module at ``path``; raises ModuleUnusable."""
         resolved = str(Path(path).resolve())
         with cls._loaded_lock:
             module = cls._loaded.get(resolved)
@@ -118,22 +120,23 @@ class Pkcs11Module:
             self._dll = ctypes.CDLL(path)
             get_function_list = self._dll.C_GetFunctionList
         except (OSError, AttributeError) as exc:
-            raise ModuleError(f"cannot load PKCS#11 module {path}: {exc}") from None
+            raise ModuleUnusable(f"cannot load PKCS#11 module {path}: {exc}") from None
         get_function_list.argtypes = [ctypes.POINTER(ctypes.POINTER(_FunctionList))]
         get_function_list.restype = ctypes.c_ulong
         self._functions = ctypes.POINTER(_FunctionList)()
         rv = get_function_list(ctypes.byref(self._functions))
         if rv != CKR_OK:
-            raise ModuleError("C_GetFunctionList failed", rv)
+            raise ModuleUnusable("C_GetFunctionList failed", rv)
         self._initialized = False
         self.lib = self._attach()
+        self.raw = RawCalls(self._functions.contents.functions)
 
     def _attach(self) -> _pkcs11.lib:
         library_type = type("_BoundLibrary", (_Library,), {"_owner": self})
         try:
             return library_type(self.path)
         except pkcs11.PKCS11Error as exc:
-            raise ModuleError(f"cannot initialize PKCS#11 module {self.path}: {type(exc).__name__}") from None
+            raise ModuleUnusable(f"cannot initialize PKCS#11 module {self.path}: {type(exc).__name__}") from None
 
     def _function(self, index: int, prototype):  # noqa: ANN001, ANN202 - ctypes prototypes are untyped
         return prototype(self._functions.contents.functions[index])
@@ -146,7 +149,7 @@ class Pkcs11Module:
         if rv != CKR_OK:
             # ALREADY_INITIALIZED here means someone else in this process initialized the module,
             # perhaps without locking; we cannot vouch for thread safety then.
-            raise ModuleError("C_Initialize with CKF_OS_LOCKING_OK failed", rv)
+            raise ModuleUnusable("C_Initialize with CKF_OS_LOCKING_OK failed", rv)
         self._initialized = True
 
     def reinitialize(self) -> None:
@@ -173,18 +176,18 @@ class Pkcs11Module:
         """C_InitToken: python-pkcs11 has no binding for it. The label is space-padded to 32."""
         encoded_label = label.encode("utf-8")
         if len(encoded_label) > 32:
-            raise ModuleError("token labels are at most 32 bytes")
+            raise ModuleUnusable("token labels are at most 32 bytes")
         pin = so_pin.encode("utf-8")
         rv = self._function(_C_INIT_TOKEN, _INIT_TOKEN_FN)(slot_id, pin, len(pin), encoded_label.ljust(32))
         if rv != CKR_OK:
-            raise ModuleError("C_InitToken failed", rv)
+            raise ModuleUnusable("C_InitToken failed", rv)
 
     def close_all_sessions(self, slot_id: int) -> None:
         """C_CloseAllSessions: every session of this process on the slot ends, and with the last
         one the login. Used to recover from and to test session loss."""
         rv = self._function(_C_CLOSE_ALL_SESSIONS, _SLOT_FN)(slot_id)
         if rv != CKR_OK:
-            raise ModuleError("C_CloseAllSessions failed", rv)
+            raise ModuleUnusable("C_CloseAllSessions failed", rv)
 
     def session_logged_in(self, session_handle: int) -> bool | None:
         """Whether a python-pkcs11 session is in a user state, or None when that cannot be

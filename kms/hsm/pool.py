@@ -22,12 +22,12 @@ from typing import TypeVar
 
 import pkcs11
 import pkcs11.exceptions as p11
-from pkcs11 import ObjectClass
+from pkcs11 import Attribute, ObjectClass
 
 from kms.errors import HsmOperationFailed, HsmUnavailable
 from kms.hsm.faults import Fault, classify
 from kms.hsm.gate import Gate
-from kms.hsm.module import ModuleError, Pkcs11Module
+from kms.hsm.module import ModuleUnusable, Pkcs11Module
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,19 +40,24 @@ class LoginLost(p11.UserNotLoggedIn):
 class PooledSession:
     """A borrowed session, and the master key objects already found through it."""
 
-    __slots__ = ("session", "generation", "_module", "_keys")
+    __slots__ = ("session", "generation", "raw", "_module", "_keys")
 
     def __init__(self, session: pkcs11.Session, generation: int, module: Pkcs11Module) -> None:
         self.session = session
         self.generation = generation
+        self.raw = module.raw  # calls that take explicit handles (kms.hsm.raw)
         self._module = module
         self._keys: dict[bytes, pkcs11.SecretKey] = {}
 
     def cached_key(self, object_id: bytes) -> pkcs11.SecretKey | None:
         return self._keys.get(object_id)
 
-    def key(self, object_id: bytes) -> pkcs11.SecretKey | None:
+    def key(self, object_id: bytes, vouch: Callable[[pkcs11.SecretKey], None]) -> pkcs11.SecretKey | None:
         """The secret key whose CKA_ID is ``object_id``, or None if the token has none.
+
+        ``vouch`` sees a newly found object first and raises if it may not be used
+        (kms.hsm.trust): an id names an object, it does not make it trustworthy. Only an object
+        it let pass is remembered for this session.
 
         Raises LoginLost rather than report a key missing that is only hidden by a lost login,
         and MultipleObjectsReturned when the id is ambiguous (never guess which key to use).
@@ -63,11 +68,24 @@ class PooledSession:
         try:
             found = self.session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id)
         except p11.NoSuchKey:
-            if self._module.session_logged_in(self.session.handle) is False:
-                raise LoginLost() from None
+            self.require_login()
             return None
+        vouch(found)
         self._keys[object_id] = found
         return found
+
+    def objects(self, template: dict[Attribute, object]) -> list[pkcs11.Object]:
+        """The objects matching ``template``. Raises LoginLost rather than report none when a
+        lost login may be hiding private objects (a caller that creates what it did not find
+        would otherwise create a duplicate)."""
+        found = list(self.session.get_objects(template))
+        if not found:
+            self.require_login()
+        return found
+
+    def require_login(self) -> None:
+        if self._module.session_logged_in(self.session.handle) is False:
+            raise LoginLost()
 
     def forget(self, object_id: bytes) -> None:
         self._keys.pop(object_id, None)
@@ -106,6 +124,58 @@ class SessionPool:
         self._pending_fault: Fault | None = None
         self._next_attempt = 0.0
         self._last_problem = "HSM is unavailable"
+        # The session that owns the process's unwrapped keys (session objects die with the
+        # session that made them): never lent out, used one call at a time.
+        self._holder: PooledSession | None = None
+        self._holder_lock = threading.Lock()
+        self._holder_epoch = 0
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the connection to the module is made again: handles found before
+        mean nothing after."""
+        self._ensure_connected()
+        return self._generation
+
+    @property
+    def holder_generation(self) -> tuple[int, int]:
+        """Changes whenever the holder session is opened again: its session objects are gone."""
+        self._ensure_connected()
+        return self._generation, self._holder_epoch
+
+    def run_holder(self, operation: Callable[[PooledSession], T]) -> T:
+        """Runs ``operation`` on the holder session, one at a time; retries once after a
+        connection fault (with a new holder, whose session objects start afresh)."""
+        for _attempt in range(2):
+            with self._holder_lock:
+                holder = self._open_holder()
+                try:
+                    with self._gate.shared():
+                        return operation(holder)
+                except pkcs11.PKCS11Error as exc:
+                    fault = classify(exc)
+                    if fault is None:
+                        raise HsmOperationFailed(type(exc).__name__) from None
+                    self._holder = None
+                    self._holder_epoch += 1
+                    self._lose(None, fault, type(exc).__name__, holder.generation)
+        raise HsmUnavailable(self._last_problem)
+
+    def _open_holder(self) -> PooledSession:
+        """Called with the holder lock held."""
+        self._ensure_connected()
+        with self._lock:
+            generation, token, module = self._generation, self._token, self._module
+        if self._holder is None or self._holder.generation != generation:
+            assert token is not None and module is not None
+            try:
+                with self._gate.shared():
+                    self._holder = PooledSession(token.open(rw=True), generation, module)
+            except pkcs11.PKCS11Error as exc:
+                self._lose(None, classify(exc) or Fault.DEVICE, type(exc).__name__, generation)
+                raise HsmUnavailable(self._last_problem) from None
+            self._holder_epoch += 1
+        return self._holder
 
     @property
     def module(self) -> Pkcs11Module:
@@ -152,10 +222,13 @@ class SessionPool:
         with self._lock:
             idle, self._idle = self._idle, []
             login, self._login_session = self._login_session, None
+            holder, self._holder = self._holder, None
             self._generation += 1
         with self._gate.exclusive():
             for pooled in idle:
                 _close_quietly(pooled.session)
+            if holder is not None:
+                _close_quietly(holder.session)
             if login is not None:
                 _close_quietly(login)
 
@@ -228,7 +301,7 @@ class SessionPool:
                 raise HsmUnavailable(self._last_problem)
             try:
                 self._connect()
-            except (pkcs11.PKCS11Error, ModuleError) as exc:
+            except (pkcs11.PKCS11Error, ModuleUnusable) as exc:
                 self._next_attempt = time.monotonic() + self._retry_interval
                 self._last_problem = f"HSM is unavailable ({type(exc).__name__})"
                 if self._pending_fault is Fault.SESSION:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pkcs11 import TokenFlag
 
-from kms.hsm.module import ModuleError, Pkcs11Module
+from kms.hsm.module import ModuleUnusable, Pkcs11Module
 
 MODULE_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -43,7 +43,7 @@ def find_module() -> str:
     for candidate in MODULE_CANDIDATES:
         if os.path.exists(candidate):
             return candidate
-    raise ModuleError("SoftHSM2 is not installed (Debian: apt-get install softhsm2); or set KMS_PKCS11_MODULE")
+    raise ModuleUnusable("SoftHSM2 is not installed (Debian: apt-get install softhsm2); or set KMS_PKCS11_MODULE")
 
 
 def provision(data_dir: Path, token_label: str = DEFAULT_TOKEN_LABEL) -> DevToken:
@@ -83,7 +83,7 @@ def _point_softhsm_at(config: Path) -> None:
     global _configured
     wanted = str(config)
     if _configured is not None and _configured != wanted:
-        raise ModuleError("SoftHSM is already loaded in this process with another configuration")
+        raise ModuleUnusable("SoftHSM is already loaded in this process with another configuration")
     os.environ["SOFTHSM2_CONF"] = wanted
     _configured = wanted
 
@@ -113,7 +113,7 @@ def _initialize_token(module: Pkcs11Module, label: str, so_pin: str, pin: str) -
         if not slot.get_token().flags & TokenFlag.TOKEN_INITIALIZED
     ]
     if not free:
-        raise ModuleError("SoftHSM offers no uninitialized slot")
+        raise ModuleUnusable("SoftHSM offers no uninitialized slot")
     module.init_token(free[0].slot_id, so_pin, label)
     token = module.lib.get_token(token_label=label)
     with token.open(rw=True, so_pin=so_pin) as session:

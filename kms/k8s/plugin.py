@@ -66,7 +66,7 @@ from kms_client import (
     parse_header_bytes,
 )
 from kms_client.envelope import FRAME_TAG_BYTES, Header
-from kms_client.errors import InternalError
+from kms_client.errors import Internal
 from kms_proto.k8s.kms.apis.v2 import api_pb2, api_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class KmsPlugin:
         ciphertext = self._client.encrypt(plaintext, key_id=self.config.key_id, context=self._context)
         version = self._wrapping_version(ciphertext)
         if len(ciphertext) > MAX_CIPHERTEXT_BYTES:  # only if a format outgrew _ciphertext_length
-            raise InternalError(f"the ciphertext would exceed the API server's {MAX_CIPHERTEXT_BYTES} bytes")
+            raise Internal(f"the ciphertext would exceed the API server's {MAX_CIPHERTEXT_BYTES} bytes")
         self.status.observe(version)
         return Sealed(ciphertext, key_id_for(self.config.key_id, version))
 
@@ -207,9 +207,9 @@ class KmsPlugin:
         try:
             wrapped = wrapped_key.parse(parse_header_bytes(ciphertext).wrapped_key)
         except (KmsError, MalformedWrappedKey):
-            raise InternalError("the KMS returned a wrapped key in a format this plugin does not read") from None
+            raise Internal("the KMS returned a wrapped key in a format this plugin does not read") from None
         if wrapped.header.key_id != self.config.key_id:
-            raise InternalError("the KMS wrapped the data key under another key")
+            raise Internal("the KMS wrapped the data key under another key")
         return wrapped.header.key_version
 
     def _probe(self) -> int:
@@ -222,7 +222,7 @@ class KmsPlugin:
             self.config.key_id, self._context, timeout=self.config.kms_timeout
         )
         if issued.key_id != self.config.key_id:
-            raise InternalError("the KMS answered for another key")
+            raise Internal("the KMS answered for another key")
         return issued.key_version
 
 

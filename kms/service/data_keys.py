@@ -196,9 +196,10 @@ class DataKeyService:
         return WrappedKey(header, iv, sealed).encode()
 
     def _check_wrap_budget(self, version: KeyVersion) -> None:
-        wraps = self._usage.wraps_of(version)
-        if wraps >= self._hard_max_wraps:
-            raise WrapLimitReached(version.key_id, version.version, wraps, self._hard_max_wraps)
+        """Reserves the wrap before it happens (so concurrent calls cannot all pass one check)."""
+        refused_at = self._usage.reserve_wrap(version, self._hard_max_wraps)
+        if refused_at is not None:
+            raise WrapLimitReached(version.key_id, version.version, refused_at, self._hard_max_wraps)
 
     def _resolve(
         self, call: Call, permission: Permission, wrapped: bytes, context: Mapping[str, str]

@@ -1,12 +1,21 @@
 """Creating, reading and rotating keys.
 
-Crash safety rests on one ordering: a version's master key is created in the HSM *before* the
-database transaction that records the version commits, and both happen while the key's write
-lock is held. A crash between the two leaves an HSM object that no committed version names (a
-leftover); it can never leave a committed version without its object. The next create or
-rotation of that version slot, or the start-up reconciliation, adopts the leftover instead of
-generating another key, so nothing accumulates and nothing that might protect data is thrown
-away.
+A new version's key is made in the HSM before the database transaction that records it, and
+outside it, so that no database lock is held across HSM work (on SQLite that lock is the whole
+database's):
+
+- WRAPPED (the default): the key is generated in the HSM and comes back only wrapped under the
+  root key (kms.hsm.hierarchy). Nothing is left in the HSM, so a crash anywhere loses nothing and
+  leaves nothing behind: either the transaction committed the version with its wrapped key, or
+  there is no version. Inside the transaction, under the key's lock, the wrapped key is bound to
+  the version number the slot turned out to have.
+- HSM_OBJECT: the key is a token object, created (or a leftover of an earlier attempt adopted)
+  for the slot the key's cached state says is next, then recorded by the transaction. A crash
+  between the two leaves an object no committed version names (a leftover), never a committed
+  version without its object; the next attempt at that slot, or start-up reconciliation, adopts
+  it. Making the object is serialized per key by a lock of its own (not the database's); if the
+  slot was taken meanwhile (a replica that made its version another way), the object this
+  request made is destroyed (it never wrapped anything) and the request tries again.
 """
 
 from __future__ import annotations
@@ -14,18 +23,30 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from kms.crashpoints import crash_point
-from kms.domain.keys import Key, KeyVersion, VersionState, new_key, validate_key_id
+from kms.domain.keys import Key, KeyVersion, Storage, VersionState, WrappedMaterial, new_key, validate_key_id
+from kms.domain.ledger import LedgerEntry
 from kms.domain.policy import Permission
 from kms.domain.text import validate_text
-from kms.errors import InvalidArgument, InvalidPageToken, InvalidRotationPeriod, KeyAlreadyExists, KeyNotFound
+from kms.errors import (
+    ConcurrentCreation,
+    InvalidArgument,
+    InvalidPageToken,
+    InvalidRotationPeriod,
+    KeyAlreadyExists,
+    KeyNotFound,
+    KmsError,
+)
 from kms.ports import Clock, KeyRepository, KeyTransaction, MasterKeyStore
 from kms.service.authz import Authorizer
 from kms.service.calls import Call
 from kms.service.key_cache import KeyCache
+from kms.service.lifecycle_ports import Anchoring
 from kms.service.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -46,9 +67,13 @@ class KeyService:
         clock: Clock,
         usage: UsageRecorder,
         authorizer: Authorizer,
+        anchor: Anchoring,
         *,
         min_rotation_period: timedelta,
+        default_storage: Storage = Storage.WRAPPED,
     ) -> None:
+        self._default_storage = default_storage
+        self._anchor = anchor
         self._authorizer = authorizer
         self._repository = repository
         self._master_keys = master_keys
@@ -58,24 +83,38 @@ class KeyService:
         self._min_rotation_period = min_rotation_period
 
     def create_key(
-        self, call: Call, key_id: str, description: str = "", rotation_period: timedelta | None = None
+        self,
+        call: Call,
+        key_id: str,
+        description: str = "",
+        rotation_period: timedelta | None = None,
+        *,
+        storage: Storage | None = None,
     ) -> Key:
         call.trail.note(key_id=key_id)
         validate_key_id(key_id)
         validate_description(description)
         self.validate_rotation_period(rotation_period)
         self._authorizer.require(call, Permission.ADMIN, key_id)
+        storage = storage or self._default_storage
         call.check_deadline()
-        with self._repository.transaction(key_id) as transaction:
-            if transaction.key is not None:
-                raise KeyAlreadyExists(key_id)
-            first = self._master_key_for(key_id, 1)
-            crash_point("create_key.after_hsm_create")
-            key = new_key(key_id, description, first, self._clock.now(), rotation_period)
-            transaction.save(key)
-            crash_point("create_key.before_commit")
+        for _attempt in range(_SLOT_ATTEMPTS):
+            with self._serialized(key_id, storage):
+                prepared = self._prepare(key_id, 1, storage)
+                crash_point("create_key.after_hsm_create")
+                with self._repository.transaction(key_id) as transaction:
+                    if transaction.key is not None or self._cache.locked(key_id, None) is not None:
+                        self._discard(prepared)
+                        raise KeyAlreadyExists(key_id)
+                    first = self._version_for(key_id, 1, prepared)
+                    key = transaction.save(
+                        replace(new_key(key_id, description, first, self._clock.now(), rotation_period), storage=storage)
+                    )
+                    crash_point("create_key.before_commit")
+            break
         crash_point("create_key.after_commit")
-        self._cache.put(key)
+        self._cache.put(key, transaction.appended)
+        self._anchor.anchor_if_unanchored()
         call.trail.note(key_version=1, detail=_schedule(rotation_period))
         log.info("key created", extra={"fields": {"key_id": key_id, "identity": call.identity}})
         return key
@@ -85,9 +124,7 @@ class KeyService:
         validate_key_id(key_id)
         self._authorizer.require_any(call, key_id)
         self._usage.flush()  # so that this replica's latest uses show
-        key = self._repository.get(key_id)
-        self._cache.put(key)
-        return key
+        return self._cache.read_through(key_id)
 
     def list_keys(self, call: Call, page_size: int = 0, page_token: str = "") -> tuple[Sequence[Key], str]:
         """One page of the keys the caller holds some permission on, in id order, and the token
@@ -125,44 +162,134 @@ class KeyService:
         validate_key_id(key_id)
         self._authorizer.require(call, Permission.ROTATE, key_id)
         call.check_deadline()
-        with self._repository.transaction(key_id) as transaction:
-            if transaction.key is None:
-                raise KeyNotFound(key_id)
-            rotated = self._rotate(transaction, transaction.key, "rotate_key")
+        rotated, appended = self._rotate_with_retries(key_id, "rotate_key")
         crash_point("rotate_key.after_commit")
         call.trail.note(key_version=rotated.primary_version)
-        return self._rotated(rotated, call.identity)
+        return self._rotated(rotated, call.identity, appended)
 
     def rotate_if_due(self, call: Call, key_id: str, now: datetime, max_wraps: int | None = None) -> Key | None:
         """The scheduler's rotation: only if the key is still due once its lock is held (by its
         schedule or its primary version's wrap count), and only if no other replica holds the
         lock (it is rotating the key, or just has)."""
         call.trail.note(key_id=key_id)
-        with self._repository.try_transaction(key_id) as transaction:
-            if transaction is None or transaction.key is None or not transaction.key.is_rotation_due(now, max_wraps):
-                return None
-            current = transaction.key
-            why = (
-                "rotation period passed"
-                if current.rotation_period is not None and current.next_rotation_time is not None
-                and current.next_rotation_time <= now
-                else f"primary version wrapped {current.version(current.primary_version).usage.data_keys_issued} data keys"
-            )
-            rotated = self._rotate(transaction, current, "scheduled_rotation")
-        crash_point("scheduled_rotation.after_commit")
-        call.trail.note(key_version=rotated.primary_version, detail=why)
-        return self._rotated(rotated, call.identity)
+        try:
+            cached = self._cache.read_through(key_id)  # wrap counts move without a new revision
+        except KeyNotFound:
+            return None
+        if not cached.is_rotation_due(now, max_wraps):
+            return None
+        for _attempt in range(_SLOT_ATTEMPTS):
+            with self._serialized(key_id, cached.storage):
+                prepared = self._prepare(key_id, self._next_slot(key_id, cached), cached.storage)
+                crash_point("scheduled_rotation.after_hsm_create")
+                with self._repository.try_transaction(key_id) as transaction:
+                    current = None if transaction is None else self._cache.locked(key_id, transaction.key)
+                    if current is None or not current.is_rotation_due(now, max_wraps):
+                        self._discard(prepared)
+                        return None  # another replica holds it, has rotated it, or it is gone
+                    if not self._fits(prepared, current):
+                        self._discard(prepared)
+                        cached = current
+                        continue
+                    why = (
+                        "rotation period passed"
+                        if current.rotation_period is not None and current.next_rotation_time is not None
+                        and current.next_rotation_time <= now
+                        else f"primary version wrapped {current.version(current.primary_version).usage.data_keys_issued}"
+                        " data keys"
+                    )
+                    rotated = self._save_rotation(transaction, current, prepared, "scheduled_rotation")
+            crash_point("scheduled_rotation.after_commit")
+            call.trail.note(key_version=rotated.primary_version, detail=why)
+            return self._rotated(rotated, call.identity, transaction.appended)
+        raise ConcurrentCreation(key_id)
 
-    def _rotate(self, transaction: KeyTransaction, current: Key, step: str) -> Key:
-        version = self._master_key_for(current.key_id, current.latest_version + 1)
-        crash_point(f"{step}.after_hsm_create")
-        rotated = current.with_new_primary(version, self._clock.now())
-        transaction.save(rotated)
+    def _rotate_with_retries(self, key_id: str, step: str) -> tuple[Key, list[LedgerEntry]]:
+        try:
+            cached = self._cache.get(key_id)
+        except KeyNotFound:
+            cached = None
+        for _attempt in range(_SLOT_ATTEMPTS):
+            storage = cached.storage if cached is not None else self._default_storage
+            with self._serialized(key_id, storage):
+                prepared = self._prepare(key_id, self._next_slot(key_id, cached), storage)
+                crash_point(f"{step}.after_hsm_create")
+                with self._repository.transaction(key_id) as transaction:
+                    current = self._cache.locked(key_id, transaction.key)
+                    if current is None:
+                        self._discard(prepared)
+                        raise KeyNotFound(key_id)
+                    if not self._fits(prepared, current):
+                        self._discard(prepared)
+                        cached = current
+                        continue
+                    rotated = self._save_rotation(transaction, current, prepared, step)
+            return rotated, transaction.appended
+        raise ConcurrentCreation(key_id)
+
+    def _next_slot(self, key_id: str, cached: Key | None) -> int:
+        """The version number a new version will take. For a token object it is read afresh
+        (with the preparation lock held, no other one is being made): the object is labelled
+        for it, and a stale guess would take a committed version's object for a leftover."""
+        if cached is not None and cached.storage is Storage.WRAPPED:
+            return cached.latest_version + 1
+        try:
+            return self._repository.get(key_id).latest_version + 1
+        except KeyNotFound:
+            return 1
+
+    @contextmanager
+    def _serialized(self, key_id: str, storage: Storage) -> Iterator[None]:
+        """HSM_OBJECT versions are made one at a time per key (a concurrent request would
+        otherwise take this request's fresh object for a leftover); wrapped material needs no
+        such order."""
+        if storage is Storage.HSM_OBJECT:
+            with self._repository.preparation_lock(key_id):
+                yield
+        else:
+            yield
+
+    def _save_rotation(self, transaction: KeyTransaction, current: Key, prepared: _Prepared, step: str) -> Key:
+        version = self._version_for(current.key_id, current.latest_version + 1, prepared)
+        rotated = transaction.save(current.with_new_primary(version, self._clock.now()))
         crash_point(f"{step}.before_commit")
         return rotated
 
-    def _rotated(self, rotated: Key, identity: str) -> Key:
-        self._cache.put(rotated)
+    # -- making a version's key before the transaction --------------------------------------
+
+    def _prepare(self, key_id: str, slot: int, storage: Storage) -> _Prepared:
+        """The key for a new version, made in the HSM with no database lock held."""
+        if storage is Storage.WRAPPED:
+            return _Prepared(storage, slot, material=self._master_keys.generate_material())
+        version, created = self._master_key_for(key_id, slot)
+        return _Prepared(storage, slot, version=version, created=created)
+
+    @staticmethod
+    def _fits(prepared: _Prepared, current: Key) -> bool:
+        """Whether what was prepared can be the key's next version: wrapped material fits any
+        slot of a key stored that way; a token object only the slot it is labelled for."""
+        if prepared.storage is not current.storage:
+            return False
+        return prepared.storage is Storage.WRAPPED or prepared.slot == current.latest_version + 1
+
+    def _version_for(self, key_id: str, slot: int, prepared: _Prepared) -> KeyVersion:
+        if prepared.material is not None:
+            return self._master_keys.wrapped_version(key_id, slot, prepared.material)
+        assert prepared.version is not None
+        return prepared.version
+
+    def _discard(self, prepared: _Prepared) -> None:
+        """A token object this request created and will not record: it never wrapped anything,
+        so it goes (wrapped material left in no HSM and needs nothing)."""
+        if prepared.created and prepared.version is not None:
+            try:
+                self._master_keys.destroy(prepared.version)
+            except KmsError as error:
+                log.warning("unrecorded master key left for reconciliation",
+                            extra={"fields": {"master_key_id": prepared.version.master_key_id, "error": error.message}})
+
+    def _rotated(self, rotated: Key, identity: str, appended: list[LedgerEntry]) -> Key:
+        self._cache.put(rotated, appended)
         log.info(
             "key rotated",
             extra={"fields": {"key_id": rotated.key_id, "version": rotated.primary_version, "identity": identity}},
@@ -179,18 +306,19 @@ class KeyService:
         if period > MAX_ROTATION_PERIOD:
             raise InvalidRotationPeriod("rotation_period must be at most 100 years")
 
-    def _master_key_for(self, key_id: str, version: int) -> KeyVersion:
-        """The master key for a version slot, called with the key's write lock held.
+    def _master_key_for(self, key_id: str, version: int) -> tuple[KeyVersion, bool]:
+        """A token object for a version slot, and whether this call created it.
 
-        Holding the lock, no other request can be creating this slot, so a sound object already
-        labelled for it is a leftover of an attempt that did not commit: it is adopted.
+        Called with the key's preparation lock held, so no other request is making this slot:
+        a sound object already labelled for it is a leftover of an attempt that did not commit,
+        and it is adopted rather than another one made.
         """
         leftovers = sorted(
             (found for found in self._master_keys.find(key_id, version) if found.sound),
             key=lambda found: found.create_time,
         )
         if not leftovers:
-            return self._master_keys.create(key_id, version)
+            return self._master_keys.create(key_id, version), True
         chosen = leftovers[-1]
         log.warning(
             "adopting leftover master key",
@@ -203,7 +331,19 @@ class KeyService:
             master_key_id=chosen.master_key_id,
             master_key_label=chosen.label,
             create_time=chosen.create_time,
-        )
+        ), False
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    storage: Storage
+    slot: int
+    material: WrappedMaterial | None = None
+    version: KeyVersion | None = None
+    created: bool = False
+
+
+_SLOT_ATTEMPTS = 3
 
 
 def validate_description(description: str) -> None:

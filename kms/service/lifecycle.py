@@ -16,13 +16,14 @@ from datetime import datetime, timedelta
 
 from kms.crashpoints import crash_point
 from kms.domain import lifecycle
-from kms.domain.keys import Key, validate_key_id
+from kms.domain.keys import Key, Storage, validate_key_id
 from kms.domain.policy import Permission
 from kms.errors import KeyNotFound, VersionStillInUse
 from kms.ports import Clock, KeyRepository, MasterKeyStore
 from kms.service.authz import Authorizer
 from kms.service.calls import Call
 from kms.service.key_cache import KeyCache
+from kms.service.lifecycle_ports import Anchoring
 from kms.service.keys import KeyService, validate_description
 from kms.service.usage import UsageRecorder
 
@@ -41,9 +42,11 @@ class LifecycleService:
         usage: UsageRecorder,
         keys: KeyService,
         authorizer: Authorizer,
+        anchor: Anchoring,
         *,
         min_destroy_pending_window: timedelta,
     ) -> None:
+        self._anchor = anchor
         self._authorizer = authorizer
         self._repository = repository
         self._master_keys = master_keys
@@ -61,11 +64,13 @@ class LifecycleService:
         description: str | object = UNSET,
         rotation_period: timedelta | None | object = UNSET,
         min_decryption_version: int | object = UNSET,
+        storage: Storage | object = UNSET,
     ) -> Key:
         """Changes the given settings only. A new rotation period counts from the primary
         version's creation (see Key.with_rotation_period)."""
         changed = [name for name, value in (("description", description), ("rotation_period", rotation_period),
-                                             ("min_decryption_version", min_decryption_version)) if value is not UNSET]
+                                             ("min_decryption_version", min_decryption_version),
+                                             ("storage", storage)) if value is not UNSET]
         detail = "update " + ",".join(changed)
         if min_decryption_version is not UNSET:
             detail += f" (min_decryption_version {min_decryption_version})"
@@ -82,6 +87,8 @@ class LifecycleService:
                 key = key.with_rotation_period(rotation_period, now)  # type: ignore[arg-type]
             if min_decryption_version is not UNSET and min_decryption_version != key.min_decryption_version:
                 key = lifecycle.set_min_decryption_version(key, min_decryption_version, now)  # type: ignore[arg-type]
+            if storage is not UNSET and storage is not key.storage:
+                key = replace(key, storage=storage, update_time=now)  # type: ignore[arg-type]
             return key
 
         return self._change(call, key_id, update, "key updated")
@@ -143,18 +150,20 @@ class LifecycleService:
         Returns False when there is nothing to do or another replica holds the key."""
         call.trail.note(key_id=key_id, key_version=version)
         with self._repository.try_transaction(key_id) as transaction:
-            if transaction is None or transaction.key is None:
+            if transaction is None:
                 return False
-            key = transaction.key
+            key = self._cache.locked(key_id, transaction.key)
+            if key is None:
+                return False
             now = self._clock.now()
             if not lifecycle.is_destruction_due(key.version(version), now):
                 return False
             call.trail.note(detail=f"master key {key.version(version).master_key_id} destroyed in the HSM")
-            self._master_keys.destroy(key.version(version).master_key_id)
+            self._master_keys.destroy(key.version(version))
             crash_point("destroy_version.after_hsm_destroy")
-            destroyed = lifecycle.mark_destroyed(key, version, now)
-            transaction.save(destroyed)
-        self._cache.put(destroyed)
+            destroyed = transaction.save(lifecycle.mark_destroyed(key, version, now))
+        self._cache.put(destroyed, transaction.appended)
+        self._anchor.anchor_now()
         log.warning("master key destroyed", extra={"fields": {"key_id": key_id, "version": version}})
         return True
 
@@ -166,12 +175,16 @@ class LifecycleService:
         self._authorizer.require(call, Permission.ADMIN, key_id)
         call.check_deadline()
         with self._repository.transaction(key_id) as transaction:
-            if transaction.key is None:
+            current = self._cache.locked(key_id, transaction.key)
+            if current is None:
                 raise KeyNotFound(key_id)
-            changed = transition(transaction.key, self._clock.now())
-            if changed is not transaction.key:
-                transaction.save(changed)
-        self._cache.put(changed)
+            changed = transition(current, self._clock.now())
+            if changed is not current:
+                changed = transaction.save(changed)
+        self._cache.put(changed, transaction.appended)
+        # A change here may take something away (a disabled version, a higher floor): the HSM
+        # anchor moves past it before the caller hears of it, so that no rollback undoes it.
+        self._anchor.anchor_now()
         fields = {"key_id": key_id, "identity": call.identity}
         if version:
             fields["version"] = version

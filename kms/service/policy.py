@@ -9,6 +9,7 @@ from kms.domain.policy import (
     GROUP_PREFIX,
     Grant,
     Permission,
+    PolicySnapshot,
     resource_includes,
     validate_group,
     validate_principal,
@@ -19,6 +20,7 @@ from kms.errors import GrantNotFound, InvalidArgument, KmsError
 from kms.ports import Clock, PolicyRepository
 from kms.service.authz import Authorizer, PolicyCache
 from kms.service.calls import Call
+from kms.service.lifecycle_ports import Anchoring
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,10 @@ MAX_CONSTRAINTS = 16
 
 
 class PolicyService:
-    def __init__(self, repository: PolicyRepository, cache: PolicyCache, authorizer: Authorizer, clock: Clock) -> None:
+    def __init__(
+        self, repository: PolicyRepository, cache: PolicyCache, authorizer: Authorizer, clock: Clock, anchor: Anchoring
+    ) -> None:
+        self._anchor = anchor
         self._repository = repository
         self._cache = cache
         self._authorizer = authorizer
@@ -51,6 +56,7 @@ class PolicyService:
         # The constraint's values are recorded only as the keyed digest of their encoding, like
         # any encryption context: a reader of the log learns which entries are pinned, not to what.
         call.trail.note(
+            key_id=_key_named(resource),
             context=encode_context(constraints) if constraints else None,
             detail=_describe(principal, resource, granted, constraints),
         )
@@ -58,7 +64,7 @@ class PolicyService:
         stored = self._repository.add_grant(
             Grant(principal, resource, granted, constraints, created_by=call.identity), self._clock.now()
         )
-        self._cache.refresh(force=True)
+        self._anchor.anchor_now()  # reads the change back through the ledger, then anchors it
         call.trail.note(detail=_describe(principal, resource, granted, constraints) + f" as {stored.grant_id}")
         log.info(
             "permission granted",
@@ -75,15 +81,18 @@ class PolicyService:
         grant = next((g for g in self._cache.all_grants() if g.grant_id == grant_id), None)
         if grant is None:
             self._authorizer.require_admin_over(call, "*")
-            self._cache.refresh(force=True)
+            self._anchor.anchor_now()  # reads the change back through the ledger, then anchors it
             grant = next((g for g in self._cache.all_grants() if g.grant_id == grant_id), None)
         if grant is None:
             raise GrantNotFound(grant_id)
         self._authorizer.require_admin_over(call, grant.resource)
-        call.trail.note(detail=f"grant {grant_id}: " + _describe(grant.principal, grant.resource, grant.permissions, grant.context))
+        call.trail.note(
+            key_id=_key_named(grant.resource),
+            detail=f"grant {grant_id}: " + _describe(grant.principal, grant.resource, grant.permissions, grant.context),
+        )
         if not self._repository.delete_grant(grant_id):
             raise GrantNotFound(grant_id)
-        self._cache.refresh(force=True)
+        self._anchor.anchor_now()  # reads the change back through the ledger, then anchors it
         log.info("grant revoked", extra={"fields": {"grant_id": grant_id, "identity": call.identity}})
         return grant
 
@@ -108,19 +117,30 @@ class PolicyService:
         call.trail.note(detail=f"{identity[:256]} into group {group[:64]}")
         self._authorizer.require_admin_over(call, "*")
         added = self._repository.add_member(validate_group(group), _identity(identity))
-        self._cache.refresh(force=True)
+        self._anchor.anchor_now()  # reads the change back through the ledger, then anchors it
         return added
 
     def remove_member(self, call: Call, group: str, identity: str) -> bool:
         call.trail.note(detail=f"{identity[:256]} out of group {group[:64]}")
         self._authorizer.require_admin_over(call, "*")
         removed = self._repository.remove_member(validate_group(group), _identity(identity))
-        self._cache.refresh(force=True)
+        self._anchor.anchor_now()  # reads the change back through the ledger, then anchors it
         return removed
+
+    def stored(self) -> PolicySnapshot:
+        """Every stored grant and membership, verified or not (kms db verify)."""
+        return self._repository.snapshot()
 
     def members(self, call: Call, group: str = "") -> list[tuple[str, str]]:
         self._authorizer.require_admin_over(call, "*")
         return [(g, i) for g, i in self._cache.members() if not group or g == group]
+
+
+def _key_named(resource: str) -> str:
+    """The key a grant's resource names, for the grant's audit records, so that whoever reads
+    one key's records (audit-read on that key) sees who was given or lost access to it; "" for
+    "*" and prefixes, which name no one key."""
+    return "" if resource.endswith("*") else resource
 
 
 def _describe(principal: str, resource: str, permissions: Iterable[Permission], constraints: Mapping[str, str]) -> str:

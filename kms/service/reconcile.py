@@ -25,7 +25,8 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from kms.domain.keys import Key, KeyVersion, VersionState, new_key
+from kms.domain.keys import Key, KeyVersion, Storage, VersionState, new_key
+from kms.errors import KeyMetadataUnverified
 from kms.ports import Clock, KeyRepository, MasterKeyObject, MasterKeyStore
 from kms.service.calls import internal
 from kms.service.key_cache import KeyCache
@@ -73,14 +74,21 @@ class Reconciler:
         for key in self._repository.all_keys():
             for version in key.versions:
                 referenced.add(version.master_key_id)
-                if version.must_have_material(now) and version.master_key_id not in present:
+                if (
+                    version.storage is Storage.HSM_OBJECT
+                    and version.must_have_material(now)
+                    and version.master_key_id not in present
+                ):
                     report.missing.append(version)
         leftovers: dict[str, list[MasterKeyObject]] = defaultdict(list)
         for found in objects:
             if found.master_key_id not in referenced:
                 leftovers[found.key_id].append(found)
         for key_id, found in sorted(leftovers.items()):
-            adopted = self._adopt(key_id) if repair else []
+            try:
+                adopted = self._adopt(key_id) if repair else []
+            except KeyMetadataUnverified:
+                adopted = []  # reported by the ledger check; its leftovers stay unresolved
             report.adopted += adopted
             taken = {version.master_key_id for version in adopted}
             report.unresolved += [leftover for leftover in found if leftover.master_key_id not in taken]
@@ -91,7 +99,10 @@ class Reconciler:
     def _adopt(self, key_id: str) -> list[KeyVersion]:
         adopted: list[KeyVersion] = []
         with self._repository.transaction(key_id) as transaction:
-            key: Key | None = transaction.key
+            # Only what the ledger vouches for is extended: a key whose rows were deleted or
+            # altered outside the service is reported, never rebuilt from its HSM objects
+            # (that would bring back versions someone had disabled). Raises KeyMetadataUnverified.
+            key: Key | None = self._cache.locked(key_id, transaction.key)
             recovering = key is None
             known = {version.master_key_id for version in key.versions} if key else set()
             slot = (key.latest_version if key else 0) + 1
@@ -121,7 +132,7 @@ class Reconciler:
                 adopted.append(version)
                 slot += 1
             if adopted and key is not None:
-                transaction.save(key)
+                key = transaction.save(key)
         if key is not None:
             self._cache.put(key)
         return adopted

@@ -7,6 +7,11 @@ the database write lock up front: that is SQLite's form of SELECT ... FOR UPDATE
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -46,6 +51,35 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(connection):  # noqa: ANN001, ANN202
         immediate = connection.get_execution_options().get(WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def exclusive(engine: Engine, name: str) -> Iterator[None]:
+    """A lock every process on this database respects, held for the block, and independent of
+    the database's own locks (it may be taken while a transaction is open elsewhere in the same
+    thread): PostgreSQL's session advisory lock on the name's hash; for SQLite an flock on a
+    file beside the database."""
+    if engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.blake2b(b"kms-lock:" + name.encode(), digest_size=8).digest(), "big", signed=True)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                connection.commit()
+        return
+    database = engine.url.database
+    path = Path(f"{database}.{name}.lock") if database and database != ":memory:" else None
+    if path is None:
+        yield
+        return
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

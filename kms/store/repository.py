@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, bindparam, case, or_, select, text, update
+from sqlalchemy import Engine, and_, bindparam, case, or_, select, text, tuple_, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from kms.domain.keys import Key, KeyVersion, VersionState, VersionUsage
+from kms.domain.keys import Key, KeyVersion, Purpose, Storage, VersionState, VersionUsage
+from kms.domain.ledger import KEY, Change, LedgerEntry, key_digest
 from kms.domain.usage import UsageDelta
 from kms.errors import DatabaseUnavailable, KeyAlreadyExists, KeyNotFound
-from kms.store.database import WRITE_OPTION
+from kms.store.database import WRITE_OPTION, exclusive
 from kms.store.tables import KeyRow, KeyVersionRow
+
+if TYPE_CHECKING:
+    from kms.store.ledger import SqlLedger
 
 
 @contextmanager
@@ -33,8 +39,12 @@ def database_errors() -> Iterator[None]:
 
 
 class SqlKeyRepository:
-    def __init__(self, engine: Engine) -> None:
+    """Keys and their versions. Every saved change increments the key's revision and appends
+    its digest to the metadata ledger in the same transaction (kms.domain.ledger)."""
+
+    def __init__(self, engine: Engine, ledger: SqlLedger) -> None:
         self._engine = engine
+        self._ledger = ledger
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def get(self, key_id: str) -> Key:
@@ -58,6 +68,18 @@ class SqlKeyRepository:
             yield transaction
 
     @contextmanager
+    def preparation_lock(self, key_id: str) -> Iterator[None]:
+        """Serializes the making of ``key_id``'s next token object across replicas, without
+        holding any database lock: an advisory lock of its own on PostgreSQL, a file lock
+        (one of 256, by the id's hash) beside the SQLite file."""
+        if self._engine.dialect.name == "postgresql":
+            name = f"key-prep:{key_id}"
+        else:
+            name = f"key-prep-{hashlib.blake2b(key_id.encode(), digest_size=1).digest()[0]:03d}"
+        with exclusive(self._engine, name):
+            yield
+
+    @contextmanager
     def try_transaction(self, key_id: str) -> Iterator[_KeyTransaction | None]:
         """As ``transaction``, but yields None at once when another replica holds the key."""
         with self._transaction(key_id, wait=False) as transaction:
@@ -67,7 +89,7 @@ class SqlKeyRepository:
     def _transaction(self, key_id: str, wait: bool) -> Iterator[_KeyTransaction | None]:
         with database_errors(), self._sessions.begin() as session:
             session.connection(execution_options={WRITE_OPTION: True})
-            yield _KeyTransaction(session, key_id) if _lock_key(session, key_id, wait) else None
+            yield _KeyTransaction(session, key_id, self._ledger) if _lock_key(session, key_id, wait) else None
 
     def due_for_rotation(self, now: datetime, limit: int, max_wraps: int | None = None) -> list[str]:
         scheduled = (
@@ -91,6 +113,28 @@ class SqlKeyRepository:
                 due += [key_id for key_id in session.scalars(worn) if key_id not in already]
             return due[:limit]
 
+    def keys_wrapped_outside(self, root_key_id: str, limit: int, after_key_id: str | None) -> list[str]:
+        query = (
+            select(KeyVersionRow.key_id).distinct()
+            .where(KeyVersionRow.storage == Storage.WRAPPED.value, KeyVersionRow.root_key_id != root_key_id,
+                   KeyVersionRow.state != VersionState.DESTROYED.value)
+            .order_by(KeyVersionRow.key_id).limit(limit)
+        )
+        if after_key_id is not None:
+            query = query.where(KeyVersionRow.key_id > after_key_id)
+        with database_errors(), self._sessions() as session:
+            return list(session.scalars(query))
+
+    def keys_wrapped_under(self, root_key_id: str, limit: int) -> list[str]:
+        query = (
+            select(KeyVersionRow.key_id).distinct()
+            .where(KeyVersionRow.storage == Storage.WRAPPED.value, KeyVersionRow.root_key_id == root_key_id,
+                   KeyVersionRow.state != VersionState.DESTROYED.value)
+            .order_by(KeyVersionRow.key_id).limit(limit)
+        )
+        with database_errors(), self._sessions() as session:
+            return list(session.scalars(query))
+
     def due_for_destruction(self, now: datetime, limit: int) -> list[tuple[str, int]]:
         query = (
             select(KeyVersionRow.key_id, KeyVersionRow.version)
@@ -101,10 +145,11 @@ class SqlKeyRepository:
         with database_errors(), self._sessions() as session:
             return [(row.key_id, row.version) for row in session.execute(query)]
 
-    def add_usage(self, deltas: Mapping[tuple[str, int], UsageDelta]) -> None:
-        """Adds counted uses to the versions' totals; concurrent replicas add, never overwrite."""
+    def add_usage(self, deltas: Mapping[tuple[str, int], UsageDelta]) -> dict[tuple[str, int], int]:
+        """Adds counted uses to the versions' totals (concurrent replicas add, never overwrite)
+        and returns the wraps (data keys issued) each of those versions now has in all."""
         if not deltas:
-            return
+            return {}
         table = KeyVersionRow.__table__
         statement = (
             update(table)
@@ -126,6 +171,20 @@ class SqlKeyRepository:
             connection = connection.execution_options(**{WRITE_OPTION: True})
             with connection.begin():
                 connection.execute(statement, rows)
+                totals: dict[tuple[str, int], int] = {}
+                slots = sorted(deltas)
+                for start in range(0, len(slots), 200):
+                    chunk = slots[start : start + 200]
+                    query = select(table.c.key_id, table.c.version, table.c.data_keys_issued).where(
+                        tuple_(table.c.key_id, table.c.version).in_(chunk)
+                    )
+                    totals.update({(row.key_id, row.version): row.data_keys_issued for row in connection.execute(query)})
+        return totals
+
+    def unledgered(self) -> list[Change]:
+        """The ledger entries every stored key would have (sealing a database that predates
+        the ledger: kms.service.integrity.MetadataIntegrity.catch_up)."""
+        return [Change(KEY, key.key_id, key.revision, key_digest(key)) for key in self.all_keys()]
 
     def all_keys(self) -> Iterator[Key]:
         after = None
@@ -158,25 +217,33 @@ def _lock_key(session: Session, key_id: str, wait: bool) -> bool:
 
 
 class _KeyTransaction:
-    def __init__(self, session: Session, key_id: str) -> None:
+    def __init__(self, session: Session, key_id: str, ledger: SqlLedger) -> None:
         self._session = session
+        self._ledger = ledger
         self._row = session.scalars(select(KeyRow).where(KeyRow.key_id == key_id).with_for_update()).one_or_none()
         self._key = _to_key(self._row) if self._row is not None else None
+        # The ledger entries this transaction appended (valid once it has committed).
+        self.appended: list[LedgerEntry] = []
 
     @property
     def key(self) -> Key | None:
         return self._key
 
-    def save(self, key: Key) -> None:
+    def save(self, key: Key) -> Key:
+        stored = replace(key, revision=(self._row.revision if self._row is not None else 0) + 1)
         if self._row is None:
             self._row = KeyRow(key_id=key.key_id)
             self._session.add(self._row)
-        _apply(self._row, key)
+        _apply(self._row, stored)
         try:
             self._session.flush()
         except sa_exc.IntegrityError:
             raise KeyAlreadyExists(key.key_id) from None
-        self._key = key
+        self.appended += self._ledger.append(
+            self._session.connection(), [Change(KEY, stored.key_id, stored.revision, key_digest(stored))]
+        )
+        self._key = stored
+        return stored
 
 
 def _to_key(row: KeyRow) -> Key:
@@ -192,7 +259,17 @@ def _to_key(row: KeyRow) -> Key:
         ),
         next_rotation_time=row.next_rotation_time,
         min_decryption_version=row.min_decryption_version,
+        revision=row.revision or 0,
+        storage=Storage(row.storage or "HSM_OBJECT"),
+        purpose=Purpose(row.purpose or "ENCRYPT_DECRYPT"),
+        subject_field=row.subject_field or "",
+        retention_period=_seconds(row.retention_period_seconds),
+        erasure_finality=_seconds(row.erasure_finality_seconds),
     )
+
+
+def _seconds(value: int | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
 
 
 def _to_version(row: KeyVersionRow) -> KeyVersion:
@@ -205,6 +282,10 @@ def _to_version(row: KeyVersionRow) -> KeyVersion:
         create_time=row.create_time,
         destroy_time=row.destroy_time,
         usage=VersionUsage(row.data_keys_issued or 0, row.decrypts or 0, row.last_used_time),
+        storage=Storage(row.storage or "HSM_OBJECT"),
+        wrapped_material=bytes(row.wrapped_material or b""),
+        root_key_id=row.root_key_id or "",
+        material_mac=row.material_mac or "",
     )
 
 
@@ -216,6 +297,12 @@ def _apply(row: KeyRow, key: Key) -> None:
     row.next_rotation_time = key.next_rotation_time
     row.create_time = key.create_time
     row.update_time = key.update_time
+    row.revision = key.revision
+    row.storage = key.storage.value
+    row.purpose = key.purpose.value
+    row.subject_field = key.subject_field
+    row.retention_period_seconds = int(key.retention_period.total_seconds()) if key.retention_period else None
+    row.erasure_finality_seconds = int(key.erasure_finality.total_seconds()) if key.erasure_finality else None
     existing = {v.version: v for v in row.versions}
     for version in key.versions:
         version_row = existing.get(version.version)
@@ -227,3 +314,7 @@ def _apply(row: KeyRow, key: Key) -> None:
         version_row.master_key_label = version.master_key_label
         version_row.create_time = version.create_time
         version_row.destroy_time = version.destroy_time
+        version_row.storage = version.storage.value
+        version_row.wrapped_material = version.wrapped_material or None
+        version_row.root_key_id = version.root_key_id
+        version_row.material_mac = version.material_mac

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from kms.store.types import UtcDateTime
@@ -33,6 +33,13 @@ class KeyRow(Base):
     next_rotation_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
     create_time: Mapped[datetime] = mapped_column(UtcDateTime)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Incremented by every change; the ledger names the digest of each revision.
+    revision: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    storage: Mapped[str] = mapped_column(String(16), default="HSM_OBJECT", server_default="HSM_OBJECT")
+    purpose: Mapped[str] = mapped_column(String(24), default="ENCRYPT_DECRYPT", server_default="ENCRYPT_DECRYPT")
+    subject_field: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    retention_period_seconds: Mapped[int | None] = mapped_column(BigInteger)
+    erasure_finality_seconds: Mapped[int | None] = mapped_column(BigInteger)
 
     versions: Mapped[list[KeyVersionRow]] = relationship(
         back_populates="key", order_by="KeyVersionRow.version", lazy="selectin", cascade="all, delete-orphan"
@@ -56,6 +63,11 @@ class KeyVersionRow(Base):
     data_keys_issued: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     decrypts: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_used_time: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # WRAPPED versions: the key wrapped under the root key root_key_id, and its binding MAC.
+    storage: Mapped[str] = mapped_column(String(16), default="HSM_OBJECT", server_default="HSM_OBJECT")
+    wrapped_material: Mapped[bytes | None] = mapped_column(LargeBinary)
+    root_key_id: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
+    material_mac: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
     key: Mapped[KeyRow] = relationship(back_populates="versions")
 
@@ -140,3 +152,31 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- the metadata ledger (kms.domain.ledger) ---------------------------------------------
+
+
+class LedgerEntryRow(Base):
+    """One change of a protected row, hash-chained; the head is sealed by the HSM."""
+
+    __tablename__ = "ledger_entries"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(600))
+    revision: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class LedgerHeadRow(Base):
+    """One row, locked by every append: the newest entry and the HSM's MAC over it."""
+
+    __tablename__ = "ledger_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import io
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -86,23 +85,32 @@ def throwaway_server() -> Iterator[str]:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with tempfile.TemporaryDirectory(prefix="kms-bench-") as data_dir:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            target = f"127.0.0.1:{probe.getsockname()[1]}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
         log = open(os.path.join(data_dir, "server.log"), "wb")  # noqa: SIM115
+        port_file = os.path.join(data_dir, "server.port")
         server = subprocess.Popen(
-            [sys.executable, "-m", "kms", "serve", "--dev", "--listen", target, "--data-dir", data_dir], env=env,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "kms", "serve", "--dev", "--listen", "127.0.0.1:0", "--port-file", port_file,
+             "--data-dir", data_dir], env=env, stdout=log, stderr=subprocess.STDOUT,
         )
+
+        def exited() -> None:
+            if server.poll() is not None:
+                log.flush()
+                with open(log.name, encoding="utf-8", errors="replace") as written:
+                    raise SystemExit("the server exited:\n" + written.read()[-3000:])
+
         try:
+            for _ in range(600):  # the port the system gave it, once it serves
+                exited()
+                if os.path.exists(port_file):
+                    break
+                time.sleep(0.1)
+            with open(port_file, encoding="ascii") as written:
+                target = f"127.0.0.1:{int(written.read())}"
             with grpc.insecure_channel(target) as channel:
                 health = health_pb2_grpc.HealthStub(channel)
                 for _ in range(600):
-                    if server.poll() is not None:
-                        log.flush()
-                        with open(log.name, encoding="utf-8", errors="replace") as written:
-                            raise SystemExit("the server exited:\n" + written.read()[-3000:])
+                    exited()
                     with contextlib.suppress(grpc.RpcError):
                         if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
                             break

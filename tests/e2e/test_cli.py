@@ -24,9 +24,11 @@ def test_keys_create_rotate_get_list_in_json_and_text(server):
     assert [v["version"] for v in rotated["versions"]] == [1, 2]
 
     text = kms("keys", "get", "orders", target=server.target).stdout
-    assert "orders" in text and "ENABLED" in text and ":orders:v2" in text
+    assert "orders" in text and "ENABLED" in text and "WRAPPED" in text and "root " in text
+    as_object = json.loads(kms("keys", "create", "objects", "--storage", "hsm-object", "--json", target=server.target).stdout)
+    assert as_object["versions"][0]["hsm_label"].endswith(":objects:v1")
     listed = json.loads(kms("keys", "list", "--json", target=server.target).stdout)
-    assert [k["key_id"] for k in listed] == ["orders"]
+    assert [k["key_id"] for k in listed] == ["objects", "orders"]
     assert "orders" in kms("keys", "list", target=server.target).stdout
 
 

@@ -274,7 +274,7 @@ def test_the_command_reports_a_kms_outage_in_status_recovers_and_drains_on_sigte
         with apiserver(path) as stub:
             assert refused(encrypt, stub, seed) == grpc.StatusCode.UNAVAILABLE
 
-        kms.start()
+        kms.start(same_port=True)  # back at the address the plugin was given
         _wait_for(lambda: _status(path).healthz == "ok", 30, "ok again")
         with apiserver(path) as stub:
             assert decrypt(stub, sealed) == seed

@@ -3,6 +3,7 @@ SIGTERM."""
 
 from __future__ import annotations
 
+import signal
 import stat
 import subprocess
 import threading
@@ -12,7 +13,7 @@ import grpc
 import pytest
 
 import kms_client
-from tests.support.process import ServerProcess, clean_env, free_port, kms_command
+from tests.support.process import ServerProcess, clean_env, kms_command
 
 
 def test_hsm_init_creates_a_private_development_token_once(tmp_path):
@@ -58,7 +59,7 @@ def test_embedded_defaults_create_their_own_token_and_database(tmp_path):
 
 def test_plaintext_on_a_non_loopback_address_is_refused(tmp_path):
     result = subprocess.run(
-        kms_command("serve", "--listen", f"0.0.0.0:{free_port()}", "--data-dir", str(tmp_path)),
+        kms_command("serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path)),
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -70,7 +71,7 @@ def test_plaintext_on_a_non_loopback_address_is_refused(tmp_path):
 
 def test_development_mode_still_refuses_a_non_loopback_address(tmp_path):
     result = subprocess.run(
-        kms_command("serve", "--dev", "--listen", f"0.0.0.0:{free_port()}", "--data-dir", str(tmp_path)),
+        kms_command("serve", "--dev", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path)),
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -82,7 +83,7 @@ def test_development_mode_still_refuses_a_non_loopback_address(tmp_path):
 
 def test_plaintext_without_development_mode_is_refused_even_on_loopback(tmp_path):
     result = subprocess.run(
-        kms_command("serve", "--listen", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path)),
+        kms_command("serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)),
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -92,30 +93,47 @@ def test_plaintext_without_development_mode_is_refused_even_on_loopback(tmp_path
     assert "KMS_DEV_MODE" in result.stderr and "superuser" in result.stderr
 
 
-def test_sigterm_lets_in_flight_calls_finish(tmp_path, hsm_env):
-    server = ServerProcess(tmp_path, clean_env({**hsm_env, "KMS_PKCS11_LABEL_PREFIX": "drain"})).start()
-    with kms_client.KmsClient(server.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
+def test_sigterm_refuses_new_calls_and_lets_one_in_flight_finish(tmp_path, hsm_env):
+    """The call in flight is a stream, so that the test knows it is in flight: the server has
+    answered its first message before the signal is sent, and the rest of its messages are only
+    sent once new calls are being refused."""
+    env = clean_env({**hsm_env, "KMS_PKCS11_LABEL_PREFIX": "drain", "KMS_SHUTDOWN_GRACE": "60s"})
+    server = ServerProcess(tmp_path, env).start()
+    no_retry = kms_client.RetryPolicy(max_attempts=1)
+    with kms_client.KmsClient(server.target, retry=no_retry) as client:
         client.create_key("drain")
-        outcomes: list[object] = []
+        issued = client.generate_data_keys([("drain", {"n": str(n)}) for n in range(200)])
+        client.rotate_key("drain")
+        refusing = threading.Event()
 
-        def big_batch() -> None:
-            try:
-                outcomes.append(len(client.generate_data_keys([("drain", {})] * 1000, timeout=60)))
-            except kms_client.KmsError as error:
-                outcomes.append(error)
+        def items():
+            for n, data_key in enumerate(issued):
+                if n == 1:
+                    refusing.wait(30)
+                yield data_key.wrapped_key, {"n": str(n)}
 
-        callers = [threading.Thread(target=big_batch) for _ in range(4)]
-        for caller in callers:
-            caller.start()
-        time.sleep(0.05)  # let the calls reach the server; each takes several times longer
-        assert server.terminate() == 0
-        for caller in callers:
-            caller.join()
-    # Every call that had started finished with all its items; none was cut off. A call that
-    # arrives once shutdown has begun is refused before it starts (UNAVAILABLE or CANCELLED).
-    not_started = (kms_client.Unavailable, kms_client.errors.Cancelled)
-    assert all(outcome == 1000 for outcome in outcomes if not isinstance(outcome, not_started)), outcomes
-    assert any(outcome == 1000 for outcome in outcomes)
+        results = client.stream_rewrap(items(), items_per_message=1)
+        first = next(results)  # the server is in the call
+        server.process.send_signal(signal.SIGTERM)
+        refused = _until_new_calls_are_refused(server.target)
+        refusing.set()
+        rest = list(results)
+    assert isinstance(refused, (kms_client.Unavailable, kms_client.Cancelled)), refused
+    assert [r.key_version for r in [first, *rest]] == [2] * len(issued)  # every item, none cut off
+    assert server.wait_exit() == 0
     with pytest.raises(grpc.FutureTimeoutError):
         with grpc.insecure_channel(server.target) as channel:
             grpc.channel_ready_future(channel).result(timeout=1)
+
+
+def _until_new_calls_are_refused(target: str, timeout: float = 10) -> kms_client.KmsError:
+    """The error of the first call, made on a new connection, that the server refuses."""
+    deadline = time.monotonic() + timeout
+    with kms_client.KmsClient(target, retry=kms_client.RetryPolicy(max_attempts=1), timeout=5) as late:
+        while time.monotonic() < deadline:
+            try:
+                late.get_key("drain")
+            except kms_client.KmsError as error:
+                return error
+            time.sleep(0.01)
+    pytest.fail(f"new calls were still served {timeout}s after SIGTERM")

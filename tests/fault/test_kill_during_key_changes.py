@@ -9,10 +9,18 @@ import collections
 import pytest
 
 import kms_client
+from kms.service.reconcile import RECOVERED_DESCRIPTION
 from tests.fault.conftest import hsm_check
 from tests.support.hsm import pkcs11_tool_secret_keys
 
 NO_RETRY = kms_client.RetryPolicy(max_attempts=1)
+
+
+@pytest.fixture
+def server_env(server_env):
+    """These crash orders are those of keys stored as HSM objects (each version a token object);
+    tests/fault/test_kill_during_wrapped_keys.py has those of the key hierarchy."""
+    return {**server_env, "KMS_KEY_STORAGE": "hsm_object"}
 CONTEXT = {"purpose": "fault"}
 
 
@@ -71,24 +79,36 @@ def test_kill_during_rotation(server_process, server_env, hsm_token, point):
 
 @pytest.mark.parametrize("point", ["after_hsm_create", "before_commit", "after_commit"])
 def test_kill_during_create(server_process, server_env, hsm_token, point):
+    committed = point == "after_commit"
     server = server_process.start(crash_at=f"create_key.{point}")
     with kms_client.KmsClient(server.target, retry=NO_RETRY) as client:
         with pytest.raises(kms_client.Unavailable):
             client.create_key("orders", description="first try")
     assert server.wait_exit() == -9
+    prefix = server_env["KMS_PKCS11_LABEL_PREFIX"]
+    first_object = f"{prefix}:orders:v1"
 
-    server.start()
+    # Before any restart. The master key was created first, so it exists at every point; the
+    # database names it exactly when the crash came after the commit, and otherwise it is a
+    # leftover. No committed version is ever without its object.
+    assert sorted(_one_object_per_version(hsm_token, prefix)) == [first_object]
+    found = hsm_check(server_env, server.data_dir)  # without --repair: reports, changes nothing
+    assert found["missing"] == []
+    assert [leftover["label"] for leftover in found["unresolved"]] == ([] if committed else [first_object])
+    assert found["exit_code"] == (0 if committed else 1)
+
+    server.start()  # start-up reconciliation adopts the leftover: the key is recovered from it
     with kms_client.KmsClient(server.target) as client:
-        try:
-            client.create_key("orders", description="second try")
-        except kms_client.KeyAlreadyExists:
-            pass  # the first attempt committed, or its leftover was recovered at start-up
         key = client.get_key("orders")
-        assert [v.version for v in key.versions] == [1]
+        assert key.description == ("first try" if committed else RECOVERED_DESCRIPTION)
+        assert ([v.version for v in key.versions], key.primary_version) == ([1], 1)
+        assert key.versions[0].hsm_label == first_object
+        with pytest.raises(kms_client.KeyAlreadyExists):
+            client.create_key("orders", description="second try")
         issued = _issue(client, 3)
         client.rotate_key("orders")
         _assert_all_open(client, issued)
-    prefix = server_env["KMS_PKCS11_LABEL_PREFIX"]
-    assert sorted(_one_object_per_version(hsm_token, prefix)) == [f"{prefix}:orders:v1", f"{prefix}:orders:v2"]
+    assert sorted(_one_object_per_version(hsm_token, prefix)) == [first_object, f"{prefix}:orders:v2"]
     server.kill()
-    assert hsm_check(server_env, server.data_dir)["exit_code"] == 0
+    report = hsm_check(server_env, server.data_dir)
+    assert report["exit_code"] == 0 and report["missing"] == [] and report["unresolved"] == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from kms.crypto.wrapped_key import MAX_KEY_VERSION
 from kms.errors import (
@@ -14,6 +16,7 @@ from kms.errors import (
 )
 from kms.service.calls import Call
 from kms.service.data_keys import DataKeyRequest, UnwrapRequest
+from tests.support.mutations import mutations, wrapped_key_fields
 
 CONTEXT = {"tenant": "acme", "table": "orders"}
 
@@ -67,6 +70,23 @@ def test_every_bit_flip_anywhere_fails_with_the_one_opaque_error(data_keys):
                 data_keys.decrypt(Call(), bytes(tampered), CONTEXT)
             messages.add(str(raised.value))
     assert messages == {InvalidCiphertext.MESSAGE}
+
+
+@pytest.fixture
+def issued_orders_key(data_keys) -> bytes:
+    return data_keys.generate_data_key(Call(), "orders", CONTEXT).wrapped_key
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_damaged_real_wrapped_key_never_opens_and_never_says_why(data_keys, issued_orders_key, data):
+    """Fuzzing from a wrapped key the service issued: flips, insertions, deletions and zeroed or
+    saturated fields, at the layout's field boundaries too, reach the key lookup and the HSM."""
+    damaged = data.draw(mutations(issued_orders_key, wrapped_key_fields))
+    assume(damaged != issued_orders_key)
+    with pytest.raises(InvalidCiphertext) as raised:
+        data_keys.decrypt(Call(), damaged, CONTEXT)
+    assert str(raised.value) == InvalidCiphertext.MESSAGE
 
 
 def test_truncation_extension_and_garbage_fail_alike(data_keys):

@@ -6,8 +6,21 @@ version was never recorded.
 
 from __future__ import annotations
 
+import pytest
+
 from kms.service.calls import Call
 from kms.service.reconcile import RECOVERED_DESCRIPTION
+
+@pytest.fixture
+def settings(settings):
+    """Keys here live as HSM objects, one token object per version: the subject of these tests."""
+    return settings.model_copy(update={"key_storage": "hsm_object"})
+
+
+@pytest.fixture
+def sqlite_settings(sqlite_settings):
+    return sqlite_settings.model_copy(update={"key_storage": "hsm_object"})
+
 
 
 def test_consistent_state_reports_nothing(services):
@@ -65,7 +78,7 @@ def test_what_cannot_be_adopted_is_reported_and_left_alone(services):
 
 def test_a_recorded_version_without_its_object_is_reported_missing(services):
     created = services.keys.create_key(Call(), "orders")
-    services.master_keys.destroy(created.versions[0].master_key_id)
+    services.master_keys.destroy(created.versions[0])
     report = services.reconciler.reconcile()
     assert [(v.key_id, v.version) for v in report.missing] == [("orders", 1)]
     assert not report.consistent

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,12 +11,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def kms_command(*args: str) -> list[str]:
@@ -32,27 +25,40 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class ServerProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str], port: int | None = None, *, dev: bool = True) -> None:
+    """``kms serve`` in a process of its own, on a port the system picks (``--listen
+    127.0.0.1:0``), which the server reports through ``--port-file`` once serving. Each start
+    gets another port (read ``target`` after ``start``) unless it asks for the previous one, as
+    a test of clients that keep their address across a restart must."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], *, dev: bool = True) -> None:
         self.data_dir = data_dir
         self.env = env
-        self.port = port or free_port()
+        self.port: int | None = None
         self.dev = dev
         self.process: subprocess.Popen | None = None
         self.log = data_dir / "server.log"
+        self.port_file = data_dir / "server.port"
 
     @property
     def target(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the server has not reported its port yet (start it, or wait_serving)")
         return f"127.0.0.1:{self.port}"
 
-    def start(self, crash_at: str | None = None, wait: bool = True) -> ServerProcess:
+    def start(self, crash_at: str | None = None, wait: bool = True, *, same_port: bool = False) -> ServerProcess:
         env = dict(self.env)
         if crash_at:
             env["KMS_CRASH_AT"] = crash_at
+        if same_port and self.port is None:
+            raise RuntimeError("same_port: this server has not had a port yet")
+        listen = f"127.0.0.1:{self.port if same_port else 0}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port_file.unlink(missing_ok=True)  # a previous start's port is no news of this one
+        self.port = None
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            kms_command("serve", "--listen", self.target, "--data-dir", str(self.data_dir), "--log-format", "text",
-                        *(["--dev"] if self.dev else [])),
+            kms_command("serve", "--listen", listen, "--port-file", str(self.port_file),
+                        "--data-dir", str(self.data_dir), "--log-format", "text", *(["--dev"] if self.dev else [])),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -62,12 +68,20 @@ class ServerProcess:
         return self
 
     def wait_serving(self, timeout: float = 30) -> None:
+        """Until the server has written its port file and its health check says SERVING."""
         deadline = time.monotonic() + timeout
+        while self.port is None:
+            self._check_alive()
+            if self.port_file.exists():
+                self.port = int(self.port_file.read_text())
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"server wrote no port file in {timeout}s:\n{self.log.read_text()}")
+            else:
+                time.sleep(0.05)
         with grpc.insecure_channel(self.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
+                self._check_alive()
                 try:
                     status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                     if status == health_pb2.HealthCheckResponse.SERVING:
@@ -76,6 +90,10 @@ class ServerProcess:
                     pass
                 time.sleep(0.05)
         raise TimeoutError(f"server not serving after {timeout}s:\n{self.log.read_text()}")
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
 
     def wait_exit(self, timeout: float = 30) -> int:
         assert self.process is not None

@@ -21,13 +21,11 @@ VECTORS = [
 
 
 @pytest.fixture(scope="module")
-def hsm_session(hsm_token):
+def pool(hsm_token):
     from kms.hsm.pool import SessionPool
 
     pool = SessionPool(hsm_token.module_path, hsm_token.token_label, hsm_token.read_pin(), 2)
-    pooled = pool._checkout()
-    yield pooled.session, quirks_for(pool.module.lib.manufacturer_id)
-    pool._checkin(pooled)
+    yield pool
     pool.close()
 
 
@@ -50,8 +48,12 @@ def test_the_selection_covers_valid_and_invalid_vectors():
 
 
 @pytest.mark.parametrize("vector", VECTORS)
-def test_vector(hsm_session, vector):
-    session, quirks = hsm_session
+def test_vector(pool, vector):
+    quirks = quirks_for(pool.module.lib.manufacturer_id)
+    pool.run(lambda pooled: _check(pooled.session, quirks, vector))
+
+
+def _check(session, quirks, vector) -> None:  # noqa: ANN001
     key = _import_key(session, bytes.fromhex(vector["key"]))
     iv, aad = bytes.fromhex(vector["iv"]), bytes.fromhex(vector["aad"])
     msg = bytes.fromhex(vector["msg"])

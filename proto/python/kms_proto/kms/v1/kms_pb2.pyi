@@ -13,7 +13,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Key(_message.Message):
-    __slots__ = ("key_id", "description", "primary_version", "versions", "rotation_period", "next_rotation_time", "create_time", "update_time", "min_decryption_version")
+    __slots__ = ("key_id", "description", "primary_version", "versions", "rotation_period", "next_rotation_time", "create_time", "update_time", "min_decryption_version", "storage")
+    class Storage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STORAGE_UNSPECIFIED: _ClassVar[Key.Storage]
+        WRAPPED: _ClassVar[Key.Storage]
+        HSM_OBJECT: _ClassVar[Key.Storage]
+    STORAGE_UNSPECIFIED: Key.Storage
+    WRAPPED: Key.Storage
+    HSM_OBJECT: Key.Storage
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +31,7 @@ class Key(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     MIN_DECRYPTION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     description: str
     primary_version: int
@@ -32,10 +41,11 @@ class Key(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     min_decryption_version: int
-    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., primary_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_rotation_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_decryption_version: _Optional[int] = ...) -> None: ...
+    storage: Key.Storage
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., primary_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_rotation_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_decryption_version: _Optional[int] = ..., storage: _Optional[_Union[Key.Storage, str]] = ...) -> None: ...
 
 class KeyVersion(_message.Message):
-    __slots__ = ("version", "state", "create_time", "destroy_time", "hsm_label", "hsm_object_id", "data_keys_issued", "decrypts", "last_used_time")
+    __slots__ = ("version", "state", "create_time", "destroy_time", "hsm_label", "hsm_object_id", "data_keys_issued", "decrypts", "last_used_time", "storage", "root_key_id")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[KeyVersion.State]
@@ -57,6 +67,8 @@ class KeyVersion(_message.Message):
     DATA_KEYS_ISSUED_FIELD_NUMBER: _ClassVar[int]
     DECRYPTS_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_TIME_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    ROOT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     version: int
     state: KeyVersion.State
     create_time: _timestamp_pb2.Timestamp
@@ -66,17 +78,21 @@ class KeyVersion(_message.Message):
     data_keys_issued: int
     decrypts: int
     last_used_time: _timestamp_pb2.Timestamp
-    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[KeyVersion.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroy_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hsm_label: _Optional[str] = ..., hsm_object_id: _Optional[str] = ..., data_keys_issued: _Optional[int] = ..., decrypts: _Optional[int] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    storage: Key.Storage
+    root_key_id: str
+    def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[KeyVersion.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroy_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hsm_label: _Optional[str] = ..., hsm_object_id: _Optional[str] = ..., data_keys_issued: _Optional[int] = ..., decrypts: _Optional[int] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage: _Optional[_Union[Key.Storage, str]] = ..., root_key_id: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "description", "rotation_period")
+    __slots__ = ("key_id", "description", "rotation_period", "storage")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ROTATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     description: str
     rotation_period: _duration_pb2.Duration
-    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    storage: Key.Storage
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., storage: _Optional[_Union[Key.Storage, str]] = ...) -> None: ...
 
 class GetKeyRequest(_message.Message):
     __slots__ = ("key_id",)
@@ -107,18 +123,20 @@ class RotateKeyRequest(_message.Message):
     def __init__(self, key_id: _Optional[str] = ...) -> None: ...
 
 class UpdateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "description", "rotation_period", "min_decryption_version", "update_mask")
+    __slots__ = ("key_id", "description", "rotation_period", "min_decryption_version", "update_mask", "storage")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ROTATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
     MIN_DECRYPTION_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     description: str
     rotation_period: _duration_pb2.Duration
     min_decryption_version: int
     update_mask: _field_mask_pb2.FieldMask
-    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_decryption_version: _Optional[int] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+    storage: Key.Storage
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_decryption_version: _Optional[int] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., storage: _Optional[_Union[Key.Storage, str]] = ...) -> None: ...
 
 class DisableKeyVersionRequest(_message.Message):
     __slots__ = ("key_id", "version")

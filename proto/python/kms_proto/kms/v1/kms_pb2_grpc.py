@@ -165,7 +165,9 @@ class KeyManagementServiceServicer:
     def UpdateKey(self, request, context):
         """Changes the settings named in update_mask: description, rotation_period
         (unset in the request but named in the mask: rotation stops),
-        min_decryption_version. After it returns the change is durable; other
+        min_decryption_version, storage (where versions made from now on live: the
+        way to move a key into the key hierarchy is to change its storage to WRAPPED
+        and rotate it). After it returns the change is durable; other
         replicas apply it within their metadata cache TTL (1 s by default). A new
         rotation period counts from the primary version's creation time.
         """
