@@ -7,7 +7,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import grpc
 from prometheus_client import start_http_server
 from sqlalchemy import Engine
 
@@ -24,10 +23,10 @@ from kms.api.tls import LOCAL, CertificateIdentity, LoopbackIdentity, ReloadingS
 from kms.clock import SystemClock
 from kms.config import Settings
 from kms.crypto.random import random_bytes
-from kms.errors import KmsError
-from kms.domain.policy import Permission
 from kms.domain.keys import Storage
+from kms.domain.policy import Permission
 from kms.domain.quota import Limit
+from kms.errors import KmsError
 from kms.hsm import softhsm
 from kms.hsm.anchor import Pkcs11Anchor
 from kms.hsm.audit_seal import Pkcs11AuditSealer
@@ -43,9 +42,9 @@ from kms.service.key_cache import KeyCache
 from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
 from kms.service.policy import PolicyService
+from kms.service.reconcile import Reconciler
 from kms.service.recording import CallRecorder
 from kms.service.roots import RootKeys
-from kms.service.reconcile import Reconciler
 from kms.service.scheduler import Periodic, Scheduler
 from kms.service.usage import UsageRecorder
 from kms.store.audit import SqlAuditRepository
@@ -167,12 +166,20 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         adopt=lambda: [*repository.unledgered(), *policy_repository.unledgered()],
     )
     hierarchy = KeyHierarchy(
-        pool, clock.now, settings.pkcs11_label_prefix, sealer.seal, sealer.check,
+        pool,
+        clock.now,
+        settings.pkcs11_label_prefix,
+        sealer.seal,
+        sealer.check,
         creation_lock=lambda: exclusive(engine, "hsm-object-creation"),
     )
     master_keys = Pkcs11MasterKeyStore(
-        pool, clock, settings.pkcs11_label_prefix, random_bytes,
-        hierarchy=hierarchy, handle_capacity=settings.hsm_key_cache_size,
+        pool,
+        clock,
+        settings.pkcs11_label_prefix,
+        random_bytes,
+        hierarchy=hierarchy,
+        handle_capacity=settings.hsm_key_cache_size,
     )
     cache = KeyCache(repository, integrity)
     usage = UsageRecorder(repository, clock)
@@ -183,18 +190,35 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     quotas = QuotaBook(quota_limits(settings), Limit(*failures) if failures else None)
     authorizer = Authorizer(policy_cache, quotas, superusers(settings))
     keys = KeyService(
-        repository, master_keys, cache, clock, usage, authorizer, integrity,
+        repository,
+        master_keys,
+        cache,
+        clock,
+        usage,
+        authorizer,
+        integrity,
         min_rotation_period=settings.min_rotation_period,
         default_storage=Storage.WRAPPED if settings.key_storage == "wrapped" else Storage.HSM_OBJECT,
     )
     lifecycle = LifecycleService(
-        repository, master_keys, cache, clock, usage, keys, authorizer, integrity,
+        repository,
+        master_keys,
+        cache,
+        clock,
+        usage,
+        keys,
+        authorizer,
+        integrity,
         min_destroy_pending_window=settings.min_destroy_pending_window,
     )
     audit_repository = SqlAuditRepository(engine)
     audit_log = AuditLog(
-        audit_repository, sealer, clock, FileAuditJournal(settings.data_dir / "audit-journal"),
-        fail_open=settings.audit_fail_open, max_lag=settings.audit_max_lag.total_seconds(),
+        audit_repository,
+        sealer,
+        clock,
+        FileAuditJournal(settings.data_dir / "audit-journal"),
+        fail_open=settings.audit_fail_open,
+        max_lag=settings.audit_max_lag.total_seconds(),
     )
     digests = ContextDigests(sealer)
     recorder = CallRecorder(
@@ -216,7 +240,11 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         cache=cache,
         keys=keys,
         data_keys=DataKeyService(
-            cache, master_keys, usage, authorizer, settings.data_key_source,
+            cache,
+            master_keys,
+            usage,
+            authorizer,
+            settings.data_key_source,
             hard_max_wraps=settings.hard_max_wraps_per_version,
         ),
         lifecycle=lifecycle,
@@ -259,9 +287,13 @@ class Application:
         self.services = build_services(settings, clock)
         services = self.services
         self.health = HealthMonitor(
-            {"hsm": services.master_keys.check, "database": services.repository.ping,
-             "audit": services.audit_log.check_writable, "metadata": services.integrity.check_trusted,
-             "seal_key": services.sealer.verify_pins},
+            {
+                "hsm": services.master_keys.check,
+                "database": services.repository.ping,
+                "audit": services.audit_log.check_writable,
+                "metadata": services.integrity.check_trusted,
+                "seal_key": services.sealer.verify_pins,
+            },
             settings.health_interval.total_seconds(),
             startup=lambda: (services.integrity.catch_up(), services.reconciler.reconcile()),
             details={"metadata": services.integrity.health_problem},
@@ -305,12 +337,18 @@ class Application:
             credentials=self.tls.credentials() if self.tls else None,
             extra_handlers=handlers[1:],
             # Reflection and health Watch are grpcio's own services: rationed like ours.
-            interceptors=[StreamGuard(
-                self.authenticator, lambda call: services.recorder.admit(call, audited=False), self.streams,
-                ours=("/kms.v1.", "/kms.bench."),
-            )],
+            interceptors=[
+                StreamGuard(
+                    self.authenticator,
+                    lambda call: services.recorder.admit(call, audited=False),
+                    self.streams,
+                    ours=("/kms.v1.", "/kms.bench."),
+                )
+            ],
         )
-        self.scheduler = Periodic("kms-scheduler", services.scheduler.run_once, settings.scheduler_interval.total_seconds())
+        self.scheduler = Periodic(
+            "kms-scheduler", services.scheduler.run_once, settings.scheduler_interval.total_seconds()
+        )
         self.repeats = Periodic("kms-audit-repeats", services.recorder.flush_repeats, 1.0)
         self._stopped = threading.Event()
 

@@ -32,11 +32,23 @@ from kms_client.errors import InvalidCiphertext
 VALID = [
     ("empty plaintext, empty context, default frame size", "orders", 1, {}, 65536, b""),
     ("one frame with a context", "orders", 3, {"tenant": "acme", "table": "orders"}, 65536, b"hello, world"),
-    ("three frames, the final one partial", "orders", 1, {"tenant": "acme"}, 16,
-     b"The quick brown fox jumps over the lazy dog"),
+    (
+        "three frames, the final one partial",
+        "orders",
+        1,
+        {"tenant": "acme"},
+        16,
+        b"The quick brown fox jumps over the lazy dog",
+    ),
     ("plaintext a multiple of the frame size: empty final frame", "invoices", 2, {}, 16, bytes(range(32))),
-    ("frame size 1, longest key id, non-ASCII context", "K" * 64, 4294967295,
-     {"région": "Île-de-France", "empty": "", "🔑": "✓"}, 1, b"abc"),
+    (
+        "frame size 1, longest key id, non-ASCII context",
+        "K" * 64,
+        4294967295,
+        {"région": "Île-de-France", "empty": "", "🔑": "✓"},
+        1,
+        b"abc",
+    ),
 ]
 
 
@@ -53,15 +65,20 @@ def wrap(number: int, key_id: str, version: int, context: dict, data_key: bytes)
     return {"master_key": master_key.hex(), "key_version": version, "iv": iv.hex()}, wrapped
 
 
-def valid_vector(number: int, name: str, key_id: str, version: int, context: dict, frame_size: int,
-                 plaintext: bytes) -> dict:
+def valid_vector(
+    number: int, name: str, key_id: str, version: int, context: dict, frame_size: int, plaintext: bytes
+) -> dict:
     data_key = pattern(number * 41 + 7, 32, 3)
     salt = pattern(number * 53 + 1, 32, 5)
     wrapping, wrapped_key = wrap(number, key_id, version, context, data_key)
     encoded_context = encode_context(context)
     header, sealer = envelope.seal_header(
-        data_key, key_id=key_id, encoded_context=encoded_context, wrapped_key=wrapped_key,
-        frame_size=frame_size, salt=salt,
+        data_key,
+        key_id=key_id,
+        encoded_context=encoded_context,
+        wrapped_key=wrapped_key,
+        frame_size=frame_size,
+        salt=salt,
     )
     body = envelope.seal_frames(sealer, plaintext)
     keys = envelope.derive_message_keys(data_key, salt)
@@ -128,15 +145,27 @@ def invalid_vectors(base: dict, first_id: int) -> list[dict]:
         ("truncated", "ends inside the header", ciphertext[: header_length - 1], context),
         ("invalid", "frames 1 and 2 swapped", head + frames[1] + frames[0] + frames[2], context),
         ("invalid", "frame 1 duplicated", head + frames[0] + frames[0] + frames[1] + frames[2], context),
-        ("invalid", "final frame dropped and frame 2 presented as final",
-         head + frames[0] + frames[1][: len(frames[2])], context),
+        (
+            "invalid",
+            "final frame dropped and frame 2 presented as final",
+            head + frames[0] + frames[1][: len(frames[2])],
+            context,
+        ),
         ("invalid", "one bit of the body flipped", ciphertext[:-1] + bytes([ciphertext[-1] ^ 1]), context),
-        ("invalid", "one bit of the context in the header flipped: entry count 1 -> 0, not canonical",
-         bad_context, context),
+        (
+            "invalid",
+            "one bit of the context in the header flipped: entry count 1 -> 0, not canonical",
+            bad_context,
+            context,
+        ),
         ("invalid", "bytes after the final frame", ciphertext + b"\x00", context),
         ("context_mismatch", "decrypted with another context", ciphertext, {"tenant": "other"}),
-        ("invalid", "wrapped key of another data key (fails the commitment)",
-         swapped + ciphertext[header_length:], context),
+        (
+            "invalid",
+            "wrapped key of another data key (fails the commitment)",
+            swapped + ciphertext[header_length:],
+            context,
+        ),
     ]
     vectors = []
     for number, (result, comment, data, decrypt_context) in enumerate(cases, start=first_id):
@@ -167,7 +196,9 @@ def rewrap_vector(base: dict, number: int) -> dict:
     wrapping, wrapped_key = wrap(number, base["key_id"], 9, base["encryption_context"], data_key)
     new_header = header.with_wrapped_key(wrapped_key)
     rewrapped = new_header.encode() + ciphertext[header.length :]
-    assert struct.unpack(">H", rewrapped[header.wrapped_key_offset : header.wrapped_key_offset + 2])[0] == len(wrapped_key)
+    assert struct.unpack(">H", rewrapped[header.wrapped_key_offset : header.wrapped_key_offset + 2])[0] == len(
+        wrapped_key
+    )
     return {
         "id": number,
         "result": "valid",

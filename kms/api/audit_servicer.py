@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from kms.api.convert import optional_time, timestamp
 from kms.api.proto import pb
 from kms.domain.audit import AuditRecord
-from kms.service.audit import AuditService
 from kms.errors import InvalidArgument
+from kms.service.audit import AuditService
 from kms.service.calls import Call
 
 MAX_SEQ = 2**63 - 1  # sequence numbers are signed 64-bit in the database
@@ -63,4 +63,3 @@ class AuditServicer:
             problem_seq=result.problem_seq,
             problem=result.problem,
         )
-

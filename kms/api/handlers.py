@@ -123,7 +123,9 @@ class Pipeline:
 
         return handle
 
-    def server_streaming(self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]) -> Callable:
+    def server_streaming(
+        self, name: str, request_type: Any, behavior: Callable[[Any, Call], Iterator[Any]]
+    ) -> Callable:
         """The behavior authorizes when called and returns the messages to send. The call is
         recorded before the first message is released; a stream that then ends in an error, is
         cancelled or goes idle gets a second record saying how it ended."""
@@ -201,7 +203,9 @@ class Pipeline:
                     except KmsError as exc:
                         error = exc
                     except grpc.RpcError:  # raised by the request iterator when the client cancels
-                        error = _cancelled(slot[0] if slot else None) if not context.is_active() else _internal(name, call)
+                        error = (
+                            _cancelled(slot[0] if slot else None) if not context.is_active() else _internal(name, call)
+                        )
                     except Exception:
                         error = _internal(name, call)
                 error = self._recorder.finish(call, error)

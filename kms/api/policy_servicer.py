@@ -26,7 +26,10 @@ class PolicyServicer:
     def GrantPermissions(self, request: pb.GrantPermissionsRequest, call: Call) -> pb.Grant:
         return grant_message(
             self._policies.grant(
-                call, request.principal, request.resource, list(request.permissions),
+                call,
+                request.principal,
+                request.resource,
+                list(request.permissions),
                 dict(request.encryption_context_equals),
             )
         )

@@ -69,8 +69,11 @@ def build_server(
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*(service.full_name for service in SERVICES), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            *(service.full_name for service in SERVICES),
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     try:
@@ -80,6 +83,8 @@ def build_server(
     if not port:
         raise ListenRefused(f"cannot listen on {listen}")
     if credentials is None:
-        log.warning("serving plaintext gRPC on a loopback address; configure TLS for anything else",
-                    extra={"fields": {"listen": listen}})
+        log.warning(
+            "serving plaintext gRPC on a loopback address; configure TLS for anything else",
+            extra={"fields": {"listen": listen}},
+        )
     return server, port

@@ -19,7 +19,6 @@ from kms.service.data_keys import DataKeyRequest, DataKeyService, UnwrapRequest
 from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
 
-
 UPDATABLE = frozenset({"description", "rotation_period", "min_decryption_version", "storage"})
 DEFAULT_RETIRE_MIN_IDLE = timedelta(days=7)
 

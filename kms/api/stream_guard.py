@@ -50,16 +50,19 @@ class StreamGuard(grpc.ServerInterceptor):
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(
                 self._guarded(handler.stream_stream, method, admitted),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
             )
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
                 self._guarded(handler.unary_stream, method, admitted),
-                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
             )
         return grpc.stream_unary_rpc_method_handler(
             self._guarded_unary(handler.stream_unary, method, admitted),
-            request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
         )
 
     def _enter(self, context: grpc.ServicerContext, method: str, admitted: bool) -> Any:
@@ -73,7 +76,9 @@ class StreamGuard(grpc.ServerInterceptor):
             context.set_trailing_metadata(((REASON_KEY, error.reason),))
             context.abort(status_code(error), error.message)
 
-    def _guarded(self, behavior: Callable[..., Iterator[Any]], method: str, admitted: bool) -> Callable[..., Iterator[Any]]:
+    def _guarded(
+        self, behavior: Callable[..., Iterator[Any]], method: str, admitted: bool
+    ) -> Callable[..., Iterator[Any]]:
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             slot = self._enter(context, method, admitted)
             try:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class StreamSlot:
-    __slots__ = ("identity", "_context", "last_progress", "idle", "_limits")
+    __slots__ = ("_context", "_limits", "identity", "idle", "last_progress")
 
     def __init__(self, limits: StreamLimits, identity: str, context: grpc.ServicerContext, now: float) -> None:
         self._limits = limits

@@ -91,8 +91,10 @@ class ReloadingServerCredentials:
             try:
                 configuration = self._configuration()
             except (CertificateUnusable, OSError) as error:
-                log.error("TLS files changed but cannot be used; keeping the previous ones",
-                          extra={"fields": {"error": str(error)}})
+                log.error(
+                    "TLS files changed but cannot be used; keeping the previous ones",
+                    extra={"fields": {"error": str(error)}},
+                )
                 return None
             self.reloads += 1
         log.info("TLS certificate reloaded", extra={"fields": {"cert": str(self._cert)}})
@@ -146,8 +148,9 @@ class CertificateIdentity:
             return identity_of(certificate, cn_identities=self._cn_identities)
         except Unauthenticated as refused:
             fingerprint = certificate.fingerprint(hashes.SHA256()).hex()
-            log.warning("client certificate refused",
-                        extra={"fields": {"reason": refused.message, "sha256": fingerprint}})
+            log.warning(
+                "client certificate refused", extra={"fields": {"reason": refused.message, "sha256": fingerprint}}
+            )
             return _Refusal(refused.message)
 
 

@@ -39,19 +39,38 @@ def verify(client: KmsClient, as_json: bool) -> None:
 @click.option("--key-id", default="", help="Only records of this key.")
 @click.option("--identity", default="", help="Only records of this caller.")
 @click.option("--after-seq", default=0, type=click.IntRange(min=0), help="Only records after this sequence number.")
-@click.option("--context", "-c", "context", multiple=True, metavar="NAME=VALUE",
-              help="Only calls made with exactly this encryption context (repeat for each entry).")
+@click.option(
+    "--context",
+    "-c",
+    "context",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Only calls made with exactly this encryption context (repeat for each entry).",
+)
 @click.option("--output", "-o", type=click.File("w"), default="-", help="JSON lines go here (default stdout).")
 @remote
-def export(client: KmsClient, as_json: bool, since: datetime | None, until: datetime | None, key_id: str,
-           identity: str, after_seq: int, context: tuple[str, ...], output) -> None:  # noqa: ANN001 - click file
+def export(
+    client: KmsClient,
+    as_json: bool,
+    since: datetime | None,
+    until: datetime | None,
+    key_id: str,
+    identity: str,
+    after_seq: int,
+    context: tuple[str, ...],
+    output,
+) -> None:  # noqa: ANN001 - click file
     """Write audit records as JSON lines, in sequence order."""
     from datetime import UTC
 
     events = client.audit_events(
         start_time=since.replace(tzinfo=UTC) if since else None,
         end_time=until.replace(tzinfo=UTC) if until else None,
-        key_id=key_id, identity=identity, after_seq=after_seq, context=_pairs(context) or None, timeout=3600,
+        key_id=key_id,
+        identity=identity,
+        after_seq=after_seq,
+        context=_pairs(context) or None,
+        timeout=3600,
     )
     for event in events:
         record = asdict(event)

@@ -26,31 +26,67 @@ def remote(command: Callable[..., Any]) -> Callable[..., Any]:
     host (kms_client.client.is_loopback_target) unless --insecure (KMS_INSECURE) says otherwise.
     """
 
-    @click.option("--target", default=lambda: os.environ.get("KMS_TARGET", DEFAULT_TARGET),
-                  show_default="KMS_TARGET or " + DEFAULT_TARGET,
-                  help="gRPC target of the service: HOST:PORT, [IPV6]:PORT, dns:///HOST:PORT, unix:PATH...")
-    @click.option("--tls-ca", "ca_file", envvar="KMS_CLIENT_CA", type=click.Path(exists=True, dir_okay=False),
-                  help="CA certificate (PEM) that signed the server's certificate; enables TLS.")
-    @click.option("--tls-cert", "cert_file", envvar="KMS_CLIENT_CERT", type=click.Path(exists=True, dir_okay=False),
-                  help="Client certificate (PEM) for mutual TLS; enables TLS.")
-    @click.option("--tls-key", "key_file", envvar="KMS_CLIENT_KEY", type=click.Path(exists=True, dir_okay=False),
-                  help="Client private key (PEM) for mutual TLS.")
-    @click.option("--insecure", is_flag=True, envvar="KMS_INSECURE",
-                  help="Allow plaintext to a target that is not on this host: keys and data cross the network "
-                       "in the clear. Never needed for loopback or unix: targets.")
-    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), envvar="KMS_TIMEOUT",
-                  default=DEFAULT_TIMEOUT, show_default=True, help="Seconds per call to the service, retries included.")
+    @click.option(
+        "--target",
+        default=lambda: os.environ.get("KMS_TARGET", DEFAULT_TARGET),
+        show_default="KMS_TARGET or " + DEFAULT_TARGET,
+        help="gRPC target of the service: HOST:PORT, [IPV6]:PORT, dns:///HOST:PORT, unix:PATH...",
+    )
+    @click.option(
+        "--tls-ca",
+        "ca_file",
+        envvar="KMS_CLIENT_CA",
+        type=click.Path(exists=True, dir_okay=False),
+        help="CA certificate (PEM) that signed the server's certificate; enables TLS.",
+    )
+    @click.option(
+        "--tls-cert",
+        "cert_file",
+        envvar="KMS_CLIENT_CERT",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Client certificate (PEM) for mutual TLS; enables TLS.",
+    )
+    @click.option(
+        "--tls-key",
+        "key_file",
+        envvar="KMS_CLIENT_KEY",
+        type=click.Path(exists=True, dir_okay=False),
+        help="Client private key (PEM) for mutual TLS.",
+    )
+    @click.option(
+        "--insecure",
+        is_flag=True,
+        envvar="KMS_INSECURE",
+        help="Allow plaintext to a target that is not on this host: keys and data cross the network "
+        "in the clear. Never needed for loopback or unix: targets.",
+    )
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        envvar="KMS_TIMEOUT",
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        help="Seconds per call to the service, retries included.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
     @functools.wraps(command)
     def wrapper(
-        target: str, ca_file: str | None, cert_file: str | None, key_file: str | None, insecure: bool,
-        timeout: float, as_json: bool, **kwargs: Any,
+        target: str,
+        ca_file: str | None,
+        cert_file: str | None,
+        key_file: str | None,
+        insecure: bool,
+        timeout: float,
+        as_json: bool,
+        **kwargs: Any,
     ) -> Any:
         credentials = None
         if ca_file or cert_file or key_file:
             if insecure:
-                raise click.UsageError("--insecure contradicts --tls-ca/--tls-cert/--tls-key (or KMS_INSECURE and "
-                                       "KMS_CLIENT_*): choose TLS or plaintext")
+                raise click.UsageError(
+                    "--insecure contradicts --tls-ca/--tls-cert/--tls-key (or KMS_INSECURE and "
+                    "KMS_CLIENT_*): choose TLS or plaintext"
+                )
             try:
                 credentials = tls_credentials(ca_file, cert_file, key_file)
             except ValueError as error:
@@ -62,8 +98,9 @@ def remote(command: Callable[..., Any]) -> Callable[..., Any]:
                     "plaintext would cross the network in the clear. Give --tls-ca (with --tls-cert and --tls-key "
                     "for mutual TLS), or --insecure (KMS_INSECURE=1) to accept that."
                 )
-            click.echo(f"warning: plaintext to {target} (--insecure): keys and data are not protected in transit",
-                       err=True)
+            click.echo(
+                f"warning: plaintext to {target} (--insecure): keys and data are not protected in transit", err=True
+            )
         try:
             with KmsClient(target, credentials=credentials, insecure=insecure, timeout=timeout) as client:
                 return command(client=client, as_json=as_json, **kwargs)

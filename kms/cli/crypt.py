@@ -47,15 +47,38 @@ def _parse_context(items: tuple[str, ...]) -> dict[str, str]:
 def _options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         (
-            click.option("-c", "--context", "context_items", multiple=True, metavar="KEY=VALUE",
-                         help="Encryption context entry; repeat for more. Decrypt needs the same entries."),
-            click.option("-i", "--input", "input_path", default="-", show_default=True,
-                         type=click.Path(dir_okay=False, allow_dash=True), help="Input file, - for stdin."),
-            click.option("-o", "--output", "output_path", default="-", show_default=True,
-                         type=click.Path(dir_okay=False, allow_dash=True), help="Output file, - for stdout."),
-            click.option("--progress/--no-progress", default=None,
-                         help="Progress bar on stderr [default: on a terminal, for inputs of 16 MiB or more "
-                              "or of unknown size]."),
+            click.option(
+                "-c",
+                "--context",
+                "context_items",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="Encryption context entry; repeat for more. Decrypt needs the same entries.",
+            ),
+            click.option(
+                "-i",
+                "--input",
+                "input_path",
+                default="-",
+                show_default=True,
+                type=click.Path(dir_okay=False, allow_dash=True),
+                help="Input file, - for stdin.",
+            ),
+            click.option(
+                "-o",
+                "--output",
+                "output_path",
+                default="-",
+                show_default=True,
+                type=click.Path(dir_okay=False, allow_dash=True),
+                help="Output file, - for stdout.",
+            ),
+            click.option(
+                "--progress/--no-progress",
+                default=None,
+                help="Progress bar on stderr [default: on a terminal, for inputs of 16 MiB or more "
+                "or of unknown size].",
+            ),
         )
     ):
         command = option(command)
@@ -86,8 +109,15 @@ def _source(path: str, show: bool | None, label: str) -> Iterator[BinaryIO]:
         if not show:
             yield raw
             return
-        progress = Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        progress = Progress(
+            TextColumn(label),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         with progress:
             task = progress.add_task(label, total=size)
             yield _Counted(raw, lambda count: progress.advance(task, count))  # type: ignore[misc]
@@ -126,26 +156,46 @@ def _report(as_json: bool, output_path: str, summary: dict[str, Any]) -> None:
 @click.command()
 @click.option("--key-id", required=True, help="Key whose data key encrypts the input.")
 @_options
-@click.option("--frame-size", type=int, default=DEFAULT_FRAME_SIZE, show_default=True,
-              help="Plaintext bytes per authenticated frame.")
+@click.option(
+    "--frame-size",
+    type=int,
+    default=DEFAULT_FRAME_SIZE,
+    show_default=True,
+    help="Plaintext bytes per authenticated frame.",
+)
 @remote
-def encrypt(client: KmsClient, as_json: bool, key_id: str, context_items: tuple[str, ...], input_path: str,
-            output_path: str, progress: bool | None, frame_size: int) -> None:
+def encrypt(
+    client: KmsClient,
+    as_json: bool,
+    key_id: str,
+    context_items: tuple[str, ...],
+    input_path: str,
+    output_path: str,
+    progress: bool | None,
+    frame_size: int,
+) -> None:
     """Encrypt a file (or stdin) under a fresh data key of KEY_ID."""
     context = _parse_context(context_items)
     if output_path == "-" and sys.stdout.isatty():
         raise click.UsageError("refusing to write ciphertext to a terminal: use --output or redirect stdout")
     with _source(input_path, progress, "encrypting") as src, _destination(output_path) as dst:
         count = client.encrypt_stream(src, dst, key_id=key_id, context=context, frame_size=frame_size)
-    _report(as_json, output_path, {"key_id": key_id, "context": context, "plaintext_bytes": count,
-                                   "output": output_path})
+    _report(
+        as_json, output_path, {"key_id": key_id, "context": context, "plaintext_bytes": count, "output": output_path}
+    )
 
 
 @click.command()
 @_options
 @remote
-def decrypt(client: KmsClient, as_json: bool, context_items: tuple[str, ...], input_path: str, output_path: str,
-            progress: bool | None) -> None:
+def decrypt(
+    client: KmsClient,
+    as_json: bool,
+    context_items: tuple[str, ...],
+    input_path: str,
+    output_path: str,
+    progress: bool | None,
+) -> None:
     """Decrypt a file (or stdin) made by kms encrypt, given the same context."""
     context = _parse_context(context_items)
     with _source(input_path, progress, "decrypting") as src, _destination(output_path) as dst:

@@ -11,7 +11,8 @@ from kms.cli.common import local_settings
 from kms.cli.output import console, emit_json
 from kms.config import Settings
 from kms.errors import KmsError
-from kms.store.database import current_revision, make_engine, upgrade as upgrade_schema
+from kms.store.database import current_revision, make_engine
+from kms.store.database import upgrade as upgrade_schema
 
 
 @click.group()

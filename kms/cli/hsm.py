@@ -16,10 +16,9 @@ from kms.cli.common import local_settings
 from kms.cli.output import console, emit_json
 from kms.config import Settings
 from kms.domain.keys import KeyVersion
-from kms.errors import KmsError
+from kms.errors import KmsError, SealKeyUntrusted
 from kms.hsm import softhsm
 from kms.hsm.audit_seal import Pkcs11AuditSealer
-from kms.errors import SealKeyUntrusted
 
 
 @click.group()
@@ -58,16 +57,27 @@ def check(settings: Settings, repair: bool, as_json: bool) -> None:
         services.close()
     trusted = seal_key["state"] != "untrusted" and not untrusted
     if as_json:
-        emit_json(_plain({**{f.name: getattr(report, f.name) for f in fields(report)}, "seal_key": seal_key,
-                          "untrusted": untrusted}))
+        emit_json(
+            _plain(
+                {
+                    **{f.name: getattr(report, f.name) for f in fields(report)},
+                    "seal_key": seal_key,
+                    "untrusted": untrusted,
+                }
+            )
+        )
     else:
         for version in report.adopted:
             console.print(f"adopted    {version.master_key_label}  ({version.master_key_id})")
         for version in report.missing:
-            console.print(f"[red]MISSING[/red]    {version.master_key_label}  ({version.master_key_id}) state {version.state.value}")
+            console.print(
+                f"[red]MISSING[/red]    {version.master_key_label}  ({version.master_key_id}) state {version.state.value}"
+            )
         for version in untrusted:
-            console.print(f"[red]UNTRUSTED[/red]  {version.master_key_label}  ({version.master_key_id}) "
-                          "attributes do not prove in-HSM generation; the version is not used")
+            console.print(
+                f"[red]UNTRUSTED[/red]  {version.master_key_label}  ({version.master_key_id}) "
+                "attributes do not prove in-HSM generation; the version is not used"
+            )
         for found in report.unresolved:
             console.print(f"unresolved {found.label}  ({found.master_key_id}) sound={found.sound}")
         if seal_key["state"] == "untrusted":
@@ -94,7 +104,7 @@ def _plain(value: Any) -> Any:
 
 
 def _seal_key_status(services: Services, settings: Settings) -> dict[str, str | None]:
-    """"trusted" (with its CKA_ID), "absent" (created on first use) or "untrusted" (with why),
+    """ "trusted" (with its CKA_ID), "absent" (created on first use) or "untrusted" (with why),
     from a search of the token that creates nothing."""
     sealer = Pkcs11AuditSealer(services.pool, services.clock, settings.pkcs11_label_prefix)
     try:
@@ -110,8 +120,12 @@ def _untrusted_versions(services: Services) -> list[KeyVersion]:
     unsound = {found.master_key_id for found in services.master_keys.list_objects() if not found.sound}
     if not unsound:
         return []
-    return [version for key in services.repository.all_keys() for version in key.versions
-            if version.master_key_id in unsound]
+    return [
+        version
+        for key in services.repository.all_keys()
+        for version in key.versions
+        if version.master_key_id in unsound
+    ]
 
 
 @hsm.command(name="rotate-root")
@@ -126,8 +140,13 @@ def rotate_root(settings: Settings, as_json: bool) -> None:
     """
     services = build_services(settings)
     try:
-        with Progress(TextColumn("re-wrapping"), BarColumn(), TextColumn("{task.completed} versions"),
-                      console=console, disable=as_json or not console.is_terminal) as progress:
+        with Progress(
+            TextColumn("re-wrapping"),
+            BarColumn(),
+            TextColumn("{task.completed} versions"),
+            console=console,
+            disable=as_json or not console.is_terminal,
+        ) as progress:
             task = progress.add_task("rewrap", total=None)
             report = services.roots.rotate(on_progress=lambda moved: progress.advance(task, moved))
     except KmsError as error:

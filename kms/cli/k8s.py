@@ -42,33 +42,92 @@ def _check_transport(target: str, tls: bool) -> None:
 
 
 @click.command("k8s-plugin")
-@click.option("--socket", "socket_path", required=True, type=click.Path(dir_okay=False),
-              help="Unix socket to serve on, created 0600; the EncryptionConfiguration endpoint is unix://PATH.")
+@click.option(
+    "--socket",
+    "socket_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Unix socket to serve on, created 0600; the EncryptionConfiguration endpoint is unix://PATH.",
+)
 @click.option("--key-id", required=True, help="The KMS key that wraps the API server's data keys.")
-@click.option("-c", "--context", "context_items", multiple=True, metavar="KEY=VALUE",
-              help="Fixed encryption context entry, e.g. cluster=prod-eu-1; repeat for more. "
-                   "Never change it while data encrypted under it exists.")
-@click.option("--target", default=lambda: os.environ.get("KMS_TARGET", DEFAULT_TARGET),
-              show_default="KMS_TARGET or " + DEFAULT_TARGET, help="HOST:PORT of the KMS.")
-@click.option("--tls-ca", "ca_file", envvar="KMS_CLIENT_CA", type=click.Path(exists=True, dir_okay=False),
-              help="CA certificate (PEM) that signed the KMS's certificate; enables TLS.")
-@click.option("--tls-cert", "cert_file", envvar="KMS_CLIENT_CERT", type=click.Path(exists=True, dir_okay=False),
-              help="The plugin's client certificate (PEM) for mutual TLS.")
-@click.option("--tls-key", "key_file", envvar="KMS_CLIENT_KEY", type=click.Path(exists=True, dir_okay=False),
-              help="The plugin's client private key (PEM) for mutual TLS.")
-@click.option("--kms-timeout", type=DURATION, default="2s", show_default=True,
-              help="Deadline of each call to the KMS, retries included; below the API server's timeout (3s).")
-@click.option("--status-max-age", type=DURATION, default="5s", show_default=True,
-              help="How long one health probe of the KMS answers Status.")
-@click.option("--shutdown-grace", type=DURATION, default="10s", show_default=True,
-              help="On SIGTERM/SIGINT, how long in-flight calls may finish.")
+@click.option(
+    "-c",
+    "--context",
+    "context_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Fixed encryption context entry, e.g. cluster=prod-eu-1; repeat for more. "
+    "Never change it while data encrypted under it exists.",
+)
+@click.option(
+    "--target",
+    default=lambda: os.environ.get("KMS_TARGET", DEFAULT_TARGET),
+    show_default="KMS_TARGET or " + DEFAULT_TARGET,
+    help="HOST:PORT of the KMS.",
+)
+@click.option(
+    "--tls-ca",
+    "ca_file",
+    envvar="KMS_CLIENT_CA",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA certificate (PEM) that signed the KMS's certificate; enables TLS.",
+)
+@click.option(
+    "--tls-cert",
+    "cert_file",
+    envvar="KMS_CLIENT_CERT",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The plugin's client certificate (PEM) for mutual TLS.",
+)
+@click.option(
+    "--tls-key",
+    "key_file",
+    envvar="KMS_CLIENT_KEY",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The plugin's client private key (PEM) for mutual TLS.",
+)
+@click.option(
+    "--kms-timeout",
+    type=DURATION,
+    default="2s",
+    show_default=True,
+    help="Deadline of each call to the KMS, retries included; below the API server's timeout (3s).",
+)
+@click.option(
+    "--status-max-age",
+    type=DURATION,
+    default="5s",
+    show_default=True,
+    help="How long one health probe of the KMS answers Status.",
+)
+@click.option(
+    "--shutdown-grace",
+    type=DURATION,
+    default="10s",
+    show_default=True,
+    help="On SIGTERM/SIGINT, how long in-flight calls may finish.",
+)
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True)
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              default="INFO", show_default=True, help="DEBUG logs every call (never its data).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="DEBUG logs every call (never its data).",
+)
 def k8s_plugin(
-    socket_path: str, key_id: str, context_items: tuple[str, ...], target: str, ca_file: str | None,
-    cert_file: str | None, key_file: str | None, kms_timeout: timedelta, status_max_age: timedelta,
-    shutdown_grace: timedelta, log_format: str, log_level: str,
+    socket_path: str,
+    key_id: str,
+    context_items: tuple[str, ...],
+    target: str,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    kms_timeout: timedelta,
+    status_max_age: timedelta,
+    shutdown_grace: timedelta,
+    log_format: str,
+    log_level: str,
 ) -> None:
     """Serve the Kubernetes KMS v2 plugin API until SIGTERM or SIGINT.
 
@@ -81,7 +140,9 @@ def k8s_plugin(
     _check_transport(target, bool(ca_file or cert_file))
     try:
         config = PluginConfig(
-            key_id, _parse_context(context_items), kms_timeout=kms_timeout.total_seconds(),
+            key_id,
+            _parse_context(context_items),
+            kms_timeout=kms_timeout.total_seconds(),
             status_max_age=status_max_age.total_seconds(),
         )
         credentials = tls_credentials(ca_file, cert_file, key_file) if (ca_file or cert_file) else None

@@ -23,15 +23,27 @@ def keys() -> None:
 @click.argument("key_id")
 @click.option("--description", default="", help="Free text shown with the key.")
 @click.option("--rotation-period", type=DURATION, default=None, help="Rotate on this schedule (e.g. 30d).")
-@click.option("--storage", type=click.Choice(["wrapped", "hsm-object"]), default=None,
-              help="Where its versions live (default: the server's, KMS_KEY_STORAGE): wrapped under an HSM root "
-                   "key in the database, or a token object each.")
+@click.option(
+    "--storage",
+    type=click.Choice(["wrapped", "hsm-object"]),
+    default=None,
+    help="Where its versions live (default: the server's, KMS_KEY_STORAGE): wrapped under an HSM root "
+    "key in the database, or a token object each.",
+)
 @remote
-def create(client: KmsClient, as_json: bool, key_id: str, description: str, rotation_period: timedelta | None,
-           storage: str | None) -> None:
+def create(
+    client: KmsClient,
+    as_json: bool,
+    key_id: str,
+    description: str,
+    rotation_period: timedelta | None,
+    storage: str | None,
+) -> None:
     """Create KEY_ID with version 1 generated in the HSM."""
     key = client.create_key(
-        key_id, description=description, rotation_period=rotation_period,
+        key_id,
+        description=description,
+        rotation_period=rotation_period,
         storage=None if storage is None else storage.upper().replace("-", "_"),
     )
     emit_json(key) if as_json else show_key(key)
@@ -69,11 +81,22 @@ def rotate(client: KmsClient, as_json: bool, key_id: str) -> None:
 @click.option("--description", default=None, help="New description.")
 @click.option("--rotation-period", type=DURATION, default=None, help="New rotation period (e.g. 90d).")
 @click.option("--no-rotation", is_flag=True, help="Stop scheduled rotation.")
-@click.option("--min-decryption-version", type=click.IntRange(min=1), default=None,
-              help="Versions below this stop decrypting at once (the single switch to cut off old versions).")
+@click.option(
+    "--min-decryption-version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Versions below this stop decrypting at once (the single switch to cut off old versions).",
+)
 @remote
-def update(client: KmsClient, as_json: bool, key_id: str, description: str | None, rotation_period: timedelta | None,
-           no_rotation: bool, min_decryption_version: int | None) -> None:
+def update(
+    client: KmsClient,
+    as_json: bool,
+    key_id: str,
+    description: str | None,
+    rotation_period: timedelta | None,
+    no_rotation: bool,
+    min_decryption_version: int | None,
+) -> None:
     """Change KEY_ID's description, rotation schedule or decryption floor."""
     if no_rotation and rotation_period is not None:
         raise click.UsageError("--rotation-period and --no-rotation contradict each other")
@@ -115,8 +138,9 @@ def enable(client: KmsClient, as_json: bool, key_id: str, version: int) -> None:
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--pending-window", type=DURATION, default=None, help="Wait before destroying (default 30d).")
 @remote
-def schedule_destruction(client: KmsClient, as_json: bool, key_id: str, version: int,
-                         pending_window: timedelta | None) -> None:
+def schedule_destruction(
+    client: KmsClient, as_json: bool, key_id: str, version: int, pending_window: timedelta | None
+) -> None:
     """Destroy VERSION's master key once the pending window has passed (cancellable until then)."""
     key = client.schedule_key_version_destruction(key_id, version, pending_window=pending_window)
     emit_json(key) if as_json else show_key(key)
@@ -137,11 +161,23 @@ def cancel_destruction(client: KmsClient, as_json: bool, key_id: str, version: i
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--min-idle", type=DURATION, default=None, help="Refuse if used more recently (default 7d).")
 @click.option("--pending-window", type=DURATION, default=None, help="Wait before destroying (default 30d).")
-@click.option("--rewrap-report", "reports", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Report of a kms rewrap run (--report); refuse if it left items on VERSION or did not finish.")
+@click.option(
+    "--rewrap-report",
+    "reports",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Report of a kms rewrap run (--report); refuse if it left items on VERSION or did not finish.",
+)
 @remote
-def retire(client: KmsClient, as_json: bool, key_id: str, version: int, min_idle: timedelta | None,
-           pending_window: timedelta | None, reports: tuple[Path, ...]) -> None:
+def retire(
+    client: KmsClient,
+    as_json: bool,
+    key_id: str,
+    version: int,
+    min_idle: timedelta | None,
+    pending_window: timedelta | None,
+    reports: tuple[Path, ...],
+) -> None:
     """Disable VERSION and schedule its destruction, unless anything shows it is still in use."""
     for path in reports:
         _require_clear(path, key_id, version)
@@ -168,8 +204,14 @@ def _require_clear(path: Path, key_id: str, version: int) -> None:
 
 @keys.command()
 @click.argument("key_id")
-@click.option("--to", "storage", type=click.Choice(["wrapped", "hsm-object"]), default="wrapped", show_default=True,
-              help="Where the key's versions should live from now on.")
+@click.option(
+    "--to",
+    "storage",
+    type=click.Choice(["wrapped", "hsm-object"]),
+    default="wrapped",
+    show_default=True,
+    help="Where the key's versions should live from now on.",
+)
 @remote
 def migrate(client: KmsClient, as_json: bool, key_id: str, storage: str) -> None:
     """Move KEY_ID into the key hierarchy (or out of it): new versions are made the new way.

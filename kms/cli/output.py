@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import sys
 import json
+import sys
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,8 +64,18 @@ def show_key(key: Key) -> None:
     console.print(f"  created                 {_time(key.create_time)}")
     console.print(f"  storage of new versions {key.storage}")
     table = Table(box=None, pad_edge=False)
-    for column in ("VERSION", "STATE", "CREATED", "DESTROY TIME", "ISSUED", "DECRYPTS", "LAST USED", "STORED",
-                   "HSM LABEL / ROOT KEY", "ID"):
+    for column in (
+        "VERSION",
+        "STATE",
+        "CREATED",
+        "DESTROY TIME",
+        "ISSUED",
+        "DECRYPTS",
+        "LAST USED",
+        "STORED",
+        "HSM LABEL / ROOT KEY",
+        "ID",
+    ):
         table.add_column(column)
     for version in key.versions:
         marker = " *" if version.version == key.primary_version else ""

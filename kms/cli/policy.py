@@ -19,17 +19,28 @@ def policy() -> None:
 @click.argument("principal")
 @click.argument("resource")
 @click.argument("permissions", nargs=-1, required=True)
-@click.option("--when", "constraints", multiple=True,
-              help="name=value the request's encryption context must contain (repeatable).")
+@click.option(
+    "--when",
+    "constraints",
+    multiple=True,
+    help="name=value the request's encryption context must contain (repeatable).",
+)
 @remote
-def grant(client: KmsClient, as_json: bool, principal: str, resource: str, permissions: tuple[str, ...],
-          constraints: tuple[str, ...]) -> None:
+def grant(
+    client: KmsClient,
+    as_json: bool,
+    principal: str,
+    resource: str,
+    permissions: tuple[str, ...],
+    constraints: tuple[str, ...],
+) -> None:
     """Let PRINCIPAL (identity or group:NAME) use PERMISSIONS on RESOURCE (key id, prefix*, or *).
 
     Permissions: admin, encrypt, decrypt, rewrap, rotate, audit-read.
     """
-    made = client.grant_permissions(principal, resource, permissions,
-                                    encryption_context_equals=_pairs(constraints, "--when"))
+    made = client.grant_permissions(
+        principal, resource, permissions, encryption_context_equals=_pairs(constraints, "--when")
+    )
     emit_json(made) if as_json else console.print(f"granted {made.grant_id}")
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from sqlalchemy.exc import SQLAlchemyError
 
 from kms.cli.common import remote
 from kms.cli.output import console, emit_json
@@ -35,17 +35,35 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
 def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 1000),
-                         help="Items per batch; memory holds one batch."),
-            click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
-                         help="At most this many items per second."),
+            click.option(
+                "--batch-size",
+                default=500,
+                show_default=True,
+                type=click.IntRange(1, 1000),
+                help="Items per batch; memory holds one batch.",
+            ),
+            click.option(
+                "--rate",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                help="At most this many items per second.",
+            ),
             click.option("--destination-key-id", default="", help="Move the data keys to this key instead."),
-            click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                         help="Progress file (default: .kms-rewrap-<job>.json here); a rerun resumes from it."),
+            click.option(
+                "--checkpoint",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="Progress file (default: .kms-rewrap-<job>.json here); a rerun resumes from it.",
+            ),
             click.option("--restart", is_flag=True, help="Ignore an existing checkpoint and start over."),
             click.option("--dry-run", is_flag=True, help="Re-wrap and verify, but write nothing."),
-            click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                         help="Also write the report as JSON here (kms keys retire --rewrap-report reads it)."),
+            click.option(
+                "--report",
+                "report_file",
+                type=click.Path(dir_okay=False, path_type=Path),
+                default=None,
+                help="Also write the report as JSON here (kms keys retire --rewrap-report reads it).",
+            ),
         ]
     ):
         command = option(command)
@@ -67,19 +85,36 @@ def rewrap() -> None:
 @click.option("--column", required=True, help="Column holding wrapped keys or SDK ciphertexts.")
 @click.option("--primary-key", required=True, help="Single-column primary key, used for order and resumption.")
 @click.option("--context", "context_pairs", multiple=True, help="name=value added to bare wrapped keys' context.")
-@click.option("--context-column", "context_columns", multiple=True,
-              help="name=column: a context entry taken from each row (bare wrapped keys).")
+@click.option(
+    "--context-column",
+    "context_columns",
+    multiple=True,
+    help="name=column: a context entry taken from each row (bare wrapped keys).",
+)
 @job_options
 @remote
-def table(client: KmsClient, as_json: bool, database_url: str, table: str, column: str, primary_key: str,
-          context_pairs: tuple[str, ...], context_columns: tuple[str, ...], **options: Any) -> None:
+def table(
+    client: KmsClient,
+    as_json: bool,
+    database_url: str,
+    table: str,
+    column: str,
+    primary_key: str,
+    context_pairs: tuple[str, ...],
+    context_columns: tuple[str, ...],
+    **options: Any,
+) -> None:
     """Re-wrap a table column."""
     from kms.rewrap.table import TableSource
 
     try:
         source = TableSource(
-            database_url, table, column, primary_key,
-            context=_pairs(context_pairs, "--context"), context_columns=_pairs(context_columns, "--context-column"),
+            database_url,
+            table,
+            column,
+            primary_key,
+            context=_pairs(context_pairs, "--context"),
+            context_columns=_pairs(context_columns, "--context-column"),
         )
     except (ValueError, SQLAlchemyError) as error:
         raise click.ClickException(f"cannot read {table}: {error}") from None
@@ -108,8 +143,17 @@ def files(client: KmsClient, as_json: bool, directory: Path, pattern: str, **opt
 
 
 def _run(
-    client: KmsClient, source: Source, as_json: bool, *, batch_size: int, rate: float | None,
-    destination_key_id: str, checkpoint: Path | None, restart: bool, dry_run: bool, report_file: Path | None,
+    client: KmsClient,
+    source: Source,
+    as_json: bool,
+    *,
+    batch_size: int,
+    rate: float | None,
+    destination_key_id: str,
+    checkpoint: Path | None,
+    restart: bool,
+    dry_run: bool,
+    report_file: Path | None,
 ) -> None:
     options = JobOptions(batch_size=batch_size, rate=rate, dry_run=dry_run, destination_key_id=destination_key_id)
     job = RewrapJob(client, source, options)
@@ -120,9 +164,15 @@ def _run(
     if not dry_run:
         err.print(f"checkpoint: {options.checkpoint}")
     with Progress(
-        TextColumn("[bold]re-wrapping"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-        TextColumn("{task.fields[rate]:>8} items/s"), TimeRemainingColumn(),
-        console=err, disable=not err.is_terminal, transient=False,
+        TextColumn("[bold]re-wrapping"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]:>8} items/s"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not err.is_terminal,
+        transient=False,
     ) as progress:
         task = progress.add_task("rewrap", total=source.count(), rate="-")
         job.on_progress = lambda count: progress.update(

@@ -21,28 +21,70 @@ from kms.hsm.module import ModuleUnusable
 
 @click.command()
 @click.option("--listen", default=None, help="HOST:PORT to serve on (KMS_LISTEN, default 127.0.0.1:50051).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data directory (KMS_DATA_DIR, default ./kms-data).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Data directory (KMS_DATA_DIR, default ./kms-data).",
+)
 @click.option("--metrics-listen", default=None, help="HOST:PORT for Prometheus metrics (KMS_METRICS_LISTEN).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default=None, help="KMS_LOG_FORMAT, default json.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Server certificate chain, PEM (KMS_TLS_CERT). Re-read when it changes.")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Server private key, PEM (KMS_TLS_KEY).")
-@click.option("--client-ca", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="CA that signs client certificates, PEM (KMS_CLIENT_CA): turns on mutual TLS.")
-@click.option("--dev", "dev_mode", is_flag=True, default=None,
-              help="Development mode (KMS_DEV_MODE): plaintext on loopback, every local user is a superuser.")
-@click.option("--port-file", type=click.Path(dir_okay=False), default=None,
-              help="Once serving, write the port listened on to this file (for --listen HOST:0).")
-def serve(listen: str | None, data_dir: str | None, metrics_listen: str | None, log_format: str | None,
-          tls_cert: str | None, tls_key: str | None, client_ca: str | None, dev_mode: bool | None,
-          port_file: str | None) -> None:
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Server certificate chain, PEM (KMS_TLS_CERT). Re-read when it changes.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Server private key, PEM (KMS_TLS_KEY).",
+)
+@click.option(
+    "--client-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="CA that signs client certificates, PEM (KMS_CLIENT_CA): turns on mutual TLS.",
+)
+@click.option(
+    "--dev",
+    "dev_mode",
+    is_flag=True,
+    default=None,
+    help="Development mode (KMS_DEV_MODE): plaintext on loopback, every local user is a superuser.",
+)
+@click.option(
+    "--port-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Once serving, write the port listened on to this file (for --listen HOST:0).",
+)
+def serve(
+    listen: str | None,
+    data_dir: str | None,
+    metrics_listen: str | None,
+    log_format: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    client_ca: str | None,
+    dev_mode: bool | None,
+    port_file: str | None,
+) -> None:
     """Run the key management service until SIGTERM or SIGINT.
 
     The HSM PIN is read from KMS_PKCS11_PIN or KMS_PKCS11_PIN_FILE, never from a flag.
     """
-    given = (("listen", listen), ("data_dir", data_dir), ("metrics_listen", metrics_listen), ("log_format", log_format),
-             ("tls_cert", tls_cert), ("tls_key", tls_key), ("client_ca", client_ca), ("dev_mode", dev_mode or None))
+    given = (
+        ("listen", listen),
+        ("data_dir", data_dir),
+        ("metrics_listen", metrics_listen),
+        ("log_format", log_format),
+        ("tls_cert", tls_cert),
+        ("tls_key", tls_key),
+        ("client_ca", client_ca),
+        ("dev_mode", dev_mode or None),
+    )
     overrides: dict[str, Any] = {name: value for name, value in given if value is not None}
     try:
         settings = Settings(**overrides)

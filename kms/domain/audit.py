@@ -54,8 +54,15 @@ class AuditEntry:
 # caller, unvalidated (the key id of a refused request, say): they are clipped, never refused,
 # so that no request can produce a record the log cannot store.
 FIELD_LIMITS = {
-    "identity": 512, "rpc": 64, "key_id": 64, "outcome": 32, "reason": 64, "request_id": 64,
-    "peer": 256, "context_digest": 64, "detail": 512,
+    "identity": 512,
+    "rpc": 64,
+    "key_id": 64,
+    "outcome": 32,
+    "reason": 64,
+    "request_id": 64,
+    "peer": 256,
+    "context_digest": 64,
+    "detail": 512,
 }
 
 
@@ -96,8 +103,19 @@ def format_time(value: datetime) -> str:
 
 def record_bytes(seq: int, entry: AuditEntry, origin: str, prev_hash: str) -> bytes:
     fields = (
-        format_time(entry.time), entry.identity, entry.rpc, entry.key_id, str(entry.key_version), entry.outcome,
-        entry.reason, entry.request_id, entry.peer, entry.context_digest, str(entry.item), entry.detail, origin,
+        format_time(entry.time),
+        entry.identity,
+        entry.rpc,
+        entry.key_id,
+        str(entry.key_version),
+        entry.outcome,
+        entry.reason,
+        entry.request_id,
+        entry.peer,
+        entry.context_digest,
+        str(entry.item),
+        entry.detail,
+        origin,
     )
     parts = [_RECORD_TAG, struct.pack(">Q", seq), bytes.fromhex(prev_hash)]
     for value in fields:
@@ -166,7 +184,10 @@ def verify(
                 return fail(expected, f"record {missing} is missing (removed)")
             return fail(record.seq, f"record {record.seq} is out of order")
         if record.prev_hash != previous_hash:
-            return fail(record.seq, f"record {record.seq} does not follow record {record.seq - 1} (inserted, removed or reordered)")
+            return fail(
+                record.seq,
+                f"record {record.seq} does not follow record {record.seq - 1} (inserted, removed or reordered)",
+            )
         if chain_hash(record.seq, record.entry, record.origin, record.prev_hash) != record.hash:
             return fail(record.seq, f"record {record.seq} was changed")
         while checkpoint is not None and checkpoint.seq <= record.seq:
@@ -186,5 +207,8 @@ def verify(
     if checkpoint is not None:
         return fail(last + 1, f"records {last + 1}-{checkpoint.seq} are missing (removed from the end)")
     if last > sealed_seq:
-        return fail(sealed_seq + 1, f"records {sealed_seq + 1}-{last} are not sealed by any checkpoint (appended outside the service)")
+        return fail(
+            sealed_seq + 1,
+            f"records {sealed_seq + 1}-{last} are not sealed by any checkpoint (appended outside the service)",
+        )
     return result

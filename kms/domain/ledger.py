@@ -82,19 +82,33 @@ def _seconds(value: timedelta | None) -> bytes:
 
 def key_bytes(key: Key) -> bytes:
     parts = [
-        b"kms-key-v1", _text(key.key_id), _int(key.revision), _text(key.description), _int(key.primary_version),
+        b"kms-key-v1",
+        _text(key.key_id),
+        _int(key.revision),
+        _text(key.description),
+        _int(key.primary_version),
         _int(key.min_decryption_version),
         _text("" if key.rotation_period is None else str(int(key.rotation_period.total_seconds()))),
-        _time(key.next_rotation_time), _time(key.create_time), _time(key.update_time),
-        _text(key.storage.value), _text(key.purpose.value), _text(key.subject_field),
-        _seconds(key.retention_period), _seconds(key.erasure_finality),
+        _time(key.next_rotation_time),
+        _time(key.create_time),
+        _time(key.update_time),
+        _text(key.storage.value),
+        _text(key.purpose.value),
+        _text(key.subject_field),
+        _seconds(key.retention_period),
+        _seconds(key.erasure_finality),
         struct.pack(">I", len(key.versions)),
     ]
     for version in key.versions:
         parts += [
-            _int(version.version), _text(version.state.value), _text(version.master_key_id),
-            _text(version.master_key_label), _time(version.create_time), _time(version.destroy_time),
-            _text(version.storage.value), _text(version.material_digest),
+            _int(version.version),
+            _text(version.state.value),
+            _text(version.master_key_id),
+            _text(version.master_key_label),
+            _time(version.create_time),
+            _time(version.destroy_time),
+            _text(version.storage.value),
+            _text(version.material_digest),
         ]
     return b"".join(parts)
 
@@ -103,8 +117,15 @@ def grant_bytes(grant: Grant) -> bytes:
     permissions = ",".join(sorted(p.value for p in grant.permissions))
     constraint = encode_context(dict(grant.context)).hex() if grant.context else ""
     return b"".join(
-        [b"kms-grant-v1", _text(grant.grant_id), _text(grant.principal), _text(grant.resource), _text(permissions),
-         _text(constraint), _text(grant.created_by)]
+        [
+            b"kms-grant-v1",
+            _text(grant.grant_id),
+            _text(grant.principal),
+            _text(grant.resource),
+            _text(permissions),
+            _text(constraint),
+            _text(grant.created_by),
+        ]
     )
 
 
@@ -162,8 +183,13 @@ class LedgerHead:
 
 def entry_hash(seq: int, change: Change, prev_hash: str) -> str:
     parts = [
-        _ENTRY_TAG, struct.pack(">Q", seq), bytes.fromhex(prev_hash), _text(change.kind), _text(change.name),
-        struct.pack(">Q", change.revision), bytes.fromhex(change.digest) if change.digest else b"",
+        _ENTRY_TAG,
+        struct.pack(">Q", seq),
+        bytes.fromhex(prev_hash),
+        _text(change.kind),
+        _text(change.name),
+        struct.pack(">Q", change.revision),
+        bytes.fromhex(change.digest) if change.digest else b"",
     ]
     return hashlib.sha256(b"".join(parts)).hexdigest()
 

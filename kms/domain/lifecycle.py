@@ -41,9 +41,7 @@ def enable(key: Key, number: int, now: datetime) -> Key:
 
 def schedule_destruction(key: Key, number: int, now: datetime, pending_window: timedelta, minimum: timedelta) -> Key:
     if pending_window < minimum:
-        raise InvalidArgument(
-            f"destroy pending window must be at least {int(minimum.total_seconds())} seconds"
-        )
+        raise InvalidArgument(f"destroy pending window must be at least {int(minimum.total_seconds())} seconds")
     if pending_window > MAX_DESTROY_PENDING_WINDOW:
         raise InvalidArgument("destroy pending window must be at most 10 years")
     version = key.version(number)
@@ -109,7 +107,7 @@ def _require(version: KeyVersion, allowed: set[VersionState], action: str, hint:
 
 
 def _with_state(
-    key: Key, number: int, state: VersionState, now: datetime, *, destroy_time: datetime | None | object = ...
+    key: Key, number: int, state: VersionState, now: datetime, *, destroy_time: datetime | object | None = ...
 ) -> Key:
     def changed(version: KeyVersion) -> KeyVersion:
         if version.version != number:

@@ -51,7 +51,9 @@ class Permission(enum.Enum):
         try:
             return cls(name)
         except ValueError:
-            raise InvalidArgument(f"unknown permission {name[:64]!r}; one of {', '.join(p.value for p in cls)}") from None
+            raise InvalidArgument(
+                f"unknown permission {name[:64]!r}; one of {', '.join(p.value for p in cls)}"
+            ) from None
 
 
 # --- identities and principals -------------------------------------------------------------
@@ -181,8 +183,10 @@ def _unseparated(prefix: str) -> str:
     rule = "a prefix grant must end at a separator ('-' or '_')"
     if len(prefix) >= 64:
         return rule
-    return (f"{rule}: {prefix + '*'!r} would also cover {prefix + '2'!r} and other longer key ids; "
-            f"grant {prefix + '-*'!r} (or {prefix + '_*'!r}) instead")
+    return (
+        f"{rule}: {prefix + '*'!r} would also cover {prefix + '2'!r} and other longer key ids; "
+        f"grant {prefix + '-*'!r} (or {prefix + '_*'!r}) instead"
+    )
 
 
 def _family(resource: str) -> str | None:
@@ -266,9 +270,7 @@ class Decision:
     context_mismatch: bool = False
 
 
-def decide(
-    grants: Iterable[Grant], permission: Permission, key_id: str, context: Mapping[str, str] | None
-) -> Decision:
+def decide(grants: Iterable[Grant], permission: Permission, key_id: str, context: Mapping[str, str] | None) -> Decision:
     """Allowed if any grant allows; otherwise, whether some grant would have, but for its
     context constraints (so the denial can say so)."""
     constrained = False

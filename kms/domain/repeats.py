@@ -86,8 +86,7 @@ def _summary(window: _Window) -> AuditEntry:
         keys += f" and {window.more_keys} more"
     detail = (
         f"{window.repeats} more like this from {first.time.isoformat(timespec='seconds')}"
-        f" to {(window.last_time or first.time).isoformat(timespec='seconds')}"
-        + (f"; key ids {keys}" if keys else "")
+        f" to {(window.last_time or first.time).isoformat(timespec='seconds')}" + (f"; key ids {keys}" if keys else "")
     )
     return replace(
         first,

@@ -56,9 +56,9 @@ import pkcs11
 import pkcs11.exceptions as p11
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 
+from kms.errors import SealKeyUntrusted
 from kms.hsm.object_ids import new_object_id
 from kms.hsm.pool import PooledSession, SessionPool
-from kms.errors import SealKeyUntrusted
 from kms.hsm.trust import Verdicts, unmet
 from kms.ports import Clock
 
@@ -275,8 +275,9 @@ class Pkcs11AuditSealer:
             try:
                 key = pooled.session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id)
             except p11.MultipleObjectsReturned:
-                self._raise_alarm(f"several objects carry the CKA_ID {object_id.hex()} of the key labelled "
-                                  f"{self.label!r}")
+                self._raise_alarm(
+                    f"several objects carry the CKA_ID {object_id.hex()} of the key labelled {self.label!r}"
+                )
             except p11.NoSuchKey:
                 pooled.require_login()
                 self._raise_alarm(f"the key labelled {self.label!r} vanished while it was vetted")
@@ -302,8 +303,9 @@ class Pkcs11AuditSealer:
 
         problems, _ = self._verdicts.vet(pooled, pin.object_id, found, problems_with)
         if problems == ("fingerprint",):
-            self._raise_alarm(f"the object under the pinned key's CKA_ID {pin.object_id.hex()} is another key "
-                              "(replaced)")
+            self._raise_alarm(
+                f"the object under the pinned key's CKA_ID {pin.object_id.hex()} is another key (replaced)"
+            )
         if problems:
             self._raise_alarm(
                 f"the object under the pinned key's CKA_ID {pin.object_id.hex()} no longer proves in-HSM generation "
@@ -342,8 +344,7 @@ class Pkcs11AuditSealer:
     def _lift_alarm(self) -> None:
         with self._alarm_lock:
             if self._alarm is not None:
-                log.warning("audit seal key trusted again", extra={"fields": {"label": self.label,
-                                                                               "was": self._alarm}})
+                log.warning("audit seal key trusted again", extra={"fields": {"label": self.label, "was": self._alarm}})
                 self._alarm = None
 
 

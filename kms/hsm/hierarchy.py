@@ -90,10 +90,20 @@ _ROOT_SOUND = {
 
 # What each kind of version key may do once unwrapped for use.
 _USE = {
-    AES: {raw.CKA_KEY_TYPE: raw.CKK_AES, raw.CKA_ENCRYPT: True, raw.CKA_DECRYPT: True,
-          raw.CKA_SIGN: False, raw.CKA_VERIFY: False},
-    HMAC: {raw.CKA_KEY_TYPE: raw.CKK_GENERIC_SECRET, raw.CKA_ENCRYPT: False, raw.CKA_DECRYPT: False,
-           raw.CKA_SIGN: True, raw.CKA_VERIFY: True},
+    AES: {
+        raw.CKA_KEY_TYPE: raw.CKK_AES,
+        raw.CKA_ENCRYPT: True,
+        raw.CKA_DECRYPT: True,
+        raw.CKA_SIGN: False,
+        raw.CKA_VERIFY: False,
+    },
+    HMAC: {
+        raw.CKA_KEY_TYPE: raw.CKK_GENERIC_SECRET,
+        raw.CKA_ENCRYPT: False,
+        raw.CKA_DECRYPT: False,
+        raw.CKA_SIGN: True,
+        raw.CKA_VERIFY: True,
+    },
 }
 _GENERATE = {AES: raw.CKM_AES_KEY_GEN, HMAC: raw.CKM_GENERIC_SECRET_KEY_GEN}
 
@@ -166,8 +176,9 @@ class KeyHierarchy:
         object_id = bytes.fromhex(root_key_id)
 
         def destroy(pooled: PooledSession) -> None:
-            for found in pooled.objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: object_id,
-                                         Attribute.LABEL: self.root_label}):
+            for found in pooled.objects(
+                {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.ID: object_id, Attribute.LABEL: self.root_label}
+            ):
                 found.destroy()
 
         with self._pool.objects.exclusive():
@@ -181,8 +192,13 @@ class KeyHierarchy:
         root_id = self.active_root()
         root = self._root_handles()[root_id]
         attributes = {
-            raw.CKA_CLASS: raw.CKO_SECRET_KEY, raw.CKA_TOKEN: False, raw.CKA_PRIVATE: True, raw.CKA_SENSITIVE: True,
-            raw.CKA_EXTRACTABLE: True, raw.CKA_VALUE_LEN: 32, **_USE[kind],
+            raw.CKA_CLASS: raw.CKO_SECRET_KEY,
+            raw.CKA_TOKEN: False,
+            raw.CKA_PRIVATE: True,
+            raw.CKA_SENSITIVE: True,
+            raw.CKA_EXTRACTABLE: True,
+            raw.CKA_VALUE_LEN: 32,
+            **_USE[kind],
         }
 
         def generate_and_wrap(pooled: PooledSession) -> bytes:
@@ -201,7 +217,9 @@ class KeyHierarchy:
         """The binding MAC of ``material`` to ``key_id`` version ``version`` (hex)."""
         return self._mac(binding_message(key_id, version, material.root_key_id, material.blob))
 
-    def unwrap(self, key_id: str, version: int, material: Material, mac: str, kind: str = AES) -> tuple[int, Callable[[int], None]]:
+    def unwrap(
+        self, key_id: str, version: int, material: Material, mac: str, kind: str = AES
+    ) -> tuple[int, Callable[[int], None]]:
         """A usable handle of the version's key (a session object of the holder session), and how
         to destroy it. Raises KeyMaterialCorrupt when the binding or the blob does not verify."""
         if not self._check_mac(binding_message(key_id, version, material.root_key_id, material.blob), mac):
@@ -210,8 +228,14 @@ class KeyHierarchy:
         if root is None:
             raise KeyMaterialCorrupt(key_id, version, f"its root key {material.root_key_id} is not in the HSM")
         attributes = {
-            raw.CKA_CLASS: raw.CKO_SECRET_KEY, raw.CKA_TOKEN: False, raw.CKA_PRIVATE: True, raw.CKA_SENSITIVE: True,
-            raw.CKA_EXTRACTABLE: False, raw.CKA_WRAP: False, raw.CKA_UNWRAP: False, raw.CKA_DERIVE: False,
+            raw.CKA_CLASS: raw.CKO_SECRET_KEY,
+            raw.CKA_TOKEN: False,
+            raw.CKA_PRIVATE: True,
+            raw.CKA_SENSITIVE: True,
+            raw.CKA_EXTRACTABLE: False,
+            raw.CKA_WRAP: False,
+            raw.CKA_UNWRAP: False,
+            raw.CKA_DERIVE: False,
             **_USE[kind],
         }
 
@@ -239,8 +263,12 @@ class KeyHierarchy:
         if source is None or destination is None:
             raise KeyMaterialCorrupt(key_id, version, "a root key is not in the HSM")
         attributes = {
-            raw.CKA_CLASS: raw.CKO_SECRET_KEY, raw.CKA_TOKEN: False, raw.CKA_PRIVATE: True, raw.CKA_SENSITIVE: True,
-            raw.CKA_EXTRACTABLE: True, **_USE[kind],
+            raw.CKA_CLASS: raw.CKO_SECRET_KEY,
+            raw.CKA_TOKEN: False,
+            raw.CKA_PRIVATE: True,
+            raw.CKA_SENSITIVE: True,
+            raw.CKA_EXTRACTABLE: True,
+            **_USE[kind],
         }
 
         def move(pooled: PooledSession) -> bytes:
@@ -273,14 +301,17 @@ class KeyHierarchy:
         def search(pooled: PooledSession) -> tuple[dict[str, int], int]:
             sound: dict[str, int] = {}
             unsound = 0
-            for found in pooled.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY,
-                                                      Attribute.LABEL: self.root_label}):
+            for found in pooled.session.get_objects(
+                {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: self.root_label}
+            ):
                 object_id = bytes(found[Attribute.ID]).hex()
                 problems = unmet(found, _ROOT_SOUND)
                 if problems:
                     unsound += 1
-                    log.critical("root key object not trusted; it is not used",
-                                 extra={"fields": {"root_key_id": object_id, "unmet": list(problems)}})
+                    log.critical(
+                        "root key object not trusted; it is not used",
+                        extra={"fields": {"root_key_id": object_id, "unmet": list(problems)}},
+                    )
                     continue
                 sound[object_id] = found.handle
             return sound, unsound
@@ -302,8 +333,13 @@ class KeyHierarchy:
         with self._pool.objects.exclusive():
             self._pool.run(
                 lambda pooled: pooled.session.generate_key(
-                    KeyType.AES, 256, id=object_id, label=self.root_label, store=True,
-                    capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP, template=_ROOT_TEMPLATE,
+                    KeyType.AES,
+                    256,
+                    id=object_id,
+                    label=self.root_label,
+                    store=True,
+                    capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
+                    template=_ROOT_TEMPLATE,
                 )
             )
         log.info("root key created", extra={"fields": {"root_key_id": object_id.hex()}})

@@ -225,8 +225,8 @@ class Pkcs11MasterKeyStore:
     def encrypt(self, version: KeyVersion, plaintext: bytes, associated_data: bytes) -> tuple[bytes, bytes]:
         iv = self._random_bytes(_IV_LENGTH)
         sealed = self._with_handles(
-            (version,), lambda pooled, keys: pooled.raw.gcm_encrypt(pooled.session.handle, keys[0], iv, plaintext,
-                                                                    associated_data)
+            (version,),
+            lambda pooled, keys: pooled.raw.gcm_encrypt(pooled.session.handle, keys[0], iv, plaintext, associated_data),
         )
         return iv, sealed
 
@@ -270,7 +270,8 @@ class Pkcs11MasterKeyStore:
     def hmac(self, version: KeyVersion, message: bytes) -> bytes:
         """HMAC-SHA256 of ``message`` under a PSEUDONYMIZE version's key, in the HSM."""
         return self._with_handles(
-            (version,), lambda pooled, keys: pooled.raw.hmac_sha256(pooled.session.handle, keys[0], message),
+            (version,),
+            lambda pooled, keys: pooled.raw.hmac_sha256(pooled.session.handle, keys[0], message),
             kind="hmac",
         )
 
@@ -332,7 +333,9 @@ class Pkcs11MasterKeyStore:
             ) as handle:
                 yield handle
             return
-        with self._handles.use(version.master_key_id, self._pool.generation, lambda: (self._found(version), None)) as handle:
+        with self._handles.use(
+            version.master_key_id, self._pool.generation, lambda: (self._found(version), None)
+        ) as handle:
             yield handle
 
     def _found(self, version: KeyVersion) -> int:
@@ -362,9 +365,15 @@ class Pkcs11MasterKeyStore:
             self._reported.add(version.master_key_id)
         log.critical(
             "master key object not trusted; the version is not used",
-            extra={"fields": {"key_id": version.key_id, "version": version.version,
-                              "master_key_id": version.master_key_id, "problem": problem,
-                              "unmet": list(unmet_attributes)}},
+            extra={
+                "fields": {
+                    "key_id": version.key_id,
+                    "version": version.version,
+                    "master_key_id": version.master_key_id,
+                    "problem": problem,
+                    "unmet": list(unmet_attributes),
+                }
+            },
         )
 
     def _describe_all(self, objects: list[pkcs11.Object]) -> list[MasterKeyObject]:

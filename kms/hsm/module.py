@@ -66,9 +66,7 @@ class _SessionInfo(ctypes.Structure):
 
 _VOID_FN = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p)
 _SLOT_FN = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong)
-_INIT_TOKEN_FN = ctypes.CFUNCTYPE(
-    ctypes.c_ulong, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p
-)
+_INIT_TOKEN_FN = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _SESSION_INFO_FN = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong, ctypes.POINTER(_SessionInfo))
 
 

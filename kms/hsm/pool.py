@@ -40,7 +40,7 @@ class LoginLost(p11.UserNotLoggedIn):
 class PooledSession:
     """A borrowed session, and the master key objects already found through it."""
 
-    __slots__ = ("session", "generation", "raw", "_module", "_keys")
+    __slots__ = ("_keys", "_module", "generation", "raw", "session")
 
     def __init__(self, session: pkcs11.Session, generation: int, module: Pkcs11Module) -> None:
         self.session = session

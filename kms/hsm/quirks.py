@@ -23,7 +23,9 @@ class Quirks:
     gcm_auth_failures: tuple[type[p11.PKCS11Error], ...] = (p11.EncryptedDataInvalid, p11.EncryptedDataLenRange)
     # What C_UnwrapKey with CKM_AES_KEY_WRAP raises when the blob's integrity check fails.
     unwrap_failures: tuple[type[p11.PKCS11Error], ...] = (
-        p11.WrappedKeyInvalid, p11.WrappedKeyLenRange, p11.EncryptedDataInvalid,
+        p11.WrappedKeyInvalid,
+        p11.WrappedKeyLenRange,
+        p11.EncryptedDataInvalid,
     )
 
 

@@ -44,7 +44,13 @@ CKM_GENERIC_SECRET_KEY_GEN = 0x0350
 CKA_CLASS, CKA_TOKEN, CKA_PRIVATE, CKA_LABEL = 0x000, 0x001, 0x002, 0x003
 CKA_KEY_TYPE, CKA_ID, CKA_SENSITIVE = 0x100, 0x102, 0x103
 CKA_ENCRYPT, CKA_DECRYPT, CKA_WRAP, CKA_UNWRAP, CKA_SIGN, CKA_VERIFY, CKA_DERIVE = (
-    0x104, 0x105, 0x106, 0x107, 0x108, 0x10A, 0x10C,
+    0x104,
+    0x105,
+    0x106,
+    0x107,
+    0x108,
+    0x10A,
+    0x10C,
 )
 CKA_VALUE_LEN, CKA_EXTRACTABLE, CKA_MODIFIABLE, CKA_COPYABLE = 0x161, 0x162, 0x170, 0x171
 CKA_WRAP_WITH_TRUSTED = 0x210
@@ -120,8 +126,15 @@ _WRAP = ctypes.CFUNCTYPE(
     CK_ULONG, CK_ULONG, ctypes.POINTER(Mechanism), CK_ULONG, CK_ULONG, CK_BYTE_P, ctypes.POINTER(CK_ULONG)
 )
 _UNWRAP = ctypes.CFUNCTYPE(
-    CK_ULONG, CK_ULONG, ctypes.POINTER(Mechanism), CK_ULONG, CK_BYTE_P, CK_ULONG, ctypes.POINTER(Attribute),
-    CK_ULONG, ctypes.POINTER(CK_ULONG),
+    CK_ULONG,
+    CK_ULONG,
+    ctypes.POINTER(Mechanism),
+    CK_ULONG,
+    CK_BYTE_P,
+    CK_ULONG,
+    ctypes.POINTER(Attribute),
+    CK_ULONG,
+    ctypes.POINTER(CK_ULONG),
 )
 
 
@@ -236,15 +249,25 @@ class RawCalls:
         check(self._wrap(session, ctypes.byref(mechanism), wrapping_key, key, out, ctypes.byref(length)))
         return bytes(out[: length.value])
 
-    def unwrap(self, session: int, unwrapping_key: int, wrapped: bytes, attributes: Mapping[int, bool | int | bytes]) -> int:
+    def unwrap(
+        self, session: int, unwrapping_key: int, wrapped: bytes, attributes: Mapping[int, bool | int | bytes]
+    ) -> int:
         """C_UnwrapKey with CKM_AES_KEY_WRAP; returns the new object's handle."""
         mechanism = Mechanism(CKM_AES_KEY_WRAP, None, 0)
         data, size = _bytes(wrapped)
         array, _keep = template(attributes)
         handle = CK_ULONG()
         check(
-            self._unwrap(session, ctypes.byref(mechanism), unwrapping_key, data, size, array, len(attributes),
-                         ctypes.byref(handle))
+            self._unwrap(
+                session,
+                ctypes.byref(mechanism),
+                unwrapping_key,
+                data,
+                size,
+                array,
+                len(attributes),
+                ctypes.byref(handle),
+            )
         )
         return handle.value
 
@@ -256,7 +279,11 @@ def _gcm(iv: bytes, associated_data: bytes) -> tuple[Mechanism, list[object]]:
     iv_buffer, iv_size = _bytes(iv)
     aad_buffer, aad_size = _bytes(associated_data)
     params = GcmParams(
-        ctypes.cast(iv_buffer, CK_BYTE_P), iv_size, iv_size * 8, ctypes.cast(aad_buffer, CK_BYTE_P), aad_size,
+        ctypes.cast(iv_buffer, CK_BYTE_P),
+        iv_size,
+        iv_size * 8,
+        ctypes.cast(aad_buffer, CK_BYTE_P),
+        aad_size,
         _TAG_BITS,
     )
     mechanism = Mechanism(CKM_AES_GCM, ctypes.cast(ctypes.pointer(params), ctypes.c_void_p), ctypes.sizeof(params))

@@ -60,10 +60,7 @@ def provision(data_dir: Path, token_label: str = DEFAULT_TOKEN_LABEL) -> DevToke
     config = root / "softhsm2.conf"
     if not config.exists():
         config.write_text(
-            f"directories.tokendir = {tokens}\n"
-            "objectstore.backend = file\n"
-            "log.level = ERROR\n"
-            "slots.removable = false\n"
+            f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n"
         )
     _point_softhsm_at(config)
     pin_file = root / "user-pin"
@@ -118,4 +115,3 @@ def _initialize_token(module: Pkcs11Module, label: str, so_pin: str, pin: str) -
     token = module.lib.get_token(token_label=label)
     with token.open(rw=True, so_pin=so_pin) as session:
         session.init_pin(pin)
-

@@ -41,7 +41,6 @@ import pkcs11
 import pkcs11.exceptions as p11
 from pkcs11 import Attribute
 
-from kms.errors import Unavailable
 from kms.hsm.pool import PooledSession
 
 Requirements = Mapping[Attribute, object]
@@ -98,5 +97,3 @@ class Verdicts:
 
 # Conditions to move into kms.errors (UNAVAILABLE: no call can be served with the key until an
 # operator has looked; retrying is harmless).
-
-

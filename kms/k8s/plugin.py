@@ -135,8 +135,14 @@ def _ciphertext_length(key_id: str, encoded_context: bytes, plaintext_length: in
         len(wrapped_key.WrappedKeyHeader(key_id, 1).encode()) + wrapped_key.IV_LENGTH + wrapped_key.SEALED_LENGTH
     )
     header = Header(
-        key_id=key_id, context={}, encoded_context=encoded_context, frame_size=DEFAULT_FRAME_SIZE,
-        salt=b"", commitment=b"", header_tag=b"", wrapped_key=bytes(wrapped_length),
+        key_id=key_id,
+        context={},
+        encoded_context=encoded_context,
+        frame_size=DEFAULT_FRAME_SIZE,
+        salt=b"",
+        commitment=b"",
+        header_tag=b"",
+        wrapped_key=bytes(wrapped_length),
     )
     return header.length + plaintext_length + FRAME_TAG_BYTES
 
@@ -246,8 +252,16 @@ class KeyManagementServicer(api_pb2_grpc.KeyManagementServiceServicer):
             _refuse(context, "Encrypt", request.uid, error)
         except Exception:  # as in Status
             _fail(context, "Encrypt", request.uid)
-        log.debug("k8s encrypt", extra={"fields": {"uid": request.uid[:_MAX_UID], "key_id": sealed.key_id,
-                                                   "ciphertext_bytes": len(sealed.ciphertext)}})
+        log.debug(
+            "k8s encrypt",
+            extra={
+                "fields": {
+                    "uid": request.uid[:_MAX_UID],
+                    "key_id": sealed.key_id,
+                    "ciphertext_bytes": len(sealed.ciphertext),
+                }
+            },
+        )
         return api_pb2.EncryptResponse(ciphertext=sealed.ciphertext, key_id=sealed.key_id)
 
     def Decrypt(self, request: api_pb2.DecryptRequest, context: grpc.ServicerContext) -> api_pb2.DecryptResponse:
@@ -262,11 +276,18 @@ class KeyManagementServicer(api_pb2_grpc.KeyManagementServiceServicer):
 
 
 # Codes passed on as the KMS or the SDK gave them; any other becomes INTERNAL.
-_PASSED_ON = frozenset({
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-})
+_PASSED_ON = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
 
 
 def status_for(error: KmsError) -> tuple[grpc.StatusCode, str]:
@@ -280,8 +301,10 @@ def status_for(error: KmsError) -> tuple[grpc.StatusCode, str]:
 
 def _refuse(context: grpc.ServicerContext, method: str, uid: str, error: KmsError) -> NoReturn:
     code, message = status_for(error)
-    log.warning(f"k8s {method.lower()} failed",
-                extra={"fields": {"uid": uid[:_MAX_UID], "code": code.name, "reason": error.reason}})
+    log.warning(
+        f"k8s {method.lower()} failed",
+        extra={"fields": {"uid": uid[:_MAX_UID], "code": code.name, "reason": error.reason}},
+    )
     context.abort(code, message)
     raise AssertionError("abort returned")
 
@@ -291,8 +314,10 @@ def _fail(context: grpc.ServicerContext, method: str, uid: str) -> NoReturn:
     error = sys.exc_info()[1]
     frames = traceback.extract_tb(error.__traceback__) if error is not None else []
     where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-    log.error(f"k8s {method.lower()} failed unexpectedly",
-              extra={"fields": {"uid": uid[:_MAX_UID], "error": type(error).__name__, "at": where}})
+    log.error(
+        f"k8s {method.lower()} failed unexpectedly",
+        extra={"fields": {"uid": uid[:_MAX_UID], "error": type(error).__name__, "at": where}},
+    )
     context.abort(grpc.StatusCode.INTERNAL, "internal error in the KMS plugin")
     raise AssertionError("abort returned")
 

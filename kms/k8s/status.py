@@ -108,6 +108,9 @@ class KeyStatus:
             problem = ""
         previous = self._last
         if previous is None or previous.problem != problem:
-            log.log(logging.WARNING if problem else logging.INFO, "k8s plugin status changed",
-                    extra={"fields": {"healthz": problem or HEALTHY, "key_id": self.key_id()}})
+            log.log(
+                logging.WARNING if problem else logging.INFO,
+                "k8s plugin status changed",
+                extra={"fields": {"healthz": problem or HEALTHY, "key_id": self.key_id()}},
+            )
         return _Probe(self._monotonic(), problem)

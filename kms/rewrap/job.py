@@ -39,7 +39,7 @@ from kms.rewrap.checkpoint import Checkpoint
 from kms.rewrap.rate import RateLimit
 from kms.rewrap.report import Report
 from kms.rewrap.values import StoredValue
-from kms_client import KmsClient, KmsError, KeyNotFound, PermissionDenied, Rewrapped
+from kms_client import KeyNotFound, KmsClient, KmsError, PermissionDenied, Rewrapped
 
 PRIMARY_REFRESH_SECONDS = 10.0
 # Part of every checkpoint's fingerprint. Raised when a run's counts stop meaning what an

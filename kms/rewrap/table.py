@@ -53,7 +53,9 @@ class TableSource:
 
     def count(self) -> int | None:
         with self._engine.connect() as connection:
-            return connection.execute(select(func.count()).select_from(self._table).where(self._value.is_not(None))).scalar()
+            return connection.execute(
+                select(func.count()).select_from(self._table).where(self._value.is_not(None))
+            ).scalar()
 
     def batches(self, after: Any, size: int) -> Iterator[Sequence[Item | Unreadable]]:
         columns = [self._pk, self._value, *(self._table.c[c] for c in self._context_columns.values())]

@@ -45,8 +45,9 @@ class Reading:
     context: Mapping[str, str] = field(repr=False)
 
 
-def reading(original: StoredValue, new_value: bytes, wrapped_key: bytes, context: Mapping[str, str],
-            key_id: str) -> Reading:
+def reading(
+    original: StoredValue, new_value: bytes, wrapped_key: bytes, context: Mapping[str, str], key_id: str
+) -> Reading:
     """How ``new_value``, ``original`` rebuilt around ``wrapped_key`` (as the service returned
     it), will be opened. ``context`` and ``key_id`` are what a bare wrapped key is opened with and
     must be under; an SDK ciphertext names both in its header. Raises Unopenable."""

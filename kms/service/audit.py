@@ -92,7 +92,9 @@ class AuditLog:
         started = monotonic()
         self._pending.extend(_Pending(origin, entry, True, started) for origin, entry in recovered)
         if recovered:
-            log.warning("replaying audit records journaled before a restart", extra={"fields": {"records": len(recovered)}})
+            log.warning(
+                "replaying audit records journaled before a restart", extra={"fields": {"records": len(recovered)}}
+            )
         self._thread = threading.Thread(target=self._write_loop, name="kms-audit", daemon=True)
         self._thread.start()
 
@@ -251,7 +253,12 @@ class AuditService:
     reach the chain, so that they include every call made so far."""
 
     def __init__(
-        self, repository: AuditRepository, seal: AuditSeal, log: AuditLog, authorizer: Authorizer, digests: ContextDigests
+        self,
+        repository: AuditRepository,
+        seal: AuditSeal,
+        log: AuditLog,
+        authorizer: Authorizer,
+        digests: ContextDigests,
     ) -> None:
         self._repository = repository
         self._seal = seal
@@ -281,7 +288,11 @@ class AuditService:
         self._authorizer.require(call, Permission.AUDIT_READ, key_id or "*")
         self._log.flush(timeout=5)
         return self._repository.records(
-            after_seq=after_seq, since=since, until=until, key_id=key_id, identity=identity,
+            after_seq=after_seq,
+            since=since,
+            until=until,
+            key_id=key_id,
+            identity=identity,
             context_digest=self._digests.of(encoded) if encoded is not None else None,
         )
 

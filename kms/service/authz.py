@@ -43,7 +43,6 @@ from kms.service.calls import SYSTEM_PREFIX, Call
 log = logging.getLogger(__name__)
 
 
-
 class PolicyVerifier(Protocol):
     """Which stored grants and memberships the metadata ledger vouches for
     (kms.service.integrity.MetadataIntegrity)."""
@@ -134,8 +133,10 @@ class PolicyCache:
             validate_principal(grant.principal)
         except KmsError as error:
             self._warned.add(grant.grant_id)
-            log.warning("grant matches nothing under the current rules; revoke it and grant again",
-                        extra={"fields": {"grant_id": grant.grant_id, "problem": error.message}})
+            log.warning(
+                "grant matches nothing under the current rules; revoke it and grant again",
+                extra={"fields": {"grant_id": grant.grant_id, "problem": error.message}},
+            )
 
 
 class QuotaBook:
@@ -262,7 +263,11 @@ class Authorizer:
         if self.is_superuser(call):
             return
         for grant in self._policies.grants(call.identity, call.groups):
-            if Permission.ADMIN in grant.permissions and not grant.context and resource_includes(grant.resource, resource):
+            if (
+                Permission.ADMIN in grant.permissions
+                and not grant.context
+                and resource_includes(grant.resource, resource)
+            ):
                 return
         raise self._denial(call, Permission.ADMIN, f"{resource!r}", Decision(False))
 

@@ -20,7 +20,7 @@ class Trail:
     keyed digest. Not shared between threads: one call, one trail.
     """
 
-    __slots__ = ("key_id", "key_version", "context", "detail", "items", "_next_item")
+    __slots__ = ("_next_item", "context", "detail", "items", "key_id", "key_version")
 
     def __init__(self) -> None:
         self.key_id = ""

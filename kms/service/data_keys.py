@@ -144,8 +144,12 @@ class DataKeyService:
             self._check_wrap_budget(destination)
             header = WrappedKeyHeader(destination.key_id, destination.version)
             iv, sealed = self._master_keys.rewrap(
-                version, parsed.iv, parsed.sealed, parsed.header.associated_data(encoded_context),
-                destination, header.associated_data(encoded_context),
+                version,
+                parsed.iv,
+                parsed.sealed,
+                parsed.header.associated_data(encoded_context),
+                destination,
+                header.associated_data(encoded_context),
             )
             self._usage.unwrapped(version)
             self._usage.wrapped(destination)
@@ -166,7 +170,9 @@ class DataKeyService:
         return _each(
             call,
             requests,
-            lambda item_call, r: self.generate_data_key(item_call, r.key_id, r.context, include_plaintext=include_plaintext),
+            lambda item_call, r: self.generate_data_key(
+                item_call, r.key_id, r.context, include_plaintext=include_plaintext
+            ),
         )
 
     def decrypt_many(self, call: Call, requests: Sequence[UnwrapRequest]) -> list[DataKey | KmsError]:
@@ -226,9 +232,7 @@ class DataKeyService:
         return parsed, version, encoded_context
 
 
-def _each(
-    call: Call, items: Sequence[Item], operation: Callable[[Call, Item], Result]
-) -> list[Result | KmsError]:
+def _each(call: Call, items: Sequence[Item], operation: Callable[[Call, Item], Result]) -> list[Result | KmsError]:
     """Runs ``operation`` per item, each with a trail of its own that becomes the item's audit
     record; an item's failure becomes its result, never the batch's."""
     if len(items) > MAX_BATCH:

@@ -152,8 +152,9 @@ class MetadataIntegrity:
         if changes:
             sealed = self._ledger.seal_existing(changes)
             if sealed:
-                log.warning("metadata that predates the ledger sealed into it as it was",
-                            extra={"fields": {"rows": sealed}})
+                log.warning(
+                    "metadata that predates the ledger sealed into it as it was", extra={"fields": {"rows": sealed}}
+                )
                 if self._reporter is not None:
                     self._reporter.integrity_event("LedgerAdopted", "ledger", "", f"{sealed} rows sealed as found")
         self.anchor_now()
@@ -408,7 +409,9 @@ class MetadataIntegrity:
         expected = self._state.expected(MEMBER, name)
         if self._lost is None and expected is not None and expected[1] == member_digest(group, identity):
             return True
-        self._reject(MEMBER, name, "membership without a ledger entry" if not expected else "removed membership restored")
+        self._reject(
+            MEMBER, name, "membership without a ledger entry" if not expected else "removed membership restored"
+        )
         return False
 
     def _reject(self, kind: str, name: str, problem: str) -> None:
@@ -416,8 +419,10 @@ class MetadataIntegrity:
             return
         self._rejected[(kind, name)] = problem
         REJECTED.labels(kind).set(sum(1 for (k, _) in self._rejected if k == kind))
-        log.error("protected row does not verify; it is ignored",
-                  extra={"fields": {"kind": kind, "name": name[:128], "problem": problem}})
+        log.error(
+            "protected row does not verify; it is ignored",
+            extra={"fields": {"kind": kind, "name": name[:128], "problem": problem}},
+        )
         if self._reporter is not None:
             self._reporter.integrity_event("MetadataRejected", kind, name, problem)
 

@@ -108,7 +108,9 @@ class KeyService:
                         raise KeyAlreadyExists(key_id)
                     first = self._version_for(key_id, 1, prepared)
                     key = transaction.save(
-                        replace(new_key(key_id, description, first, self._clock.now(), rotation_period), storage=storage)
+                        replace(
+                            new_key(key_id, description, first, self._clock.now(), rotation_period), storage=storage
+                        )
                     )
                     crash_point("create_key.before_commit")
             break
@@ -193,7 +195,8 @@ class KeyService:
                         continue
                     why = (
                         "rotation period passed"
-                        if current.rotation_period is not None and current.next_rotation_time is not None
+                        if current.rotation_period is not None
+                        and current.next_rotation_time is not None
                         and current.next_rotation_time <= now
                         else f"primary version wrapped {current.version(current.primary_version).usage.data_keys_issued}"
                         " data keys"
@@ -285,8 +288,10 @@ class KeyService:
             try:
                 self._master_keys.destroy(prepared.version)
             except KmsError as error:
-                log.warning("unrecorded master key left for reconciliation",
-                            extra={"fields": {"master_key_id": prepared.version.master_key_id, "error": error.message}})
+                log.warning(
+                    "unrecorded master key left for reconciliation",
+                    extra={"fields": {"master_key_id": prepared.version.master_key_id, "error": error.message}},
+                )
 
     def _rotated(self, rotated: Key, identity: str, appended: list[LedgerEntry]) -> Key:
         self._cache.put(rotated, appended)

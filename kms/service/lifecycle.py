@@ -23,8 +23,8 @@ from kms.ports import Clock, KeyRepository, MasterKeyStore
 from kms.service.authz import Authorizer
 from kms.service.calls import Call
 from kms.service.key_cache import KeyCache
-from kms.service.lifecycle_ports import Anchoring
 from kms.service.keys import KeyService, validate_description
+from kms.service.lifecycle_ports import Anchoring
 from kms.service.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,22 @@ class LifecycleService:
         key_id: str,
         *,
         description: str | object = UNSET,
-        rotation_period: timedelta | None | object = UNSET,
+        rotation_period: timedelta | object | None = UNSET,
         min_decryption_version: int | object = UNSET,
         storage: Storage | object = UNSET,
     ) -> Key:
         """Changes the given settings only. A new rotation period counts from the primary
         version's creation (see Key.with_rotation_period)."""
-        changed = [name for name, value in (("description", description), ("rotation_period", rotation_period),
-                                             ("min_decryption_version", min_decryption_version),
-                                             ("storage", storage)) if value is not UNSET]
+        changed = [
+            name
+            for name, value in (
+                ("description", description),
+                ("rotation_period", rotation_period),
+                ("min_decryption_version", min_decryption_version),
+                ("storage", storage),
+            )
+            if value is not UNSET
+        ]
         detail = "update " + ",".join(changed)
         if min_decryption_version is not UNSET:
             detail += f" (min_decryption_version {min_decryption_version})"
@@ -94,7 +101,9 @@ class LifecycleService:
         return self._change(call, key_id, update, "key updated")
 
     def disable_version(self, call: Call, key_id: str, version: int) -> Key:
-        return self._change(call, key_id, lambda k, now: lifecycle.disable(k, version, now), "version disabled", version)
+        return self._change(
+            call, key_id, lambda k, now: lifecycle.disable(k, version, now), "version disabled", version
+        )
 
     def enable_version(self, call: Call, key_id: str, version: int) -> Key:
         return self._change(call, key_id, lambda k, now: lifecycle.enable(k, version, now), "version enabled", version)
@@ -123,8 +132,11 @@ class LifecycleService:
         """Disables a version and schedules its destruction, refusing while usage shows it was
         used within ``min_idle`` (counts from every replica, flushed first from this one)."""
         window = lifecycle.DEFAULT_DESTROY_PENDING_WINDOW if pending_window is None else pending_window
-        call.trail.note(key_id=key_id, key_version=version,
-                        detail=f"min idle {int(min_idle.total_seconds())}s, pending window {int(window.total_seconds())}s")
+        call.trail.note(
+            key_id=key_id,
+            key_version=version,
+            detail=f"min idle {int(min_idle.total_seconds())}s, pending window {int(window.total_seconds())}s",
+        )
         validate_key_id(key_id)
         self._authorizer.require(call, Permission.ADMIN, key_id)
         self._usage.flush()

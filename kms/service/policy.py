@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 
+from kms.crypto.context import encode_context
 from kms.domain.policy import (
     GROUP_PREFIX,
     Grant,
@@ -15,7 +16,6 @@ from kms.domain.policy import (
     validate_principal,
     validate_resource,
 )
-from kms.crypto.context import encode_context
 from kms.errors import GrantNotFound, InvalidArgument, KmsError
 from kms.ports import Clock, PolicyRepository
 from kms.service.authz import Authorizer, PolicyCache
@@ -68,8 +68,15 @@ class PolicyService:
         call.trail.note(detail=_describe(principal, resource, granted, constraints) + f" as {stored.grant_id}")
         log.info(
             "permission granted",
-            extra={"fields": {"grant_id": stored.grant_id, "principal": principal, "resource": resource,
-                              "permissions": sorted(p.value for p in granted), "identity": call.identity}},
+            extra={
+                "fields": {
+                    "grant_id": stored.grant_id,
+                    "principal": principal,
+                    "resource": resource,
+                    "permissions": sorted(p.value for p in granted),
+                    "identity": call.identity,
+                }
+            },
         )
         return stored
 

@@ -141,19 +141,28 @@ class Reconciler:
         """The audit log gets what reconciliation changed or found wrong, under kms:reconciler."""
         for version in report.adopted:
             call = internal("reconciler")
-            call.trail.note(key_id=version.key_id, key_version=version.version,
-                            detail=f"adopted leftover master key {version.master_key_id}")
+            call.trail.note(
+                key_id=version.key_id,
+                key_version=version.version,
+                detail=f"adopted leftover master key {version.master_key_id}",
+            )
             self._recorder.finish(call, None, action="ReconciliationAdopt", fail_open=True)
         for version in report.missing:
             call = internal("reconciler")
-            call.trail.note(key_id=version.key_id, key_version=version.version,
-                            detail=f"master key {version.master_key_id} missing from the HSM ({version.state.value})")
+            call.trail.note(
+                key_id=version.key_id,
+                key_version=version.version,
+                detail=f"master key {version.master_key_id} missing from the HSM ({version.state.value})",
+            )
             self._recorder.finish(call, None, action="ReconciliationMissing", fail_open=True)
         for found in report.unresolved:
             call = internal("reconciler")
-            call.trail.note(key_id=found.key_id, key_version=found.version,
-                            detail=f"unreferenced master key {found.master_key_id} left for an operator"
-                                   + ("" if found.sound else " (attributes do not prove in-HSM generation)"))
+            call.trail.note(
+                key_id=found.key_id,
+                key_version=found.version,
+                detail=f"unreferenced master key {found.master_key_id} left for an operator"
+                + ("" if found.sound else " (attributes do not prove in-HSM generation)"),
+            )
             self._recorder.finish(call, None, action="ReconciliationUnresolved", fail_open=True)
 
     @staticmethod
@@ -161,14 +170,25 @@ class Reconciler:
         for version in report.adopted:
             log.warning(
                 "adopted leftover master key as a version",
-                extra={"fields": {"key_id": version.key_id, "version": version.version,
-                                  "master_key_id": version.master_key_id}},
+                extra={
+                    "fields": {
+                        "key_id": version.key_id,
+                        "version": version.version,
+                        "master_key_id": version.master_key_id,
+                    }
+                },
             )
         for version in report.missing:
             log.critical(
                 "master key object missing from the HSM for a recorded version",
-                extra={"fields": {"key_id": version.key_id, "version": version.version,
-                                  "master_key_id": version.master_key_id, "state": version.state.value}},
+                extra={
+                    "fields": {
+                        "key_id": version.key_id,
+                        "version": version.version,
+                        "master_key_id": version.master_key_id,
+                        "state": version.state.value,
+                    }
+                },
             )
         for found in report.unresolved:
             log.warning(

@@ -41,9 +41,7 @@ class RootRotation:
 
 
 class RootKeys:
-    def __init__(
-        self, repository: KeyRepository, roots: RootKeyStore, cache: KeyCache, recorder: CallRecorder
-    ) -> None:
+    def __init__(self, repository: KeyRepository, roots: RootKeyStore, cache: KeyCache, recorder: CallRecorder) -> None:
         self._repository = repository
         self._roots = roots
         self._cache = cache
@@ -74,8 +72,12 @@ class RootKeys:
                     report.versions += moved
                     on_progress(moved)
             after = key_ids[-1]
-        self._audit("RootRotation", "", f"{report.versions} versions of {report.keys} keys re-wrapped under "
-                                        f"root key {report.root_key_id}; {len(report.skipped)} keys left for a rerun")
+        self._audit(
+            "RootRotation",
+            "",
+            f"{report.versions} versions of {report.keys} keys re-wrapped under "
+            f"root key {report.root_key_id}; {len(report.skipped)} keys left for a rerun",
+        )
         return report
 
     def retire(self, root_key_id: str) -> None:
@@ -103,11 +105,17 @@ class RootKeys:
             if version.storage is not Storage.WRAPPED or version.root_key_id == to_root or not version.wrapped_material:
                 continue
             material = self._roots.rewrap_material(
-                key_id, version.version, WrappedMaterial(version.wrapped_material, version.root_key_id),
-                version.material_mac, kind, to_root,
+                key_id,
+                version.version,
+                WrappedMaterial(version.wrapped_material, version.root_key_id),
+                version.material_mac,
+                kind,
+                to_root,
             )
             moved[version.version] = replace(
-                version, wrapped_material=material.blob, root_key_id=material.root_key_id,
+                version,
+                wrapped_material=material.blob,
+                root_key_id=material.root_key_id,
                 material_mac=self._roots.bind(key_id, version.version, material),
             )
         if not moved:
@@ -134,7 +142,9 @@ def _same_material(locked: Key, read: Key, moved: dict[int, KeyVersion]) -> bool
     for number in moved:
         before, now = read.version(number), locked.version(number)
         if (now.wrapped_material, now.root_key_id, now.state is VersionState.DESTROYED) != (
-            before.wrapped_material, before.root_key_id, False
+            before.wrapped_material,
+            before.root_key_id,
+            False,
         ):
             return False
     return True

@@ -95,7 +95,9 @@ class Scheduler:
                 destroyed = self._lifecycle.destroy_if_due(call, key_id, version)
             except KmsError as error:
                 done.failed.append((key_id, error.message))
-                log.warning("scheduled destruction failed", extra={"fields": {"key_id": key_id, "error": error.message}})
+                log.warning(
+                    "scheduled destruction failed", extra={"fields": {"key_id": key_id, "error": error.message}}
+                )
                 self._recorder.finish(call, error, action="ScheduledDestruction", fail_open=True)
                 continue
             if destroyed:
@@ -128,6 +130,8 @@ class Periodic:
             try:
                 self._task()
             except KmsError as error:
-                log.warning("background task failed", extra={"fields": {"task": self._thread.name, "error": error.message}})
+                log.warning(
+                    "background task failed", extra={"fields": {"task": self._thread.name, "error": error.message}}
+                )
             except Exception:
                 log.exception("background task crashed", extra={"fields": {"task": self._thread.name}})

@@ -45,7 +45,9 @@ class UsageRecorder:
         of the last scheduler interval are the margin (see docs/security.md)."""
         slot = (version.key_id, version.version)
         with self._reserve_lock:
-            total = max(version.usage.data_keys_issued, self._flushed_totals.get(slot, 0)) + self._since_flush.get(slot, 0)
+            total = max(version.usage.data_keys_issued, self._flushed_totals.get(slot, 0)) + self._since_flush.get(
+                slot, 0
+            )
             if total >= limit:
                 return total
             self._since_flush[slot] = self._since_flush.get(slot, 0) + 1

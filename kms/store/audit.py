@@ -20,8 +20,24 @@ _PAGE = 2000
 class _DriverSql:
     """The append path's statements in the driver's own parameter style."""
 
-    _COLUMNS = ("seq", "time", "identity", "rpc", "key_id", "key_version", "outcome", "reason", "request_id",
-                "peer", "context_digest", "item", "detail", "origin", "prev_hash", "hash")
+    _COLUMNS = (
+        "seq",
+        "time",
+        "identity",
+        "rpc",
+        "key_id",
+        "key_version",
+        "outcome",
+        "reason",
+        "request_id",
+        "peer",
+        "context_digest",
+        "item",
+        "detail",
+        "origin",
+        "prev_hash",
+        "hash",
+    )
 
     def __init__(self, engine: Engine) -> None:
         mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
@@ -32,7 +48,9 @@ class _DriverSql:
         self.insert_record = (
             f"INSERT INTO audit_records ({', '.join(self._COLUMNS)}) VALUES ({', '.join([mark] * len(self._COLUMNS))})"
         )
-        self.insert_checkpoint = f"INSERT INTO audit_checkpoints (seq, hash, time, mac) VALUES ({mark}, {mark}, {mark}, {mark})"
+        self.insert_checkpoint = (
+            f"INSERT INTO audit_checkpoints (seq, hash, time, mac) VALUES ({mark}, {mark}, {mark}, {mark})"
+        )
         self.update_head = f"UPDATE audit_head SET seq = {mark}, hash = {mark} WHERE id = 1"
 
     def time(self, value: datetime) -> object:
@@ -42,8 +60,24 @@ class _DriverSql:
 
     def record_row(self, record: AuditRecord) -> tuple:
         e = record.entry
-        return (record.seq, self.time(e.time), e.identity, e.rpc, e.key_id, e.key_version, e.outcome, e.reason,
-                e.request_id, e.peer, e.context_digest, e.item, e.detail, record.origin, record.prev_hash, record.hash)
+        return (
+            record.seq,
+            self.time(e.time),
+            e.identity,
+            e.rpc,
+            e.key_id,
+            e.key_version,
+            e.outcome,
+            e.reason,
+            e.request_id,
+            e.peer,
+            e.context_digest,
+            e.item,
+            e.detail,
+            record.origin,
+            record.prev_hash,
+            record.hash,
+        )
 
 
 class SqlAuditRepository:
@@ -131,7 +165,9 @@ class SqlAuditRepository:
         after = -1
         while True:
             with database_errors(), self._engine.connect() as connection:
-                rows = connection.execute(select(table).where(table.c.seq > after).order_by(table.c.seq).limit(_PAGE)).all()
+                rows = connection.execute(
+                    select(table).where(table.c.seq > after).order_by(table.c.seq).limit(_PAGE)
+                ).all()
             for row in rows:
                 yield Checkpoint(row.seq, row.hash, row.time, row.mac)
             if len(rows) < _PAGE:

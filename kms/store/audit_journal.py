@@ -138,19 +138,45 @@ def _encode(journal_file: _File, entries: list[AuditEntry]) -> tuple[list[str], 
 
 
 def _line(origin: str, entry: AuditEntry) -> bytes:
-    return json.dumps(
-        [origin, entry.time.isoformat(), entry.identity, entry.rpc, entry.outcome, entry.key_id, entry.key_version,
-         entry.reason, entry.request_id, entry.peer, entry.context_digest, entry.item, entry.detail],
-        separators=(",", ":"),
-    ).encode() + b"\n"
+    return (
+        json.dumps(
+            [
+                origin,
+                entry.time.isoformat(),
+                entry.identity,
+                entry.rpc,
+                entry.outcome,
+                entry.key_id,
+                entry.key_version,
+                entry.reason,
+                entry.request_id,
+                entry.peer,
+                entry.context_digest,
+                entry.item,
+                entry.detail,
+            ],
+            separators=(",", ":"),
+        ).encode()
+        + b"\n"
+    )
 
 
 def _parse(raw: bytes) -> tuple[str, AuditEntry]:
-    (origin, when, identity, rpc, outcome, key_id, key_version, reason, request_id, peer, digest, item,
-     detail) = json.loads(raw)
+    (origin, when, identity, rpc, outcome, key_id, key_version, reason, request_id, peer, digest, item, detail) = (
+        json.loads(raw)
+    )
     entry = AuditEntry(
-        time=datetime.fromisoformat(when), identity=identity, rpc=rpc, outcome=outcome, key_id=key_id,
-        key_version=key_version, reason=reason, request_id=request_id, peer=peer, context_digest=digest,
-        item=item, detail=detail,
+        time=datetime.fromisoformat(when),
+        identity=identity,
+        rpc=rpc,
+        outcome=outcome,
+        key_id=key_id,
+        key_version=key_version,
+        reason=reason,
+        request_id=request_id,
+        peer=peer,
+        context_digest=digest,
+        item=item,
+        detail=detail,
     )
     return origin, entry

@@ -45,16 +45,23 @@ class SqlLedger:
         connection.execute(
             insert(LedgerEntryRow.__table__),
             [
-                {"seq": e.seq, "kind": e.change.kind, "name": e.change.name, "revision": e.change.revision,
-                 "digest": e.change.digest, "prev_hash": e.prev_hash, "hash": e.hash}
+                {
+                    "seq": e.seq,
+                    "kind": e.change.kind,
+                    "name": e.change.name,
+                    "revision": e.change.revision,
+                    "digest": e.change.digest,
+                    "prev_hash": e.prev_hash,
+                    "hash": e.hash,
+                }
                 for e in entries
             ],
         )
         last = entries[-1]
         connection.execute(
-            update(head_table).where(head_table.c.id == 1).values(
-                seq=last.seq, hash=last.hash, mac=self._seal.seal(head_message(last.seq, last.hash))
-            )
+            update(head_table)
+            .where(head_table.c.id == 1)
+            .values(seq=last.seq, hash=last.hash, mac=self._seal.seal(head_message(last.seq, last.hash)))
         )
         self._last_written = (last.seq, last.hash)
         return entries
@@ -87,7 +94,10 @@ class SqlLedger:
             with connection.begin():
                 head = _head(connection)
                 rows = connection.execute(
-                    select(table).where(table.c.seq > after_seq, table.c.seq <= head.seq).order_by(table.c.seq).limit(limit)
+                    select(table)
+                    .where(table.c.seq > after_seq, table.c.seq <= head.seq)
+                    .order_by(table.c.seq)
+                    .limit(limit)
                 ).all()
         return [_entry(row) for row in rows], head
 

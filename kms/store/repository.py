@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, and_, bindparam, case, or_, select, text, tuple_, update
 from sqlalchemy import exc as sa_exc
@@ -103,8 +103,10 @@ class SqlKeyRepository:
             if max_wraps is not None:
                 worn = (
                     select(KeyRow.key_id)
-                    .join(KeyVersionRow, and_(KeyVersionRow.key_id == KeyRow.key_id,
-                                              KeyVersionRow.version == KeyRow.primary_version))
+                    .join(
+                        KeyVersionRow,
+                        and_(KeyVersionRow.key_id == KeyRow.key_id, KeyVersionRow.version == KeyRow.primary_version),
+                    )
                     .where(KeyVersionRow.data_keys_issued >= max_wraps)
                     .order_by(KeyRow.key_id)
                     .limit(limit)
@@ -115,10 +117,15 @@ class SqlKeyRepository:
 
     def keys_wrapped_outside(self, root_key_id: str, limit: int, after_key_id: str | None) -> list[str]:
         query = (
-            select(KeyVersionRow.key_id).distinct()
-            .where(KeyVersionRow.storage == Storage.WRAPPED.value, KeyVersionRow.root_key_id != root_key_id,
-                   KeyVersionRow.state != VersionState.DESTROYED.value)
-            .order_by(KeyVersionRow.key_id).limit(limit)
+            select(KeyVersionRow.key_id)
+            .distinct()
+            .where(
+                KeyVersionRow.storage == Storage.WRAPPED.value,
+                KeyVersionRow.root_key_id != root_key_id,
+                KeyVersionRow.state != VersionState.DESTROYED.value,
+            )
+            .order_by(KeyVersionRow.key_id)
+            .limit(limit)
         )
         if after_key_id is not None:
             query = query.where(KeyVersionRow.key_id > after_key_id)
@@ -127,10 +134,15 @@ class SqlKeyRepository:
 
     def keys_wrapped_under(self, root_key_id: str, limit: int) -> list[str]:
         query = (
-            select(KeyVersionRow.key_id).distinct()
-            .where(KeyVersionRow.storage == Storage.WRAPPED.value, KeyVersionRow.root_key_id == root_key_id,
-                   KeyVersionRow.state != VersionState.DESTROYED.value)
-            .order_by(KeyVersionRow.key_id).limit(limit)
+            select(KeyVersionRow.key_id)
+            .distinct()
+            .where(
+                KeyVersionRow.storage == Storage.WRAPPED.value,
+                KeyVersionRow.root_key_id == root_key_id,
+                KeyVersionRow.state != VersionState.DESTROYED.value,
+            )
+            .order_by(KeyVersionRow.key_id)
+            .limit(limit)
         )
         with database_errors(), self._sessions() as session:
             return list(session.scalars(query))
@@ -158,7 +170,10 @@ class SqlKeyRepository:
                 data_keys_issued=table.c.data_keys_issued + bindparam("wraps"),
                 decrypts=table.c.decrypts + bindparam("unwraps"),
                 last_used_time=case(
-                    (or_(table.c.last_used_time.is_(None), table.c.last_used_time < bindparam("used")), bindparam("used")),
+                    (
+                        or_(table.c.last_used_time.is_(None), table.c.last_used_time < bindparam("used")),
+                        bindparam("used"),
+                    ),
                     else_=table.c.last_used_time,
                 ),
             )
@@ -178,7 +193,9 @@ class SqlKeyRepository:
                     query = select(table.c.key_id, table.c.version, table.c.data_keys_issued).where(
                         tuple_(table.c.key_id, table.c.version).in_(chunk)
                     )
-                    totals.update({(row.key_id, row.version): row.data_keys_issued for row in connection.execute(query)})
+                    totals.update(
+                        {(row.key_id, row.version): row.data_keys_issued for row in connection.execute(query)}
+                    )
         return totals
 
     def unledgered(self) -> list[Change]:

@@ -66,7 +66,7 @@ class TlsFiles:
         return grpc.ssl_channel_credentials(self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes())
 
 
-def open_channel(target: str, tls: TlsFiles | None, aio: bool = False):  # noqa: ANN201 - sync or aio channel
+def open_channel(target: str, tls: TlsFiles | None, aio: bool = False):
     module = grpc.aio if aio else grpc
     if tls is None:
         return module.insecure_channel(target)
@@ -326,7 +326,9 @@ class BenchServer:
             env.setdefault("KMS_DEV_MODE", "true")
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(self._launcher), *self._launcher_args], env=env, stdout=subprocess.PIPE,
+                [sys.executable, str(self._launcher), *self._launcher_args],
+                env=env,
+                stdout=subprocess.PIPE,
                 stderr=log,
             )
         assert self.process.stdout is not None

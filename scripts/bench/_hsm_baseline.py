@@ -40,7 +40,13 @@ def measure_wrap(
     under ``object_id``: a re-wrap as the HSM sees it, named ``raw HSM unwrap+wrap``."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
         return child.submit(
-            _measure_in_child, data_dir, object_id, associated_data, tuple(thread_counts), duration, warmup,
+            _measure_in_child,
+            data_dir,
+            object_id,
+            associated_data,
+            tuple(thread_counts),
+            duration,
+            warmup,
             unwrap_from,
         ).result()
 
@@ -79,7 +85,9 @@ def _measure_in_child(
         sealed = source.encrypt(DATA_KEY, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data))
 
         def unwrap_and_wrap() -> bytes:
-            data_key = source.decrypt(sealed, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data))
+            data_key = source.decrypt(
+                sealed, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data)
+            )
             parameters = GCMParams(os.urandom(12), associated_data, GCM_TAG_BITS)
             return key.encrypt(data_key, mechanism=Mechanism.AES_GCM, mechanism_param=parameters)
 

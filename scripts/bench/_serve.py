@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 import signal
+
+from _harness import BENCH_SERVICE
 from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2
 
 from kms import logs
 from kms.app import Application
 from kms.config import Settings
 from kms.service.calls import Call
-
-from _harness import BENCH_SERVICE
 
 
 def bench_service():
@@ -32,7 +32,9 @@ def bench_service():
         pass
     package, _, name = BENCH_SERVICE.rpartition(".")
     file = descriptor_pb2.FileDescriptorProto(
-        name="kms/bench/v1/bench.proto", package=package, syntax="proto3",
+        name="kms/bench/v1/bench.proto",
+        package=package,
+        syntax="proto3",
         dependency=[empty_pb2.DESCRIPTOR.name],
     )
     file.service.add(name=name).method.add(

@@ -52,7 +52,7 @@ class Sink(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # noqa: ANN001
+    def write(self, data) -> int:
         self.count += len(data)
         return len(data)
 
@@ -89,8 +89,22 @@ def throwaway_server() -> Iterator[str]:
         log = open(os.path.join(data_dir, "server.log"), "wb")  # noqa: SIM115
         port_file = os.path.join(data_dir, "server.port")
         server = subprocess.Popen(
-            [sys.executable, "-m", "kms", "serve", "--dev", "--listen", "127.0.0.1:0", "--port-file", port_file,
-             "--data-dir", data_dir], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "kms",
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                port_file,
+                "--data-dir",
+                data_dir,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
         def exited() -> None:
@@ -212,7 +226,9 @@ def aws_encryption_sdk_streams(data: bytes) -> Runs:
     providers = AwsCryptographicMaterialProviders(config=MaterialProvidersConfig())
     keyring = providers.create_raw_aes_keyring(
         input=CreateRawAesKeyringInput(
-            key_namespace="bench", key_name="raw-aes", wrapping_key=os.urandom(32),
+            key_namespace="bench",
+            key_name="raw-aes",
+            wrapping_key=os.urandom(32),
             wrapping_alg=AesWrappingAlg.ALG_AES256_GCM_IV12_TAG16,
         )
     )
@@ -220,8 +236,14 @@ def aws_encryption_sdk_streams(data: bytes) -> Runs:
     suite = Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY
 
     def encrypt(sink: io.RawIOBase) -> None:
-        with esdk.stream(mode="e", source=io.BytesIO(data), keyring=keyring, frame_length=CHUNK, algorithm=suite,
-                         encryption_context=CONTEXT) as stream:
+        with esdk.stream(
+            mode="e",
+            source=io.BytesIO(data),
+            keyring=keyring,
+            frame_length=CHUNK,
+            algorithm=suite,
+            encryption_context=CONTEXT,
+        ) as stream:
             for chunk in stream:
                 sink.write(chunk)
 
@@ -315,8 +337,10 @@ def main() -> None:
             ("raw AESGCM encrypt_into, one reused buffer", lambda: raw_aesgcm_into(data)),
             ("raw AESGCM + BytesIO reads", lambda: raw_aesgcm_with_reads(data)),
             (f"kms_client {version('kms-client')} streams", lambda: kms_client_streams(client, data)),
-            (f"AWS Encryption SDK {version('aws-encryption-sdk')}, raw AES keyring",
-             lambda: aws_encryption_sdk_streams(data)),
+            (
+                f"AWS Encryption SDK {version('aws-encryption-sdk')}, raw AES keyring",
+                lambda: aws_encryption_sdk_streams(data),
+            ),
             (f"Tink {version('tink')} AES256_GCM_HKDF_1MB", lambda: tink_streams(data)),
         ]
         prepared: list[tuple[str, Runs | None, str]] = []
@@ -353,10 +377,14 @@ def main() -> None:
         if encrypt_rate is None:
             print(f"{name:48s} {decrypt_rate}")
             continue
-        print(f"{name:48s} {encrypt_rate:14,.0f} {encrypt_rate / ceiling[1]:7.0%} "
-              f"{decrypt_rate:14,.0f} {decrypt_rate / ceiling[2]:7.0%}")
-    print(f"(kms_client's figures include its one service call per stream: GenerateDataKey {call_ms[0]:.1f} ms, "
-          f"Decrypt {call_ms[1]:.1f} ms at best)")
+        print(
+            f"{name:48s} {encrypt_rate:14,.0f} {encrypt_rate / ceiling[1]:7.0%} "
+            f"{decrypt_rate:14,.0f} {decrypt_rate / ceiling[2]:7.0%}"
+        )
+    print(
+        f"(kms_client's figures include its one service call per stream: GenerateDataKey {call_ms[0]:.1f} ms, "
+        f"Decrypt {call_ms[1]:.1f} ms at best)"
+    )
     print("\nSmall records (100 bytes), per second")
     print(f"{'':48s} {'encrypt/s':>14s} {'':7s} {'decrypt/s':>14s}")
     print(f"{'kms_client, data key caching on':48s} {cached[0]:14,.0f} {'':7s} {cached[1]:14,.0f}")

@@ -54,9 +54,26 @@ class PluginProcess:
         context = [argument for key, value in CONTEXT_ENTRIES.items() for argument in ("--context", f"{key}={value}")]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "kms", "k8s-plugin", "--socket", str(self.socket), "--key-id", KEY_ID,
-                 *context, "--target", kms_target, "--log-format", "text", "--log-level", "WARNING"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "kms",
+                    "k8s-plugin",
+                    "--socket",
+                    str(self.socket),
+                    "--key-id",
+                    KEY_ID,
+                    *context,
+                    "--target",
+                    kms_target,
+                    "--log-format",
+                    "text",
+                    "--log-level",
+                    "WARNING",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self._wait_ok()
 
@@ -96,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         with KmsClient(server.target) as client:
             client.create_key(KEY_ID)
         plugin = PluginProcess(server.target)
-        print(f"KMS pid {server.pid} on {server.target}, plugin pid {plugin.process.pid} on {plugin.socket}; "
-              f"{args.concurrency} callers, {args.duration:g}s per cell", file=sys.stderr)
+        print(
+            f"KMS pid {server.pid} on {server.target}, plugin pid {plugin.process.pid} on {plugin.socket}; "
+            f"{args.concurrency} callers, {args.duration:g}s per cell",
+            file=sys.stderr,
+        )
         try:
             with KmsClient(server.target) as client, grpc.insecure_channel(f"unix://{plugin.socket}") as channel:
                 stub = api_pb2_grpc.KeyManagementServiceStub(channel)
@@ -127,19 +147,33 @@ def main(argv: list[str] | None = None) -> int:
         f"results ({args.concurrency} concurrent callers; client CPU: cores this process kept busy)",
         ["call", "calls/s", "p50 ms", "p99 ms", "errors", "client CPU"],
         [
-            [cell.name, f"{cell.rate:.0f}", f"{cell.percentile_ms(50):.2f}", f"{cell.percentile_ms(99):.2f}",
-             cell.errors, "-" if cell.server_cpu is None else f"{cell.server_cpu:.2f}"]
+            [
+                cell.name,
+                f"{cell.rate:.0f}",
+                f"{cell.percentile_ms(50):.2f}",
+                f"{cell.percentile_ms(99):.2f}",
+                cell.errors,
+                "-" if cell.server_cpu is None else f"{cell.server_cpu:.2f}",
+            ]
             for cell in (generate_cell, encrypt_cell)
         ],
     )
     spread = f" (rounds: {', '.join(f'{r:.0%}' for r in per_round if r is not None)})" if len(rounds) > 1 else ""
-    print(f"\nEncrypt through the plugin / GenerateDataKey through the SDK: "
-          f"{'-' if ratio is None else f'{ratio:.0%}'}{spread}")
+    print(
+        f"\nEncrypt through the plugin / GenerateDataKey through the SDK: "
+        f"{'-' if ratio is None else f'{ratio:.0%}'}{spread}"
+    )
     path = write_json(
         "k8s_plugin",
         {
-            "settings": {"duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
-                         "concurrency": args.concurrency, "context": CONTEXT, "seed_bytes": SEED_BYTES},
+            "settings": {
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "rounds": args.rounds,
+                "concurrency": args.concurrency,
+                "context": CONTEXT,
+                "seed_bytes": SEED_BYTES,
+            },
             "cells": [generate_cell.summary(), encrypt_cell.summary()],
             "encrypt_vs_generate_data_key": ratio,
             "encrypt_vs_generate_data_key_rounds": per_round,
@@ -161,8 +195,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def report_progress(measurement: Measurement) -> None:
     errors = f", {measurement.errors} errors ({measurement.first_error})" if measurement.errors else ""
-    print(f"  {measurement.name:<22} {measurement.rate:8.0f}/s  p50 {measurement.percentile_ms(50):6.2f} ms"
-          f"  p99 {measurement.percentile_ms(99):6.2f} ms{errors}", file=sys.stderr)
+    print(
+        f"  {measurement.name:<22} {measurement.rate:8.0f}/s  p50 {measurement.percentile_ms(50):6.2f} ms"
+        f"  p99 {measurement.percentile_ms(99):6.2f} ms{errors}",
+        file=sys.stderr,
+    )
 
 
 def _ratio(value: float, base: float) -> float | None:

@@ -26,7 +26,14 @@ import threading
 import time
 from pathlib import Path
 
-from _harness import REPOSITORY, BenchServer, _create_postgres_database, _drop_postgres_database, print_table, write_json
+from _harness import (
+    REPOSITORY,
+    BenchServer,
+    _create_postgres_database,
+    _drop_postgres_database,
+    print_table,
+    write_json,
+)
 from _hsm_baseline import measure_wrap
 
 from kms.crypto.context import encode_context
@@ -60,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         for streams in args.streams:
             rate = stream_rewrap(client, wrapped, streams)
             streaming[streams] = rate
-            rows_out.append([f"StreamReWrap, {streams} stream(s)", f"{rate:.0f}", f"{rate / best_raw:.0%}",
-                             f"{1_000_000 / rate / 60:.1f} min"])
+            rows_out.append(
+                [
+                    f"StreamReWrap, {streams} stream(s)",
+                    f"{rate:.0f}",
+                    f"{rate / best_raw:.0%}",
+                    f"{1_000_000 / rate / 60:.1f} min",
+                ]
+            )
         record["stream_rewrap"] = streaming
 
         corpus = {}
@@ -72,25 +85,40 @@ def main(argv: list[str] | None = None) -> int:
                 if url.startswith("postgresql"):
                     _drop_postgres_database(url)
             corpus[name] = rate
-            rows_out.append([f"kms rewrap, table on {name}", f"{rate:.0f}", f"{rate / best_raw:.0%}",
-                             f"{1_000_000 / rate / 60:.1f} min"])
+            rows_out.append(
+                [
+                    f"kms rewrap, table on {name}",
+                    f"{rate:.0f}",
+                    f"{rate / best_raw:.0%}",
+                    f"{1_000_000 / rate / 60:.1f} min",
+                ]
+            )
         record["kms_rewrap_rows"] = corpus
 
         if args.million:
             seconds = million(client, max(args.streams))
             record["million_seconds"] = seconds
-            rows_out.append(["1,000,000 keys, StreamReWrap", f"{1_000_000 / seconds:.0f}", "-", f"{seconds / 60:.1f} min"])
+            rows_out.append(
+                ["1,000,000 keys, StreamReWrap", f"{1_000_000 / seconds:.0f}", "-", f"{seconds / 60:.1f} min"]
+            )
 
-    print_table("re-wrap throughput (raw HSM: best of its thread counts)",
-                ["what", "items/s", "vs raw HSM", "1M would take"], rows_out)
+    print_table(
+        "re-wrap throughput (raw HSM: best of its thread counts)",
+        ["what", "items/s", "vs raw HSM", "1M would take"],
+        rows_out,
+    )
     best_stream = max(streaming.values())
     ratio = best_stream / best_raw
-    print(f"\ntarget: StreamReWrap reaches {ratio:.0%} of the raw HSM unwrap+wrap rate (goal {TARGET_RATIO:.0%}): "
-          f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}")
+    print(
+        f"\ntarget: StreamReWrap reaches {ratio:.0%} of the raw HSM unwrap+wrap rate (goal {TARGET_RATIO:.0%}): "
+        f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}"
+    )
     projected = record.get("million_seconds") or 1_000_000 / best_stream
-    print(f"target: one million wrapped keys in {projected / 60:.1f} min (goal under {MILLION_MINUTES:.0f}): "
-          f"{'met' if projected / 60 < MILLION_MINUTES else 'NOT met'}"
-          + ("" if args.million else " (projected from the measured rate; --million runs it)"))
+    print(
+        f"target: one million wrapped keys in {projected / 60:.1f} min (goal under {MILLION_MINUTES:.0f}): "
+        f"{'met' if projected / 60 < MILLION_MINUTES else 'NOT met'}"
+        + ("" if args.million else " (projected from the measured rate; --million runs it)")
+    )
     record["targets"] = {"stream_vs_raw": ratio, "million_minutes": projected / 60}
     path = write_json("rewrap", record)
     print(f"wrote {path.relative_to(REPOSITORY)}")
@@ -139,15 +167,25 @@ def table_rewrap(client: KmsClient, url: str, rows: int) -> float:
     from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, create_engine
 
     engine = create_engine(url)
-    table = Table("secrets", MetaData(), Column("id", Integer, primary_key=True), Column("tenant", String(16)),
-                  Column("wrapped", LargeBinary))
+    table = Table(
+        "secrets",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("tenant", String(16)),
+        Column("wrapped", LargeBinary),
+    )
     table.metadata.create_all(engine)
     version_before = client.get_key(KEY_ID).primary_version
     for start in range(0, rows, 1000):
         issued = client.generate_data_keys([(KEY_ID, CONTEXT)] * min(1000, rows - start))
         with engine.begin() as connection:
-            connection.execute(table.insert(), [{"id": start + i, "tenant": CONTEXT["tenant"], "wrapped": d.wrapped_key}
-                                                for i, d in enumerate(issued)])
+            connection.execute(
+                table.insert(),
+                [
+                    {"id": start + i, "tenant": CONTEXT["tenant"], "wrapped": d.wrapped_key}
+                    for i, d in enumerate(issued)
+                ],
+            )
     client.rotate_key(KEY_ID)
     assert client.get_key(KEY_ID).primary_version == version_before + 1
     source = TableSource(url, "secrets", "wrapped", "id", context_columns={"tenant": "tenant"}, engine=engine)
@@ -175,8 +213,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=20_000, help="table rows per kms rewrap measurement")
     parser.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 4])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds for the raw HSM measurement")
-    parser.add_argument("--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/kms_bench",
-                        help="server and name prefix of a throwaway PostgreSQL database ('' to skip)")
+    parser.add_argument(
+        "--postgres-url",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/kms_bench",
+        help="server and name prefix of a throwaway PostgreSQL database ('' to skip)",
+    )
     parser.add_argument("--million", action="store_true", help="also re-wrap one million keys, end to end")
     return parser.parse_args(argv)
 

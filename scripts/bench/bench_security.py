@@ -47,8 +47,9 @@ TARGET = 0.80
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     certs = Path(tempfile.mkdtemp(prefix="kms-bench-certs-"))
-    subprocess.run([str(REPOSITORY / "scripts" / "make-dev-certs.sh"), str(certs), "admin", "app"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(REPOSITORY / "scripts" / "make-dev-certs.sh"), str(certs), "admin", "app"], check=True, capture_output=True
+    )
     app_files = TlsFiles(certs / "ca.crt", certs / "app.crt", certs / "app.key")
     mtls_env = {
         "KMS_TLS_CERT": str(certs / "server.crt"),
@@ -78,9 +79,12 @@ def main(argv: list[str] | None = None) -> int:
                 for name, load in loads.items():
                     measured = load.run(name, rpc, args.concurrency, args.duration, args.warmup)
                     results[name].append(measured)
-                    print(f"  round {round_number + 1} {name:<8} {measured.rate:8.0f}/s  p50 "
-                          f"{measured.percentile_ms(50):6.2f} ms  errors {measured.errors}"
-                          + (f" ({measured.first_error})" if measured.errors else ""), file=sys.stderr)
+                    print(
+                        f"  round {round_number + 1} {name:<8} {measured.rate:8.0f}/s  p50 "
+                        f"{measured.percentile_ms(50):6.2f} ms  errors {measured.errors}"
+                        + (f" ({measured.first_error})" if measured.errors else ""),
+                        file=sys.stderr,
+                    )
         finally:
             for load in loads.values():
                 load.close()
@@ -111,25 +115,39 @@ def report(results: dict[str, list[Measurement]], args: argparse.Namespace) -> i
     rows = []
     for name, measurement in combined.items():
         spread = [r[name] for r in per_round]
-        rows.append([
-            name, str(args.concurrency), f"{measurement.rate:.0f}", f"{measurement.percentile_ms(50):.2f}",
-            f"{measurement.percentile_ms(99):.2f}", str(measurement.errors),
-            f"{measurement.rate / base:.0%} ({min(spread):.0%}-{max(spread):.0%})",
-            f"{measurement.server_cpu_us_per_call or 0:.0f}",
-        ])
-    print_table("GenerateDataKey: mutual TLS, authorization and audit against the open server",
-                ["server", "conc", "calls/s", "p50 ms", "p99 ms", "errors", "vs open", "us/call"], rows)
+        rows.append(
+            [
+                name,
+                str(args.concurrency),
+                f"{measurement.rate:.0f}",
+                f"{measurement.percentile_ms(50):.2f}",
+                f"{measurement.percentile_ms(99):.2f}",
+                str(measurement.errors),
+                f"{measurement.rate / base:.0%} ({min(spread):.0%}-{max(spread):.0%})",
+                f"{measurement.server_cpu_us_per_call or 0:.0f}",
+            ]
+        )
+    print_table(
+        "GenerateDataKey: mutual TLS, authorization and audit against the open server",
+        ["server", "conc", "calls/s", "p50 ms", "p99 ms", "errors", "vs open", "us/call"],
+        rows,
+    )
     secured = combined["secured"].rate / base
     verdict = "met" if secured >= TARGET else "NOT met"
-    print(f"\ntarget: secured at concurrency {args.concurrency} is {secured:.1%} of open "
-          f"(goal at least {TARGET:.0%}, i.e. at most 20% fewer calls): {verdict}")
-    path = write_json("security", {
-        "settings": vars(args),
-        "cells": {name: m.summary() for name, m in combined.items()},
-        "vs_open": {name: m.rate / base for name, m in combined.items()},
-        "vs_open_rounds": per_round,
-        "target": {"secured_vs_open_at_least": TARGET, "value": secured, "met": secured >= TARGET},
-    })
+    print(
+        f"\ntarget: secured at concurrency {args.concurrency} is {secured:.1%} of open "
+        f"(goal at least {TARGET:.0%}, i.e. at most 20% fewer calls): {verdict}"
+    )
+    path = write_json(
+        "security",
+        {
+            "settings": vars(args),
+            "cells": {name: m.summary() for name, m in combined.items()},
+            "vs_open": {name: m.rate / base for name, m in combined.items()},
+            "vs_open_rounds": per_round,
+            "target": {"secured_vs_open_at_least": TARGET, "value": secured, "met": secured >= TARGET},
+        },
+    )
     print(f"wrote {path.relative_to(REPOSITORY)}")
     return 0
 

@@ -198,7 +198,7 @@ def print_results(rows: list[dict[str, object]]) -> None:
 
 
 def _spread(values: object) -> str:
-    """" (lowest-highest)" in percent, for ratios measured in several rounds."""
+    """ " (lowest-highest)" in percent, for ratios measured in several rounds."""
     if not isinstance(values, list) or None in values:
         return ""
     return f" ({min(values):.0%}-{max(values):.0%})"

@@ -24,9 +24,7 @@ from tests.support.clock import ManualClock
 from tests.support.fixtures import ADMIN, APP, make_settings
 
 DAY = timedelta(days=1)
-ALL_RPCS = {
-    method.name for service in pb.DESCRIPTOR.services_by_name.values() for method in service.methods
-}
+ALL_RPCS = {method.name for service in pb.DESCRIPTOR.services_by_name.values() for method in service.methods}
 
 
 def _duration(value: timedelta) -> duration_pb2.Duration:
@@ -47,10 +45,10 @@ class Walk:
         return (("x-request-id", self.request_ids[rpc]),)
 
 
-def _call(service: str, rpc: str, request, *, streamed: bool = False):  # noqa: ANN001, ANN202
+def _call(service: str, rpc: str, request, *, streamed: bool = False):
     """A step that sends ``request`` (or ``request(walk)``) to ``rpc`` under its own request id."""
 
-    def step(w: Walk):  # noqa: ANN202
+    def step(w: Walk):
         message = request(w) if callable(request) else request
         answer = getattr(getattr(w.admin, service), rpc)(message, metadata=w.metadata(rpc), timeout=30)
         return list(answer) if streamed else answer
@@ -58,10 +56,10 @@ def _call(service: str, rpc: str, request, *, streamed: bool = False):  # noqa: 
     return step
 
 
-def _keep(step, attribute: str, pick):  # noqa: ANN001, ANN202
+def _keep(step, attribute: str, pick):
     """``step``, remembering part of its answer for the steps after it."""
 
-    def keeping(w: Walk):  # noqa: ANN202
+    def keeping(w: Walk):
         answer = step(w)
         setattr(w, attribute, pick(answer))
         return answer
@@ -69,7 +67,7 @@ def _keep(step, attribute: str, pick):  # noqa: ANN001, ANN202
     return keeping
 
 
-def _version(rpc: str, message_type, **fields):  # noqa: ANN001, ANN202
+def _version(rpc: str, message_type, **fields):
     return _call("keys", rpc, message_type(key_id="orders", version=1, **fields))
 
 
@@ -82,22 +80,42 @@ STEPS: dict[str, tuple[Callable[[Walk], object], tuple[str, int]]] = {
     "GetKey": (_call("keys", "GetKey", ORDERS), ("orders", 0)),
     "ListKeys": (_call("keys", "ListKeys", pb.ListKeysRequest()), ("", 0)),
     "RotateKey": (_call("keys", "RotateKey", pb.RotateKeyRequest(key_id="orders")), ("orders", 2)),
-    "UpdateKey": (_call("keys", "UpdateKey", pb.UpdateKeyRequest(
-        key_id="orders", description="walked", update_mask=field_mask_pb2.FieldMask(paths=["description"]))),
-        ("orders", 0)),
+    "UpdateKey": (
+        _call(
+            "keys",
+            "UpdateKey",
+            pb.UpdateKeyRequest(
+                key_id="orders", description="walked", update_mask=field_mask_pb2.FieldMask(paths=["description"])
+            ),
+        ),
+        ("orders", 0),
+    ),
     "DisableKeyVersion": (_version("DisableKeyVersion", pb.DisableKeyVersionRequest), ("orders", 1)),
     "EnableKeyVersion": (_version("EnableKeyVersion", pb.EnableKeyVersionRequest), ("orders", 1)),
-    "ScheduleKeyVersionDestruction": (_version(
-        "ScheduleKeyVersionDestruction", pb.ScheduleKeyVersionDestructionRequest, pending_window=TWO_DAYS),
-        ("orders", 1)),
-    "CancelKeyVersionDestruction": (_version("CancelKeyVersionDestruction", pb.CancelKeyVersionDestructionRequest),
-                                    ("orders", 1)),
-    "RetireKeyVersion": (_version("RetireKeyVersion", pb.RetireKeyVersionRequest, min_idle=NO_IDLE,
-                                  pending_window=TWO_DAYS), ("orders", 1)),
-    "GenerateDataKey": (_keep(_call("keys", "GenerateDataKey", pb.GenerateDataKeyRequest(key_id="orders")),
-                              "wrapped", lambda answer: answer.wrapped_key), ("orders", 2)),
-    "GenerateDataKeyWithoutPlaintext": (_call("keys", "GenerateDataKeyWithoutPlaintext",
-                                              pb.GenerateDataKeyRequest(key_id="orders")), ("orders", 2)),
+    "ScheduleKeyVersionDestruction": (
+        _version("ScheduleKeyVersionDestruction", pb.ScheduleKeyVersionDestructionRequest, pending_window=TWO_DAYS),
+        ("orders", 1),
+    ),
+    "CancelKeyVersionDestruction": (
+        _version("CancelKeyVersionDestruction", pb.CancelKeyVersionDestructionRequest),
+        ("orders", 1),
+    ),
+    "RetireKeyVersion": (
+        _version("RetireKeyVersion", pb.RetireKeyVersionRequest, min_idle=NO_IDLE, pending_window=TWO_DAYS),
+        ("orders", 1),
+    ),
+    "GenerateDataKey": (
+        _keep(
+            _call("keys", "GenerateDataKey", pb.GenerateDataKeyRequest(key_id="orders")),
+            "wrapped",
+            lambda answer: answer.wrapped_key,
+        ),
+        ("orders", 2),
+    ),
+    "GenerateDataKeyWithoutPlaintext": (
+        _call("keys", "GenerateDataKeyWithoutPlaintext", pb.GenerateDataKeyRequest(key_id="orders")),
+        ("orders", 2),
+    ),
     "Decrypt": (_call("keys", "Decrypt", lambda w: pb.DecryptRequest(wrapped_key=w.wrapped)), ("orders", 2)),
     "ReWrap": (_call("keys", "ReWrap", lambda w: pb.ReWrapRequest(wrapped_key=w.wrapped)), ("orders", 2)),
     # Empty batches and an empty stream still leave the call's record.
@@ -106,18 +124,33 @@ STEPS: dict[str, tuple[Callable[[Walk], object], tuple[str, int]]] = {
     "BatchReWrap": (_call("keys", "BatchReWrap", pb.BatchReWrapRequest()), ("", 0)),
     "StreamReWrap": (_call("keys", "StreamReWrap", lambda w: iter(()), streamed=True), ("", 0)),
     # A grant on one key is found among that key's records.
-    "GrantPermissions": (_keep(_call("policy", "GrantPermissions", pb.GrantPermissionsRequest(
-        principal=APP, resource="orders", permissions=["decrypt"])), "grant_id", lambda answer: answer.grant_id),
-        ("orders", 0)),
+    "GrantPermissions": (
+        _keep(
+            _call(
+                "policy",
+                "GrantPermissions",
+                pb.GrantPermissionsRequest(principal=APP, resource="orders", permissions=["decrypt"]),
+            ),
+            "grant_id",
+            lambda answer: answer.grant_id,
+        ),
+        ("orders", 0),
+    ),
     "ListGrants": (_call("policy", "ListGrants", pb.ListGrantsRequest()), ("", 0)),
     "AddGroupMember": (_call("policy", "AddGroupMember", pb.GroupMemberRequest(group="ops", identity=APP)), ("", 0)),
     "ListGroupMembers": (_call("policy", "ListGroupMembers", pb.ListGroupMembersRequest()), ("", 0)),
-    "RemoveGroupMember": (_call("policy", "RemoveGroupMember", pb.GroupMemberRequest(group="ops", identity=APP)),
-                          ("", 0)),
-    "RevokeGrant": (_call("policy", "RevokeGrant", lambda w: pb.RevokeGrantRequest(grant_id=w.grant_id)),
-                    ("orders", 0)),
-    "ListAuditEvents": (_call("audit", "ListAuditEvents", pb.ListAuditEventsRequest(key_id="orders"), streamed=True),
-                        ("orders", 0)),
+    "RemoveGroupMember": (
+        _call("policy", "RemoveGroupMember", pb.GroupMemberRequest(group="ops", identity=APP)),
+        ("", 0),
+    ),
+    "RevokeGrant": (
+        _call("policy", "RevokeGrant", lambda w: pb.RevokeGrantRequest(grant_id=w.grant_id)),
+        ("orders", 0),
+    ),
+    "ListAuditEvents": (
+        _call("audit", "ListAuditEvents", pb.ListAuditEventsRequest(key_id="orders"), streamed=True),
+        ("orders", 0),
+    ),
     "VerifyAuditLog": (_call("audit", "VerifyAuditLog", pb.VerifyAuditLogRequest()), ("", 0)),
 }
 
@@ -134,9 +167,16 @@ def audited(hsm_token, tmp_path, database_url, label_prefix, dev_certs, clock):
     from kms.app import Application
 
     settings = make_settings(
-        hsm_token, tmp_path, database_url, label_prefix,
-        tls_cert=dev_certs / "server.crt", tls_key=dev_certs / "server.key", client_ca=dev_certs / "ca.crt",
-        bootstrap_admin=ADMIN, min_destroy_pending_window=DAY, scheduler_interval=timedelta(days=3650),
+        hsm_token,
+        tmp_path,
+        database_url,
+        label_prefix,
+        tls_cert=dev_certs / "server.crt",
+        tls_key=dev_certs / "server.key",
+        client_ca=dev_certs / "ca.crt",
+        bootstrap_admin=ADMIN,
+        min_destroy_pending_window=DAY,
+        scheduler_interval=timedelta(days=3650),
     )
     app = Application(settings, clock=clock)
     app.start()
@@ -176,8 +216,9 @@ def test_what_the_service_does_on_its_own_is_recorded_under_its_own_identities(a
     admin.keys.CreateKey(hourly, timeout=10)
     admin.keys.CreateKey(pb.CreateKeyRequest(key_id="orders"), timeout=10)
     admin.keys.RotateKey(pb.RotateKeyRequest(key_id="orders"), timeout=10)
-    request = pb.RetireKeyVersionRequest(key_id="orders", version=1, min_idle=_duration(timedelta(0)),
-                                         pending_window=_duration(2 * DAY))
+    request = pb.RetireKeyVersionRequest(
+        key_id="orders", version=1, min_idle=_duration(timedelta(0)), pending_window=_duration(2 * DAY)
+    )
     admin.keys.RetireKeyVersion(request, timeout=10)
 
     clock.advance(2 * DAY + timedelta(seconds=1))
@@ -187,11 +228,16 @@ def test_what_the_service_does_on_its_own_is_recorded_under_its_own_identities(a
     report = app.services.reconciler.reconcile()
     assert [(v.key_id, v.version, v.master_key_id) for v in report.adopted] == [("orders", 3, leftover.master_key_id)]
 
-    system = [(e.rpc, e.identity, e.outcome, e.key_id, e.key_version) for e in _records(admin)
-              if e.identity.startswith("kms:") and e.rpc.startswith(("Scheduled", "Reconciliation"))]
-    assert sorted(system) == sorted([
-        ("ScheduledRotation", "kms:scheduler", "OK", "hourly", 2),
-        ("ScheduledDestruction", "kms:scheduler", "OK", "orders", 1),
-        ("ReconciliationAdopt", "kms:reconciler", "OK", "orders", 3),
-    ])
+    system = [
+        (e.rpc, e.identity, e.outcome, e.key_id, e.key_version)
+        for e in _records(admin)
+        if e.identity.startswith("kms:") and e.rpc.startswith(("Scheduled", "Reconciliation"))
+    ]
+    assert sorted(system) == sorted(
+        [
+            ("ScheduledRotation", "kms:scheduler", "OK", "hourly", 2),
+            ("ScheduledDestruction", "kms:scheduler", "OK", "orders", 1),
+            ("ReconciliationAdopt", "kms:reconciler", "OK", "orders", 3),
+        ]
+    )
     assert admin.audit.VerifyAuditLog(pb.VerifyAuditLogRequest(), timeout=30).intact

@@ -78,7 +78,9 @@ def test_stream_items_are_recorded_and_a_stream_without_items_still_leaves_a_rec
     results = list(client.stream_rewrap([(issued[1].wrapped_key, CONTEXT), (b"junk", {})]))
     assert len(results) == 2
     assert list(client.stream_rewrap([])) == []
-    streamed = [(e.rpc, e.item, e.outcome, e.key_id, e.detail) for e in client.audit_events() if e.rpc == "StreamReWrap"]
+    streamed = [
+        (e.rpc, e.item, e.outcome, e.key_id, e.detail) for e in client.audit_events() if e.rpc == "StreamReWrap"
+    ]
     assert streamed == [
         ("StreamReWrap", 0, "OK", "orders", "to orders v1"),
         ("StreamReWrap", 1, "INVALID_ARGUMENT", "", ""),
@@ -131,26 +133,46 @@ def test_reordered_records_are_found_and_located(audited):
     _sql(app, f"UPDATE audit_records SET {swap} WHERE seq = 4", **{c: getattr(third, c) for c in columns})
     _sql(app, f"UPDATE audit_records SET {swap} WHERE seq = 3", **{c: getattr(fourth, c) for c in columns})
     result = client.verify_audit_log()
-    assert (result.problem_seq, result.problem) == (3, "record 3 does not follow record 2 (inserted, removed or reordered)")
+    assert (result.problem_seq, result.problem) == (
+        3,
+        "record 3 does not follow record 2 (inserted, removed or reordered)",
+    )
 
 
 def test_an_inserted_record_is_found_even_with_a_valid_hash(audited):
     """Whoever can write the database can compute SHA-256, but not the HSM's checkpoint MAC."""
     app, client, _ = audited
     last = _record(app, _last_seq(app))
-    forged = AuditEntry(time=last.time, identity="spiffe://intruder", rpc="Decrypt", outcome="OK", key_id="orders",
-                        key_version=1)
+    forged = AuditEntry(
+        time=last.time, identity="spiffe://intruder", rpc="Decrypt", outcome="OK", key_id="orders", key_version=1
+    )
     seq = last.seq + 1
     with app.services.engine.begin() as connection:
         connection.execute(
             AuditRecordRow.__table__.insert(),
-            {"seq": seq, "time": forged.time, "identity": forged.identity, "rpc": forged.rpc, "key_id": "orders",
-             "key_version": 1, "outcome": "OK", "reason": "", "request_id": "", "peer": "", "context_digest": "",
-             "item": -1, "detail": "", "origin": "forged:1", "prev_hash": last.hash,
-             "hash": chain_hash(seq, forged, "forged:1", last.hash)},
+            {
+                "seq": seq,
+                "time": forged.time,
+                "identity": forged.identity,
+                "rpc": forged.rpc,
+                "key_id": "orders",
+                "key_version": 1,
+                "outcome": "OK",
+                "reason": "",
+                "request_id": "",
+                "peer": "",
+                "context_digest": "",
+                "item": -1,
+                "detail": "",
+                "origin": "forged:1",
+                "prev_hash": last.hash,
+                "hash": chain_hash(seq, forged, "forged:1", last.hash),
+            },
         )
-        connection.execute(text("UPDATE audit_head SET seq = :s, hash = :h"),
-                           {"s": seq, "h": chain_hash(seq, forged, "forged:1", last.hash)})
+        connection.execute(
+            text("UPDATE audit_head SET seq = :s, hash = :h"),
+            {"s": seq, "h": chain_hash(seq, forged, "forged:1", last.hash)},
+        )
     result = client.verify_audit_log()
     assert not result.intact
     assert result.problem_seq == seq and "not sealed by any checkpoint" in result.problem
@@ -170,13 +192,28 @@ def test_a_rewritten_stretch_of_the_chain_is_found_by_its_checkpoint(audited):
     for seq in range(3, _last_seq(app) + 1):
         row = _record(app, seq)
         entry = AuditEntry(
-            time=row.time, identity="rewritten" if seq == 3 else row.identity, rpc=row.rpc, outcome=row.outcome,
-            key_id=row.key_id, key_version=row.key_version, reason=row.reason, request_id=row.request_id,
-            peer=row.peer, context_digest=row.context_digest, item=row.item, detail=row.detail,
+            time=row.time,
+            identity="rewritten" if seq == 3 else row.identity,
+            rpc=row.rpc,
+            outcome=row.outcome,
+            key_id=row.key_id,
+            key_version=row.key_version,
+            reason=row.reason,
+            request_id=row.request_id,
+            peer=row.peer,
+            context_digest=row.context_digest,
+            item=row.item,
+            detail=row.detail,
         )
         digest = chain_hash(seq, entry, row.origin, previous)
-        _sql(app, "UPDATE audit_records SET identity = :i, prev_hash = :p, hash = :h WHERE seq = :s",
-             i=entry.identity, p=previous, h=digest, s=seq)
+        _sql(
+            app,
+            "UPDATE audit_records SET identity = :i, prev_hash = :p, hash = :h WHERE seq = :s",
+            i=entry.identity,
+            p=previous,
+            h=digest,
+            s=seq,
+        )
         previous = digest
     result = client.verify_audit_log()
     assert not result.intact and "do not match their checkpoint (rewritten)" in result.problem
@@ -295,9 +332,14 @@ def _logged_instead(caplog) -> bool:
 def _make_audit_unwritable(app, dialect: str) -> None:
     """As a full disk or a revoked grant would: every insert into the audit table fails."""
     if dialect == "sqlite":
-        _sql(app, "CREATE TRIGGER audit_full BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        _sql(
+            app, "CREATE TRIGGER audit_full BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
     else:
-        _sql(app, "CREATE FUNCTION audit_full() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql")
+        _sql(
+            app,
+            "CREATE FUNCTION audit_full() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql",
+        )
         _sql(app, "CREATE TRIGGER audit_full BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION audit_full()")
 
 

@@ -33,14 +33,21 @@ ACTIONS = {
     "UpdateKey": ("admin", lambda c, w: c.update_key("orders", description="d")),
     "DisableKeyVersion": ("admin", lambda c, w: c.disable_key_version("orders", 1)),
     "EnableKeyVersion": ("admin", lambda c, w: c.enable_key_version("orders", 1)),
-    "ScheduleKeyVersionDestruction": ("admin", lambda c, w: c.schedule_key_version_destruction(
-        "orders", 1, pending_window=timedelta(days=2))),
+    "ScheduleKeyVersionDestruction": (
+        "admin",
+        lambda c, w: c.schedule_key_version_destruction("orders", 1, pending_window=timedelta(days=2)),
+    ),
     "CancelKeyVersionDestruction": ("admin", lambda c, w: c.cancel_key_version_destruction("orders", 1)),
-    "RetireKeyVersion": ("admin", lambda c, w: c.retire_key_version("orders", 2, min_idle=timedelta(0),
-                                                                     pending_window=timedelta(days=2))),
+    "RetireKeyVersion": (
+        "admin",
+        lambda c, w: c.retire_key_version("orders", 2, min_idle=timedelta(0), pending_window=timedelta(days=2)),
+    ),
     "RotateKey": ("rotate", lambda c, w: c.rotate_key("orders")),
     "GenerateDataKey": ("encrypt", lambda c, w: c.generate_data_key("orders", CONTEXT)),
-    "GenerateDataKeyWithoutPlaintext": ("encrypt", lambda c, w: c.generate_data_key_without_plaintext("orders", CONTEXT)),
+    "GenerateDataKeyWithoutPlaintext": (
+        "encrypt",
+        lambda c, w: c.generate_data_key_without_plaintext("orders", CONTEXT),
+    ),
     "BatchGenerateDataKey": ("encrypt", lambda c, w: _item(c.generate_data_keys([("orders", CONTEXT)]))),
     "Decrypt": ("decrypt", lambda c, w: c.decrypt_data_key(w, CONTEXT)),
     "BatchDecrypt": ("decrypt", lambda c, w: _item(c.decrypt_data_keys([(w, CONTEXT)]))),
@@ -58,7 +65,8 @@ GLOBAL = {"ListAuditEvents", "VerifyAuditLog"}
 PREPARE = {
     "EnableKeyVersion": lambda admin: admin.disable_key_version("orders", 1),
     "CancelKeyVersionDestruction": lambda admin: admin.schedule_key_version_destruction(
-        "orders", 1, pending_window=timedelta(days=2)),
+        "orders", 1, pending_window=timedelta(days=2)
+    ),
 }
 
 
@@ -187,8 +195,12 @@ def test_delegated_admins_manage_grants_only_within_their_resource(world, connec
 def test_invalid_grants_are_refused(world):
     admin, _, _ = world
     for principal, resource, permissions in (
-        (APP, "orders", ["fly"]), (APP, "bad resource", ["encrypt"]), ("has space", "orders", ["encrypt"]),
-        (APP, "orders", []), ("group:bad name", "orders", ["encrypt"]), (APP, "orders*", ["encrypt"]),
+        (APP, "orders", ["fly"]),
+        (APP, "bad resource", ["encrypt"]),
+        ("has space", "orders", ["encrypt"]),
+        (APP, "orders", []),
+        ("group:bad name", "orders", ["encrypt"]),
+        (APP, "orders*", ["encrypt"]),
     ):
         with pytest.raises(kms_client.InvalidArgument):
             admin.grant_permissions(principal, resource, permissions)
@@ -198,8 +210,17 @@ def test_a_caller_without_a_certificate_is_unauthenticated(hsm_token, tmp_path, 
     """TLS without client verification: callers are anonymous, and anonymous may do nothing."""
     from tests.support.fixtures import _running, make_settings
 
-    app = _running(make_settings(hsm_token, tmp_path, sqlite_url, label_prefix, tls_cert=dev_certs / "server.crt",
-                                 tls_key=dev_certs / "server.key", bootstrap_admin=ADMIN))
+    app = _running(
+        make_settings(
+            hsm_token,
+            tmp_path,
+            sqlite_url,
+            label_prefix,
+            tls_cert=dev_certs / "server.crt",
+            tls_key=dev_certs / "server.key",
+            bootstrap_admin=ADMIN,
+        )
+    )
     try:
         credentials = kms_client.tls_credentials(str(dev_certs / "ca.crt"))
         with kms_client.KmsClient(app.target, credentials=credentials, timeout=10) as anonymous:
@@ -218,8 +239,16 @@ def test_a_policy_change_reaches_another_replica_within_a_second_of_its_poll(
     the first replica are honoured by the second by then."""
     from tests.support.fixtures import _running, make_settings
 
-    settings = make_settings(hsm_token, tmp_path, postgres_url, label_prefix, tls_cert=dev_certs / "server.crt",
-                             tls_key=dev_certs / "server.key", client_ca=dev_certs / "ca.crt", bootstrap_admin=ADMIN)
+    settings = make_settings(
+        hsm_token,
+        tmp_path,
+        postgres_url,
+        label_prefix,
+        tls_cert=dev_certs / "server.crt",
+        tls_key=dev_certs / "server.key",
+        client_ca=dev_certs / "ca.crt",
+        bootstrap_admin=ADMIN,
+    )
     promised = settings.policy_poll_interval.total_seconds() + 1.0
     first, second = _running(settings), _running(settings.model_copy(update={"listen": "127.0.0.1:0"}))
     try:
@@ -237,7 +266,7 @@ def test_a_policy_change_reaches_another_replica_within_a_second_of_its_poll(
     print(f"grant honoured after {granted:.3f}s, revocation after {revoked:.3f}s (promised {promised:.2f}s)")
 
 
-def _allowed(app) -> bool:  # noqa: ANN001
+def _allowed(app) -> bool:
     try:
         app.generate_data_key("orders", CONTEXT)
     except kms_client.PermissionDenied:
@@ -245,7 +274,7 @@ def _allowed(app) -> bool:  # noqa: ANN001
     return True
 
 
-def _seconds_until(condition, promised: float) -> float:  # noqa: ANN001
+def _seconds_until(condition, promised: float) -> float:
     """How long after now ``condition`` first holds; fails once ``promised`` seconds have passed."""
     since = time.monotonic()
     while not condition():

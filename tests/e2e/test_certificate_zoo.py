@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -52,8 +52,9 @@ ZOO = {
     "uri-san-claiming-a-cn-identity": Specimen(common_names=("x",), uris=("cn:cn-only",)),
     "uri-san-claiming-local": Specimen(common_names=("local",), uris=("local",)),
     "dns-san-only": Specimen(common_names=("dns-only",), dns=("dns-only.example",), with_cn_identities="cn:dns-only"),
-    "uri-san-wins-over-an-admin-cn": Specimen(common_names=(ADMIN,), uris=(APP,), by_default=APP,
-                                              with_cn_identities=APP),
+    "uri-san-wins-over-an-admin-cn": Specimen(
+        common_names=(ADMIN,), uris=(APP,), by_default=APP, with_cn_identities=APP
+    ),
     "expired": Specimen(dev="expired", by_default=UNAVAILABLE, with_cn_identities=UNAVAILABLE),
     "from-another-ca": Specimen(dev="stranger", by_default=UNAVAILABLE, with_cn_identities=UNAVAILABLE),
 }
@@ -66,11 +67,19 @@ def cn_identities(request) -> bool:
 
 @pytest.fixture
 def zoo_server(hsm_token, tmp_path, sqlite_url, label_prefix, dev_certs, cn_identities):
-    app = _running(make_settings(
-        hsm_token, tmp_path, sqlite_url, label_prefix, tls_cert=dev_certs / "server.crt",
-        tls_key=dev_certs / "server.key", client_ca=dev_certs / "ca.crt", bootstrap_admin=ADMIN,
-        cn_identities=cn_identities,
-    ))
+    app = _running(
+        make_settings(
+            hsm_token,
+            tmp_path,
+            sqlite_url,
+            label_prefix,
+            tls_cert=dev_certs / "server.crt",
+            tls_key=dev_certs / "server.key",
+            client_ca=dev_certs / "ca.crt",
+            bootstrap_admin=ADMIN,
+            cn_identities=cn_identities,
+        )
+    )
     yield app
     app.stop(grace=1)
 
@@ -96,8 +105,10 @@ def present(dev_certs, tmp_path):
         else:
             cert, key = mint(dev_certs, tmp_path / f"specimen-{next(names)}", specimen)
         client = kms_client.KmsClient(
-            server.target, credentials=kms_client.tls_credentials(str(dev_certs / "ca.crt"), str(cert), str(key)),
-            retry=kms_client.RetryPolicy(max_attempts=1), timeout=10,
+            server.target,
+            credentials=kms_client.tls_credentials(str(dev_certs / "ca.crt"), str(cert), str(key)),
+            retry=kms_client.RetryPolicy(max_attempts=1),
+            timeout=10,
         )
         opened.append(client)
         return client
@@ -112,7 +123,7 @@ def mint(dev_certs: Path, directory: Path, specimen: Specimen) -> tuple[Path, Pa
     ca_certificate = x509.load_pem_x509_certificate((dev_certs / "ca.crt").read_bytes())
     ca_key = serialization.load_pem_private_key((dev_certs / "ca.key").read_bytes(), password=None)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in specimen.common_names]))
@@ -132,8 +143,9 @@ def mint(dev_certs: Path, directory: Path, specimen: Specimen) -> tuple[Path, Pa
     directory.mkdir()
     cert_path, key_path = directory / "client.crt", directory / "client.key"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     key_path.chmod(0o600)
     return cert_path, key_path
 

@@ -15,7 +15,17 @@ def kms(*args: str, target: str) -> subprocess.CompletedProcess:
 
 
 def test_keys_create_rotate_get_list_in_json_and_text(server):
-    created = kms("keys", "create", "orders", "--description", "order rows", "--rotation-period", "30d", "--json", target=server.target)
+    created = kms(
+        "keys",
+        "create",
+        "orders",
+        "--description",
+        "order rows",
+        "--rotation-period",
+        "30d",
+        "--json",
+        target=server.target,
+    )
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)
     assert (key["key_id"], key["primary_version"], key["rotation_period"]) == ("orders", 1, 30 * 86400)
@@ -25,7 +35,9 @@ def test_keys_create_rotate_get_list_in_json_and_text(server):
 
     text = kms("keys", "get", "orders", target=server.target).stdout
     assert "orders" in text and "ENABLED" in text and "WRAPPED" in text and "root " in text
-    as_object = json.loads(kms("keys", "create", "objects", "--storage", "hsm-object", "--json", target=server.target).stdout)
+    as_object = json.loads(
+        kms("keys", "create", "objects", "--storage", "hsm-object", "--json", target=server.target).stdout
+    )
     assert as_object["versions"][0]["hsm_label"].endswith(":objects:v1")
     listed = json.loads(kms("keys", "list", "--json", target=server.target).stdout)
     assert [k["key_id"] for k in listed] == ["objects", "orders"]

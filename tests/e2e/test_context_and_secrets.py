@@ -55,8 +55,12 @@ def test_context_digests_are_keyed_equal_for_equal_contexts_and_filtering_finds_
     assert sorted(digests[digest]) == ["Decrypt", "GenerateDataKey", "GenerateDataKey"]
     assert [(e.rpc, e.seq) for e in found] == [(e.rpc, e.seq) for e in records if e.context_digest == digest]
     encoded = encode_context(CONTEXT)
-    for unkeyed in (hashlib.sha256(encoded).hexdigest(), hmac.new(b"", encoded, hashlib.sha256).hexdigest(),
-                    hashlib.sha256(encoded + b"audit-context-digest").hexdigest(), encoded.hex()[:64]):
+    for unkeyed in (
+        hashlib.sha256(encoded).hexdigest(),
+        hmac.new(b"", encoded, hashlib.sha256).hexdigest(),
+        hashlib.sha256(encoded + b"audit-context-digest").hexdigest(),
+        encoded.hex()[:64],
+    ):
         assert digest != unkeyed
 
 
@@ -97,9 +101,11 @@ def test_a_grant_constraint_value_never_appears_in_an_audit_record_a_log_line_or
         lambda: admin.grant_permissions(APP, "orders*", ["decrypt"], encryption_context_equals=pinned),
         lambda: admin.grant_permissions(APP, "orders", ["decrypt", "steal"], encryption_context_equals=pinned),
         lambda: admin.grant_permissions(
-            APP, "orders", ["decrypt"], encryption_context_equals={"tenant": SECRET_CONSTRAINT * 100}),
+            APP, "orders", ["decrypt"], encryption_context_equals={"tenant": SECRET_CONSTRAINT * 100}
+        ),
         lambda: admin.grant_permissions(
-            APP, "orders", ["decrypt"], encryption_context_equals={f"k{n}": SECRET_CONSTRAINT for n in range(17)}),
+            APP, "orders", ["decrypt"], encryption_context_equals={f"k{n}": SECRET_CONSTRAINT for n in range(17)}
+        ),
         lambda: app.grant_permissions(APP, "orders", ["admin"], encryption_context_equals=pinned),
     ):
         with pytest.raises(kms_client.KmsError) as failed:
@@ -117,8 +123,11 @@ def test_a_grant_constraint_value_never_appears_in_an_audit_record_a_log_line_or
     used = next(e for e in records if e.rpc == "Decrypt" and e.identity == APP and e.outcome == "OK")
     assert grant_record.context_digest == used.context_digest != ""  # keyed digest, as for any context
     assert "tenant" in grant_record.detail  # which entries are pinned is said; to what is not
-    for where, text in (("error messages", "\n".join(messages)), ("audit records", repr(records)),
-                        ("log", log_text(caplog.records))):
+    for where, text in (
+        ("error messages", "\n".join(messages)),
+        ("audit records", repr(records)),
+        ("log", log_text(caplog.records)),
+    ):
         assert SECRET_CONSTRAINT not in text, f"the constraint value appears in the {where}"
 
 
@@ -130,11 +139,18 @@ def test_hsm_settings_settings_and_services_never_show_the_pin(hsm_token, tmp_pa
 
     pin = hsm_token.read_pin()
     assert len(pin) >= 8  # long enough that finding it in text is no accident
-    settings = make_settings(hsm_token, tmp_path, sqlite_url, label_prefix, pkcs11_pin_file=None,
-                             pkcs11_pin=SecretStr(pin))
-    shown = [repr(settings), str(settings), settings.model_dump_json(), repr(settings.model_dump()),
-             repr(HsmSettings("module.so", "token", pin)), str(HsmSettings("module.so", "token", pin)),
-             repr(hsm_settings(settings))]
+    settings = make_settings(
+        hsm_token, tmp_path, sqlite_url, label_prefix, pkcs11_pin_file=None, pkcs11_pin=SecretStr(pin)
+    )
+    shown = [
+        repr(settings),
+        str(settings),
+        settings.model_dump_json(),
+        repr(settings.model_dump()),
+        repr(HsmSettings("module.so", "token", pin)),
+        str(HsmSettings("module.so", "token", pin)),
+        repr(hsm_settings(settings)),
+    ]
     app = Application(settings)
     try:
         shown += [repr(app.services), str(app.services), repr(app.settings)]
@@ -152,8 +168,15 @@ def test_no_pin_key_plaintext_or_context_value_reaches_the_log_during_a_full_set
     pin = hsm_token.read_pin()
     context = {"patient": "ctx-secret-patient-42"}
     settings = make_settings(
-        hsm_token, tmp_path, sqlite_url, label_prefix, pkcs11_pin_file=None, pkcs11_pin=SecretStr(pin),
-        tls_cert=dev_certs / "server.crt", tls_key=dev_certs / "server.key", client_ca=dev_certs / "ca.crt",
+        hsm_token,
+        tmp_path,
+        sqlite_url,
+        label_prefix,
+        pkcs11_pin_file=None,
+        pkcs11_pin=SecretStr(pin),
+        tls_cert=dev_certs / "server.crt",
+        tls_key=dev_certs / "server.key",
+        client_ca=dev_certs / "ca.crt",
         bootstrap_admin=ADMIN,
     )
     app = _running(settings)
@@ -162,33 +185,55 @@ def test_no_pin_key_plaintext_or_context_value_reaches_the_log_during_a_full_set
         admin = Stubs(channel(app, dev_certs, "admin"))
         other = Stubs(channel(app, dev_certs, "app"))
         admin.keys.CreateKey(pb.CreateKeyRequest(key_id="orders"), timeout=10)
-        issued = admin.keys.GenerateDataKey(pb.GenerateDataKeyRequest(key_id="orders", encryption_context=context),
-                                            timeout=10)
+        issued = admin.keys.GenerateDataKey(
+            pb.GenerateDataKeyRequest(key_id="orders", encryption_context=context), timeout=10
+        )
         secrets.append(issued.plaintext)
-        assert admin.keys.Decrypt(pb.DecryptRequest(wrapped_key=issued.wrapped_key, encryption_context=context),
-                                  timeout=10).plaintext == issued.plaintext
-        batch = admin.keys.BatchGenerateDataKey(pb.BatchGenerateDataKeyRequest(requests=[
-            pb.GenerateDataKeyRequest(key_id="orders", encryption_context=context),
-            pb.GenerateDataKeyRequest(key_id="missing", encryption_context=context)]), timeout=10)
+        assert (
+            admin.keys.Decrypt(
+                pb.DecryptRequest(wrapped_key=issued.wrapped_key, encryption_context=context), timeout=10
+            ).plaintext
+            == issued.plaintext
+        )
+        batch = admin.keys.BatchGenerateDataKey(
+            pb.BatchGenerateDataKeyRequest(
+                requests=[
+                    pb.GenerateDataKeyRequest(key_id="orders", encryption_context=context),
+                    pb.GenerateDataKeyRequest(key_id="missing", encryption_context=context),
+                ]
+            ),
+            timeout=10,
+        )
         secrets.append(batch.results[0].data_key.plaintext)
         admin.keys.RotateKey(pb.RotateKeyRequest(key_id="orders"), timeout=10)
         admin.keys.ReWrap(pb.ReWrapRequest(wrapped_key=issued.wrapped_key, encryption_context=context), timeout=10)
         tampered = bytearray(issued.wrapped_key)
         tampered[-1] ^= 1
         failures = [
-            lambda: admin.keys.Decrypt(pb.DecryptRequest(
-                wrapped_key=issued.wrapped_key, encryption_context={"patient": "ctx-secret-guess"}), timeout=10),
-            lambda: admin.keys.Decrypt(pb.DecryptRequest(wrapped_key=bytes(tampered), encryption_context=context),
-                                       timeout=10),
-            lambda: other.keys.Decrypt(pb.DecryptRequest(wrapped_key=issued.wrapped_key, encryption_context=context),
-                                       timeout=10),
-            lambda: admin.keys.GenerateDataKey(pb.GenerateDataKeyRequest(
-                key_id="orders", encryption_context={"patient": "ctx-secret-patient-42" * 100}), timeout=10),
+            lambda: admin.keys.Decrypt(
+                pb.DecryptRequest(wrapped_key=issued.wrapped_key, encryption_context={"patient": "ctx-secret-guess"}),
+                timeout=10,
+            ),
+            lambda: admin.keys.Decrypt(
+                pb.DecryptRequest(wrapped_key=bytes(tampered), encryption_context=context), timeout=10
+            ),
+            lambda: other.keys.Decrypt(
+                pb.DecryptRequest(wrapped_key=issued.wrapped_key, encryption_context=context), timeout=10
+            ),
+            lambda: admin.keys.GenerateDataKey(
+                pb.GenerateDataKeyRequest(
+                    key_id="orders", encryption_context={"patient": "ctx-secret-patient-42" * 100}
+                ),
+                timeout=10,
+            ),
             lambda: admin.keys.DisableKeyVersion(pb.DisableKeyVersionRequest(key_id="orders", version=2), timeout=10),
         ]
         errors = [refused(attempt) for attempt in failures]
-        assert {e.code() for e in errors} <= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
-                                              grpc.StatusCode.FAILED_PRECONDITION}
+        assert {e.code() for e in errors} <= {
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.FAILED_PRECONDITION,
+        }
         records = list(admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(), timeout=30))
         admin.channel.close()
         other.channel.close()
@@ -209,8 +254,9 @@ def test_no_pin_key_plaintext_or_context_value_reaches_the_log_during_a_full_set
 def test_a_wrong_pin_is_reported_without_being_shown(hsm_token, tmp_path, sqlite_url, label_prefix, caplog):
     caplog.set_level(logging.DEBUG)
     wrong = "wrong-pin-" + hsm_token.read_pin()[::-1]
-    settings = make_settings(hsm_token, tmp_path, sqlite_url, label_prefix, pkcs11_pin_file=None,
-                             pkcs11_pin=SecretStr(wrong))
+    settings = make_settings(
+        hsm_token, tmp_path, sqlite_url, label_prefix, pkcs11_pin_file=None, pkcs11_pin=SecretStr(wrong)
+    )
     app = _running(settings)
     try:
         with kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:

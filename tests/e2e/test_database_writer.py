@@ -26,8 +26,14 @@ PROTECTED = ("keys", "key_versions", "grants", "group_members", "ledger_entries"
 def deployment(hsm_token, tmp_path, database_url, label_prefix, dev_certs, connect):
     """A mutual-TLS server on the database under test, and a factory of replicas beside it."""
     settings = make_settings(
-        hsm_token, tmp_path, database_url, label_prefix, tls_cert=dev_certs / "server.crt",
-        tls_key=dev_certs / "server.key", client_ca=dev_certs / "ca.crt", bootstrap_admin=ADMIN,
+        hsm_token,
+        tmp_path,
+        database_url,
+        label_prefix,
+        tls_cert=dev_certs / "server.crt",
+        tls_key=dev_certs / "server.key",
+        client_ca=dev_certs / "ca.crt",
+        bootstrap_admin=ADMIN,
     )
     started = []
 
@@ -73,7 +79,9 @@ def _health(app, service: str) -> int:
         (app.settings.client_ca.parent / "admin.crt").read_bytes(),
     )
     with grpc.secure_channel(app.target, credentials) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+        )
 
 
 def _reported(app, kind: str) -> bool:
@@ -82,8 +90,10 @@ def _reported(app, kind: str) -> bool:
 
     app.services.audit_log.flush()
     records = app.services.audit.events(Call(identity=ADMIN, method="ListAuditEvents"))
-    audited = any(r.entry.rpc == "MetadataRejected" and r.entry.identity == "kms:integrity"
-                  and r.entry.detail.startswith(kind) for r in records)
+    audited = any(
+        r.entry.rpc == "MetadataRejected" and r.entry.identity == "kms:integrity" and r.entry.detail.startswith(kind)
+        for r in records
+    )
     app.health.run_once()
     unhealthy = _health(app, DETAIL_PREFIX + "metadata") == health_pb2.HealthCheckResponse.NOT_SERVING
     return audited and unhealthy
@@ -101,9 +111,14 @@ def world(deployment):
 
 def test_an_inserted_grant_grants_nothing_and_is_reported(world, caplog):
     app, replica, connect, admin, wrapped = world
-    _sql(app, "INSERT INTO grants (grant_id, principal, resource, permissions, context_json, created_by, create_time) "
-              "VALUES ('forged0000000000000000000000000', :p, '*', 'admin,decrypt,encrypt', '{}', :a, :t)",
-         p=APP, a=ADMIN, t="2026-01-01 00:00:00")
+    _sql(
+        app,
+        "INSERT INTO grants (grant_id, principal, resource, permissions, context_json, created_by, create_time) "
+        "VALUES ('forged0000000000000000000000000', :p, '*', 'admin,decrypt,encrypt', '{}', :a, :t)",
+        p=APP,
+        a=ADMIN,
+        t="2026-01-01 00:00:00",
+    )
     _sql(app, "UPDATE policy_state SET revision = revision + 1")  # what used to make replicas reload
     admin.grant_permissions("spiffe://kms.dev/other", "orders", ["encrypt"])  # a legitimate change: reload
     second = replica()
@@ -207,8 +222,7 @@ def test_an_old_key_row_restored_is_refused(world):
 def test_a_version_pointed_at_another_master_key_is_refused(world):
     app, replica, connect, admin, wrapped = world
     versions = {r["version"]: r for r in _rows(app, "key_versions") if r["key_id"] == "orders"}
-    _sql(app, "UPDATE key_versions SET master_key_id = :m WHERE key_id = 'orders' AND version = 2",
-         m="00" * 16)
+    _sql(app, "UPDATE key_versions SET master_key_id = :m WHERE key_id = 'orders' AND version = 2", m="00" * 16)
     second = replica()
     with pytest.raises(kms_client.FailedPrecondition):
         connect(second, "admin").generate_data_key("orders", CONTEXT)
@@ -224,8 +238,21 @@ def test_a_forged_ledger_entry_is_refused_and_nothing_is_believed(world):
     head = _rows(app, "ledger_head")[0]
     forged = Change(GRANT, "forged0000000000000000000000001", 1, "ab" * 32)
     digest = entry_hash(head["seq"] + 1, forged, head["hash"])
-    _insert(app, "ledger_entries", [{"seq": head["seq"] + 1, "kind": GRANT, "name": forged.name, "revision": 1,
-                                     "digest": forged.digest, "prev_hash": head["hash"], "hash": digest}])
+    _insert(
+        app,
+        "ledger_entries",
+        [
+            {
+                "seq": head["seq"] + 1,
+                "kind": GRANT,
+                "name": forged.name,
+                "revision": 1,
+                "digest": forged.digest,
+                "prev_hash": head["hash"],
+                "hash": digest,
+            }
+        ],
+    )
     _sql(app, "UPDATE ledger_head SET seq = :s, hash = :h, mac = :m", s=head["seq"] + 1, h=digest, m="00" * 32)
     second = replica_not_serving(replica)
     assert "not sealed by the HSM" in second.services.integrity.problem
@@ -261,9 +288,14 @@ def test_an_emptied_ledger_is_a_rollback_not_a_fresh_start(world):
     app, replica, connect, admin, wrapped = world
     _sql(app, "DELETE FROM ledger_entries")
     _sql(app, "UPDATE ledger_head SET seq = 0, hash = :h, mac = ''", h="0" * 64)
-    _sql(app, "INSERT INTO grants (grant_id, principal, resource, permissions, context_json, created_by, create_time) "
-              "VALUES ('forged0000000000000000000000002', :p, '*', 'decrypt', '{}', :a, :t)",
-         p=APP, a=ADMIN, t="2026-01-01 00:00:00")
+    _sql(
+        app,
+        "INSERT INTO grants (grant_id, principal, resource, permissions, context_json, created_by, create_time) "
+        "VALUES ('forged0000000000000000000000002', :p, '*', 'decrypt', '{}', :a, :t)",
+        p=APP,
+        a=ADMIN,
+        t="2026-01-01 00:00:00",
+    )
     second = replica_not_serving(replica)
     assert "rolled back" in second.services.integrity.problem
     with pytest.raises(kms_client.Unavailable):

@@ -14,7 +14,9 @@ from kms.api.proto import SERVICES, pb
 FORBIDDEN = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 METHODS = [(service.full_name, method) for service in SERVICES for method in service.methods]
 
-_key_ids = st.one_of(st.sampled_from(["orders", "", "x" * 65, "a b", "orders-b", "*", "tenant-*"]), st.text(max_size=70))
+_key_ids = st.one_of(
+    st.sampled_from(["orders", "", "x" * 65, "a b", "orders-b", "*", "tenant-*"]), st.text(max_size=70)
+)
 _scalars = {
     FieldDescriptor.TYPE_STRING: _key_ids,
     FieldDescriptor.TYPE_BYTES: st.one_of(st.binary(max_size=200), st.sampled_from([b"\x01\x06orders" + bytes(60)])),
@@ -49,8 +51,14 @@ def messages(draw, descriptor, depth: int = 0):
             elif field.message_type.full_name == "google.protobuf.Timestamp":
                 getattr(message, field.name).seconds = draw(st.integers(-(10**11), 10**11))
             elif field.message_type.full_name == "google.protobuf.FieldMask":
-                getattr(message, field.name).paths.extend(draw(st.lists(st.sampled_from(
-                    ["description", "rotation_period", "min_decryption_version", "key_id", ""]), max_size=3)))
+                getattr(message, field.name).paths.extend(
+                    draw(
+                        st.lists(
+                            st.sampled_from(["description", "rotation_period", "min_decryption_version", "key_id", ""]),
+                            max_size=3,
+                        )
+                    )
+                )
             elif field.is_repeated:
                 for item in draw(st.lists(messages(field.message_type, depth + 1), max_size=3)):
                     getattr(message, field.name).add().CopyFrom(item)

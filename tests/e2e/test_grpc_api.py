@@ -64,7 +64,11 @@ def test_batches_and_stream(client):
         (lambda c: c.create_key("bad id"), kms_client.InvalidKeyId, "InvalidKeyId"),
         (lambda c: c.create_key("dup"), kms_client.KeyAlreadyExists, "KeyAlreadyExists"),
         (lambda c: c.decrypt_data_key(b"\x01garbage"), kms_client.InvalidCiphertext, "InvalidCiphertext"),
-        (lambda c: c.generate_data_key("dup", {"k": "v" * 2000}), kms_client.InvalidEncryptionContext, "InvalidEncryptionContext"),
+        (
+            lambda c: c.generate_data_key("dup", {"k": "v" * 2000}),
+            kms_client.InvalidEncryptionContext,
+            "InvalidEncryptionContext",
+        ),
         (lambda c: c.list_keys(page_token="forged"), kms_client.InvalidArgument, "InvalidPageToken"),
     ],
 )
@@ -94,9 +98,8 @@ def _undecodable():
 @pytest.mark.parametrize(("method", "payload"), list(_undecodable()))
 def test_undecodable_requests_are_invalid_argument_not_internal(server, method, payload):
     channel, call = _raw(server, method)
-    with channel:
-        with pytest.raises(grpc.RpcError) as raised:
-            call(payload, timeout=10)
+    with channel, pytest.raises(grpc.RpcError) as raised:
+        call(payload, timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -134,7 +137,9 @@ def test_health_reports_serving_and_reflection_lists_the_service(server):
             status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.SERVING
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        [answer] = list(reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        [answer] = list(
+            reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
         names = {s.name for s in answer.list_services_response.service}
         assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
 
@@ -209,7 +214,9 @@ def test_idle_streams_cannot_take_every_worker(server, client):
         yield  # a generator that sends no message until released
 
     channel = grpc.insecure_channel(server.target)
-    stream = channel.stream_stream(f"/{SERVICE_NAME}/StreamReWrap", response_deserializer=pb.BatchReWrapResponse.FromString)
+    stream = channel.stream_stream(
+        f"/{SERVICE_NAME}/StreamReWrap", response_deserializer=pb.BatchReWrapResponse.FromString
+    )
     opened = [stream(nothing_yet(), timeout=30) for _ in range(server.settings.max_workers)]
     try:
         client.create_key("still-served")  # a unary call gets a worker

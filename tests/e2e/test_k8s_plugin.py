@@ -43,8 +43,9 @@ SEED_BYTES = 32  # what kube-apiserver encrypts: a DEK seed
 
 
 @contextlib.contextmanager
-def plugin_on(target: str, socket_path: Path, credentials: grpc.ChannelCredentials | None = None,
-              **config: object) -> Iterator[PluginServer]:
+def plugin_on(
+    target: str, socket_path: Path, credentials: grpc.ChannelCredentials | None = None, **config: object
+) -> Iterator[PluginServer]:
     """The plugin in this process, serving ``socket_path``, reaching the KMS at ``target``."""
     config.setdefault("status_max_age", 0.0)
     channel = open_channel(target, credentials)
@@ -95,8 +96,9 @@ def test_encrypt_and_decrypt_round_trip_over_the_unix_socket(server, client, tmp
         assert seed not in first.ciphertext
         assert decrypt(stub, first) == decrypt(stub, second) == seed
         # The key_id, annotations and uid of a Decrypt request are informational.
-        anything = api_pb2.DecryptRequest(ciphertext=first.ciphertext, key_id="no:such", uid="other",
-                                          annotations={"kms.example.com/x": b"1"})
+        anything = api_pb2.DecryptRequest(
+            ciphertext=first.ciphertext, key_id="no:such", uid="other", annotations={"kms.example.com/x": b"1"}
+        )
         assert stub.Decrypt(anything, timeout=10).plaintext == seed
 
 
@@ -122,8 +124,14 @@ def test_a_tampered_ciphertext_is_an_error_and_never_a_plaintext(server, client,
         sealed = encrypt(stub, seed)
         ciphertext = sealed.ciphertext
         flipped = [ciphertext[:i] + bytes([ciphertext[i] ^ 0x01]) + ciphertext[i + 1 :] for i in range(len(ciphertext))]
-        cut = [ciphertext[:-1], ciphertext[:-17], ciphertext[:100], ciphertext + b"\x00", b"",
-               bytes(MAX_CIPHERTEXT_BYTES + 1)]
+        cut = [
+            ciphertext[:-1],
+            ciphertext[:-17],
+            ciphertext[:100],
+            ciphertext + b"\x00",
+            b"",
+            bytes(MAX_CIPHERTEXT_BYTES + 1),
+        ]
         outcomes = {}
         for candidate in flipped + cut:
             try:
@@ -141,9 +149,12 @@ def test_ciphertexts_of_another_cluster_or_application_are_refused(server, clien
     client.create_key(KEY)
     seed = os.urandom(SEED_BYTES)
     east, west = tmp_path / "east.sock", tmp_path / "west.sock"
-    with plugin_on(server.target, east, key_id=KEY, context={"cluster": "east"}), \
-            plugin_on(server.target, west, key_id=KEY, context={"cluster": "west"}), \
-            apiserver(east) as east_stub, apiserver(west) as west_stub:
+    with (
+        plugin_on(server.target, east, key_id=KEY, context={"cluster": "east"}),
+        plugin_on(server.target, west, key_id=KEY, context={"cluster": "west"}),
+        apiserver(east) as east_stub,
+        apiserver(west) as west_stub,
+    ):
         sealed = encrypt(east_stub, seed)
         assert decrypt(east_stub, sealed) == seed
         assert refused(decrypt, west_stub, sealed) == grpc.StatusCode.INVALID_ARGUMENT
@@ -192,12 +203,14 @@ def test_the_socket_is_private_and_only_a_stale_one_is_replaced(server, client, 
     assert path.read_text() == "not a socket"
 
 
-def test_the_plugin_identity_needs_only_encrypt_and_decrypt_under_its_context(mtls_server, connect, dev_certs,
-                                                                                tmp_path):
+def test_the_plugin_identity_needs_only_encrypt_and_decrypt_under_its_context(
+    mtls_server, connect, dev_certs, tmp_path
+):
     admin = connect(mtls_server, "admin")
     admin.create_key(KEY)
-    admin.grant_permissions(APP, KEY, ["encrypt", "decrypt"],
-                            encryption_context_equals={"purpose": "kubernetes-kms-v2", "cluster": "east"})
+    admin.grant_permissions(
+        APP, KEY, ["encrypt", "decrypt"], encryption_context_equals={"purpose": "kubernetes-kms-v2", "cluster": "east"}
+    )
 
     def as_identity(name: str) -> grpc.ChannelCredentials:
         files = (dev_certs / "ca.crt", dev_certs / f"{name}.crt", dev_certs / f"{name}.key")
@@ -205,9 +218,11 @@ def test_the_plugin_identity_needs_only_encrypt_and_decrypt_under_its_context(mt
 
     seed = os.urandom(SEED_BYTES)
     good, other, wrong_context = tmp_path / "good.sock", tmp_path / "other.sock", tmp_path / "wrong.sock"
-    with plugin_on(mtls_server.target, good, as_identity("app"), key_id=KEY, context={"cluster": "east"}), \
-            plugin_on(mtls_server.target, other, as_identity("other"), key_id=KEY, context={"cluster": "east"}), \
-            plugin_on(mtls_server.target, wrong_context, as_identity("app"), key_id=KEY, context={"cluster": "west"}):
+    with (
+        plugin_on(mtls_server.target, good, as_identity("app"), key_id=KEY, context={"cluster": "east"}),
+        plugin_on(mtls_server.target, other, as_identity("other"), key_id=KEY, context={"cluster": "east"}),
+        plugin_on(mtls_server.target, wrong_context, as_identity("app"), key_id=KEY, context={"cluster": "west"}),
+    ):
         with apiserver(good) as stub:
             assert stub.Status(api_pb2.StatusRequest(), timeout=10).healthz == "ok"
             assert decrypt(stub, encrypt(stub, seed)) == seed
@@ -246,10 +261,28 @@ def test_the_command_reports_a_kms_outage_in_status_recovers_and_drains_on_sigte
     seed = os.urandom(SEED_BYTES)
     with log.open("wb") as output:
         plugin = subprocess.Popen(
-            kms_command("k8s-plugin", "--socket", str(path), "--key-id", KEY, "--target", kms.target,
-                        "--context", "cluster=east", "--status-max-age", "0s", "--kms-timeout", "1s",
-                        "--log-format", "text", "--log-level", "DEBUG"),
-            env=clean_env(), stdout=output, stderr=subprocess.STDOUT,
+            kms_command(
+                "k8s-plugin",
+                "--socket",
+                str(path),
+                "--key-id",
+                KEY,
+                "--target",
+                kms.target,
+                "--context",
+                "cluster=east",
+                "--status-max-age",
+                "0s",
+                "--kms-timeout",
+                "1s",
+                "--log-format",
+                "text",
+                "--log-level",
+                "DEBUG",
+            ),
+            env=clean_env(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     try:
         _wait_for(lambda: _serving(path) or plugin.poll() is not None, 30, "serving")
@@ -257,7 +290,11 @@ def test_the_command_reports_a_kms_outage_in_status_recovers_and_drains_on_sigte
         assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
         second = subprocess.run(
             kms_command("k8s-plugin", "--socket", str(path), "--key-id", KEY, "--target", kms.target),
-            env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert second.returncode == 2
         assert second.stderr.strip() == f"kms k8s-plugin: another process is serving on {path}"
@@ -343,14 +380,16 @@ def test_the_documented_example_runs(server, tmp_path):
             words = shlex.split(line.rstrip("& "))
             assert words[0] == "kms", line
             if line.rstrip().endswith("&"):
-                started = subprocess.Popen(kms_command(*words[1:]), env=env, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.PIPE)
+                started = subprocess.Popen(
+                    kms_command(*words[1:]), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+                )
                 plugin = started
                 _wait_for(lambda process=started: _serving(path) or process.poll() is not None, 30, "serving")
                 assert started.poll() is None, started.stderr.read().decode()
             else:
-                done = subprocess.run(kms_command(*words[1:]), env=env, capture_output=True, text=True, timeout=60,
-                                      check=False)
+                done = subprocess.run(
+                    kms_command(*words[1:]), env=env, capture_output=True, text=True, timeout=60, check=False
+                )
                 assert done.returncode == 0, done.stderr
         assert plugin is not None
         exec(compile(blocks["check-plugin"].replace(documented, str(path)), "kubernetes.md", "exec"), {})

@@ -60,8 +60,13 @@ def node_sdk() -> SimpleNamespace:
         pytest.fail("node and npm are required for the TypeScript SDK: run scripts/setup.sh")
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.fail("clients/node/node_modules is missing: run scripts/setup.sh (npm ci in clients/node)")
-    done = subprocess.run([npm, "--prefix", str(NODE_DIR), "run", "--silent", "build"],
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [npm, "--prefix", str(NODE_DIR), "run", "--silent", "build"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, "the TypeScript build failed:\n" + _show(done)
     return SimpleNamespace(node=node, npm=npm)
 
@@ -73,8 +78,13 @@ def mtls_settings(hsm_token, tmp_path, label_prefix, dev_certs):
     directory = tmp_path / "mtls"
     directory.mkdir()
     return make_settings(
-        hsm_token, directory, f"sqlite:///{directory / 'kms.db'}", f"{label_prefix}m",
-        tls_cert=dev_certs / "server.crt", tls_key=dev_certs / "server.key", client_ca=dev_certs / "ca.crt",
+        hsm_token,
+        directory,
+        f"sqlite:///{directory / 'kms.db'}",
+        f"{label_prefix}m",
+        tls_cert=dev_certs / "server.crt",
+        tls_key=dev_certs / "server.key",
+        client_ca=dev_certs / "ca.crt",
         bootstrap_admin=ADMIN,
     )
 
@@ -82,20 +92,30 @@ def mtls_settings(hsm_token, tmp_path, label_prefix, dev_certs):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # the Node suite streams 528 MiB through the server in its memory test
 def test_the_node_suite_passes_against_a_plaintext_and_a_mutual_tls_server(node_sdk, server, mtls_server, dev_certs):
-    env = _node_env({
-        "KMS_TARGET": server.target,
-        "KMS_TLS_TARGET": mtls_server.target,
-        "KMS_TLS_CA": str(dev_certs / "ca.crt"),
-        "KMS_TLS_CERT": str(dev_certs / "admin.crt"),
-        "KMS_TLS_KEY": str(dev_certs / "admin.key"),
-        "KMS_TLS_APP_CERT": str(dev_certs / "app.crt"),  # an identity without any grant
-        "KMS_TLS_APP_KEY": str(dev_certs / "app.key"),
-        "KMS_TEST_REQUIRE_SERVER": "1",
-    })
-    done = subprocess.run([node_sdk.npm, "--prefix", str(NODE_DIR), "test"], env=env,
-                          capture_output=True, text=True, timeout=1800, check=False)
-    summary = {name: int(count) for name, count in re.findall(r"^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$",
-                                                              done.stdout, re.MULTILINE)}
+    env = _node_env(
+        {
+            "KMS_TARGET": server.target,
+            "KMS_TLS_TARGET": mtls_server.target,
+            "KMS_TLS_CA": str(dev_certs / "ca.crt"),
+            "KMS_TLS_CERT": str(dev_certs / "admin.crt"),
+            "KMS_TLS_KEY": str(dev_certs / "admin.key"),
+            "KMS_TLS_APP_CERT": str(dev_certs / "app.crt"),  # an identity without any grant
+            "KMS_TLS_APP_KEY": str(dev_certs / "app.key"),
+            "KMS_TEST_REQUIRE_SERVER": "1",
+        }
+    )
+    done = subprocess.run(
+        [node_sdk.npm, "--prefix", str(NODE_DIR), "test"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    summary = {
+        name: int(count)
+        for name, count in re.findall(r"^# (tests|pass|fail|cancelled|skipped|todo) (\d+)$", done.stdout, re.MULTILINE)
+    }
     assert done.returncode == 0, _show(done)
     assert summary.get("fail") == 0 and summary.get("cancelled") == 0, _show(done)
     assert summary.get("skipped") == 0 and summary.get("todo") == 0, "the Node suite skipped tests:\n" + _show(done)
@@ -124,7 +144,12 @@ def test_every_condition_the_service_reports_has_a_node_class_of_the_same_code(n
     assert {"KeyNotFound", "InvalidCiphertext", "PermissionDenied", "KeyVersionDisabled"} <= conditions.keys()
     done = subprocess.run(
         [node_sdk.node, "-e", "console.log(JSON.stringify(require('kms-client').registeredReasons()))"],
-        cwd=NODE_DIR, env=_node_env(), capture_output=True, text=True, timeout=60, check=False,
+        cwd=NODE_DIR,
+        env=_node_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 0, _show(done)
     registered = json.loads(done.stdout)
@@ -138,8 +163,9 @@ def test_every_condition_the_service_reports_has_a_node_class_of_the_same_code(n
 
 
 def _node(node_sdk, args: list[str], data: bytes) -> bytes:
-    done = subprocess.run([node_sdk.node, *args], input=data, env=_node_env(), capture_output=True,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        [node_sdk.node, *args], input=data, env=_node_env(), capture_output=True, timeout=300, check=False
+    )
     assert done.returncode == 0, _show(done)
     return done.stdout
 
@@ -214,8 +240,14 @@ def test_node_encrypts_a_multi_frame_stream_and_python_decrypts_it(node_sdk, ser
 
 def test_each_sdk_refuses_the_others_ciphertext_under_another_context(node_sdk, server, client, interop_key):
     from_python = client.encrypt(b"x", key_id=interop_key, context=CONTEXT)
-    done = subprocess.run([node_sdk.node, str(CLI), "decrypt", "--target", server.target, "-c", "tenant=other"],
-                          input=from_python, env=_node_env(), capture_output=True, timeout=60, check=False)
+    done = subprocess.run(
+        [node_sdk.node, str(CLI), "decrypt", "--target", server.target, "-c", "tenant=other"],
+        input=from_python,
+        env=_node_env(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1 and b"EncryptionContextMismatch" in done.stderr, _show(done)
     assert done.stdout == b""
     from_node = node_encrypt_stream(node_sdk, server.target, interop_key, b"x", 64 * 1024)

@@ -83,8 +83,8 @@ class SleepingOnTheQuotaClock:
         self.refusals: list[float] = []
         self.waits: list[float] = []
 
-    def run(self, attempt, deadline):  # noqa: ANN001, ANN201
-        def observed(remaining):  # noqa: ANN001, ANN202
+    def run(self, attempt, deadline):
+        def observed(remaining):
             try:
                 return attempt(remaining)
             except kms_client.RateLimited as refused:
@@ -100,8 +100,9 @@ class SleepingOnTheQuotaClock:
 
 @pytest.mark.parametrize("limited", ["50:5"], indirect=True)
 def test_the_sdk_backs_off_as_told_and_gets_through(limited, dev_certs, clients, quota_clock):
-    credentials = kms_client.tls_credentials(str(dev_certs / "ca.crt"), str(dev_certs / "app.crt"),
-                                             str(dev_certs / "app.key"))
+    credentials = kms_client.tls_credentials(
+        str(dev_certs / "ca.crt"), str(dev_certs / "app.crt"), str(dev_certs / "app.key")
+    )
     retry = SleepingOnTheQuotaClock(quota_clock)
     with kms_client.KmsClient(limited.target, credentials=credentials, retry=retry, timeout=60) as patient:
         issued = [patient.generate_data_key("orders", {}) for _ in range(30)]

@@ -50,9 +50,7 @@ def _three_ways(app: kms_client.KmsClient, wrapped: bytes, context: dict, destin
     return outcomes
 
 
-def test_rewrap_on_every_key_and_decrypt_on_its_own_cannot_pull_another_keys_data_key_over(
-    mtls_server, world, connect
-):
+def test_rewrap_on_every_key_and_decrypt_on_its_own_cannot_pull_another_keys_data_key_over(mtls_server, world, connect):
     admin, victim = world
     admin.grant_permissions(APP, "*", ["rewrap"])
     admin.grant_permissions(APP, "mine", ["decrypt"])
@@ -64,8 +62,11 @@ def test_rewrap_on_every_key_and_decrypt_on_its_own_cannot_pull_another_keys_dat
     # Nothing was unwrapped from the victim's key, nothing wrapped under the attacker's.
     assert _usage(admin, "mine") == [(0, 0)]
     assert _usage(admin, "orders") == [(1, 0)]
-    moves = [(e.rpc, e.item, e.outcome, e.key_id, e.detail) for e in admin.audit_events(identity=APP)
-             if e.rpc.endswith("ReWrap") and e.item in (-1, 0) and e.key_id]
+    moves = [
+        (e.rpc, e.item, e.outcome, e.key_id, e.detail)
+        for e in admin.audit_events(identity=APP)
+        if e.rpc.endswith("ReWrap") and e.item in (-1, 0) and e.key_id
+    ]
     assert moves == [
         ("ReWrap", -1, "PERMISSION_DENIED", "orders", "to mine"),
         ("BatchReWrap", 0, "PERMISSION_DENIED", "orders", "to mine"),
@@ -86,7 +87,11 @@ def test_rewrapping_onto_its_own_keys_primary_needs_only_rewrap_and_gives_no_dec
         for outcome in _three_ways(app, victim.wrapped_key, ACME, destination):
             assert not isinstance(outcome, Exception), outcome
             assert (outcome.key_id, outcome.key_version, outcome.source_key_id, outcome.source_key_version) == (
-                "orders", 2, "orders", 1)
+                "orders",
+                2,
+                "orders",
+                1,
+            )
             assert admin.decrypt_data_key(outcome.wrapped_key, ACME).plaintext == victim.plaintext
     with pytest.raises(kms_client.PermissionDenied):
         app.decrypt_data_key(outcome.wrapped_key, ACME)
@@ -94,13 +99,14 @@ def test_rewrapping_onto_its_own_keys_primary_needs_only_rewrap_and_gives_no_dec
         app.rewrap_data_key(victim.wrapped_key, ACME, destination_key_id="mine")
 
 
-MOVE = {"rewrap on the source": ("orders", "rewrap"), "decrypt on the source": ("orders", "decrypt"),
-        "encrypt on the destination": ("mine", "encrypt")}
+MOVE = {
+    "rewrap on the source": ("orders", "rewrap"),
+    "decrypt on the source": ("orders", "decrypt"),
+    "encrypt on the destination": ("mine", "encrypt"),
+}
 
 
-def test_moving_with_rewrap_and_decrypt_on_the_source_and_encrypt_on_the_destination_works(
-    mtls_server, world, connect
-):
+def test_moving_with_rewrap_and_decrypt_on_the_source_and_encrypt_on_the_destination_works(mtls_server, world, connect):
     admin, victim = world
     for resource, permission in MOVE.values():
         admin.grant_permissions(APP, resource, [permission])
@@ -126,8 +132,10 @@ def test_moving_without_any_one_of_the_three_permissions_is_refused_before_anyth
     resource, permission = MOVE[missing]
     for outcome in _three_ways(app, victim.wrapped_key, ACME, "mine"):
         assert isinstance(outcome, kms_client.PermissionDenied), outcome
-        assert (f"lacks the {permission} permission on key '{resource}'" in outcome.message
-                or outcome.message == f"{APP} lacks the rewrap permission on every key")
+        assert (
+            f"lacks the {permission} permission on key '{resource}'" in outcome.message
+            or outcome.message == f"{APP} lacks the rewrap permission on every key"
+        )
     assert _usage(admin, "mine") == [(0, 0)]
     assert _usage(admin, "orders") == [(1, 0)]
 
@@ -139,8 +147,9 @@ def test_context_constraints_apply_to_each_check_of_a_move(mtls_server, world, c
     admin, acme = world
     evil = admin.generate_data_key("orders", EVIL)
     for name, (resource, permission) in MOVE.items():
-        admin.grant_permissions(APP, resource, [permission],
-                                encryption_context_equals=ACME if name == constrained else None)
+        admin.grant_permissions(
+            APP, resource, [permission], encryption_context_equals=ACME if name == constrained else None
+        )
     app = connect(mtls_server, "app")
     for outcome in _three_ways(app, acme.wrapped_key, ACME, "mine"):
         assert not isinstance(outcome, Exception), outcome
@@ -158,8 +167,15 @@ def test_context_constraints_apply_to_each_check_of_a_move(mtls_server, world, c
 def limited(hsm_token, tmp_path, database_url, label_prefix):
     """A version wraps at most 5 data keys; the scheduler (which would rotate at 3) never runs by
     itself here, as if rotation kept failing."""
-    return make_settings(hsm_token, tmp_path, database_url, label_prefix, max_wraps_per_version=3,
-                         hard_max_wraps_per_version=5, scheduler_interval=timedelta(days=3650))
+    return make_settings(
+        hsm_token,
+        tmp_path,
+        database_url,
+        label_prefix,
+        max_wraps_per_version=3,
+        hard_max_wraps_per_version=5,
+        scheduler_interval=timedelta(days=3650),
+    )
 
 
 def _wrap_limit(error: kms_client.KmsError, version: int, wraps: int) -> None:
@@ -179,9 +195,11 @@ def test_a_version_refuses_to_wrap_beyond_the_hard_limit_even_after_a_restart_un
             assert [d.key_version for d in issued] == [1] * 5
             elsewhere = client.generate_data_key("elsewhere")
             refusals = []
-            for attempt in (lambda: client.generate_data_key("orders"),
-                            lambda: client.generate_data_key_without_plaintext("orders"),
-                            lambda: client.rewrap_data_key(elsewhere.wrapped_key, destination_key_id="orders")):
+            for attempt in (
+                lambda: client.generate_data_key("orders"),
+                lambda: client.generate_data_key_without_plaintext("orders"),
+                lambda: client.rewrap_data_key(elsewhere.wrapped_key, destination_key_id="orders"),
+            ):
                 with pytest.raises(kms_client.KmsError) as refused_:
                     attempt()
                 refusals.append(refused_.value)
@@ -219,7 +237,7 @@ def test_concurrent_wraps_cannot_overshoot_the_hard_limit(limited):
             encrypt = master_keys.encrypt
             together = threading.Barrier(4)
 
-            def encrypt_together(*args):  # noqa: ANN002, ANN202
+            def encrypt_together(*args):
                 try:
                     together.wait(timeout=5)  # four calls past the check before any is counted
                 except threading.BrokenBarrierError:
@@ -249,10 +267,18 @@ def test_concurrent_wraps_cannot_overshoot_the_hard_limit(limited):
 
 
 def test_two_replicas_together_cannot_wrap_beyond_the_hard_limit(hsm_token, tmp_path, database_url, label_prefix):
-    def replica(name: str):  # noqa: ANN202
-        return _running(make_settings(
-            hsm_token, tmp_path / name, database_url, label_prefix, max_wraps_per_version=3,
-            hard_max_wraps_per_version=5, scheduler_interval=timedelta(days=3650)))
+    def replica(name: str):
+        return _running(
+            make_settings(
+                hsm_token,
+                tmp_path / name,
+                database_url,
+                label_prefix,
+                max_wraps_per_version=3,
+                hard_max_wraps_per_version=5,
+                scheduler_interval=timedelta(days=3650),
+            )
+        )
 
     first = replica("a")
     second = None

@@ -19,8 +19,13 @@ from tests.support.process import ServerProcess, clean_env, kms_command
 def test_hsm_init_creates_a_private_development_token_once(tmp_path):
     data_dir = tmp_path / "fresh" / "data"
     first, second = (
-        subprocess.run(kms_command("hsm", "init", "--data-dir", str(data_dir)), env=clean_env(),
-                       capture_output=True, text=True, timeout=60)
+        subprocess.run(
+            kms_command("hsm", "init", "--data-dir", str(data_dir)),
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         for _ in range(2)
     )
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
@@ -121,9 +126,8 @@ def test_sigterm_refuses_new_calls_and_lets_one_in_flight_finish(tmp_path, hsm_e
     assert isinstance(refused, (kms_client.Unavailable, kms_client.Cancelled)), refused
     assert [r.key_version for r in [first, *rest]] == [2] * len(issued)  # every item, none cut off
     assert server.wait_exit() == 0
-    with pytest.raises(grpc.FutureTimeoutError):
-        with grpc.insecure_channel(server.target) as channel:
-            grpc.channel_ready_future(channel).result(timeout=1)
+    with pytest.raises(grpc.FutureTimeoutError), grpc.insecure_channel(server.target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=1)
 
 
 def _until_new_calls_are_refused(target: str, timeout: float = 10) -> kms_client.KmsError:

@@ -57,7 +57,7 @@ def release():
     event.set()
 
 
-def _server(mtls_settings, monkeypatch, monotonic, **overrides):  # noqa: ANN001, ANN202
+def _server(mtls_settings, monkeypatch, monotonic, **overrides):
     values = {"max_streams": 4, "max_streams_per_identity": 2, "stream_idle_timeout": timedelta(seconds=IDLE)}
     values.update(overrides)
     return start(mtls_settings.model_copy(update=values), monkeypatch, monotonic)
@@ -82,7 +82,7 @@ def budget_server(mtls_settings, monkeypatch, monotonic):
 def stubs(dev_certs, release):
     opened = []
 
-    def make(server, name: str, options=()) -> Stubs:  # noqa: ANN001
+    def make(server, name: str, options=()) -> Stubs:
         made = Stubs(channel(server, dev_certs, name, options))
         opened.append(made.channel)
         return made
@@ -93,7 +93,7 @@ def stubs(dev_certs, release):
         made.close()
 
 
-def _world(app, stubs):  # noqa: ANN001, ANN202
+def _world(app, stubs):
     """Keys "orders" and "mine"; the application may re-wrap and encrypt on "orders"; the auditor
     identity holds a grant, but neither rewrap nor audit-read; "other" holds nothing yet."""
     admin = stubs(app, "admin")
@@ -114,7 +114,7 @@ def _events(admin: Stubs, **filters) -> list[pb.AuditEvent]:
     return list(admin.audit.ListAuditEvents(pb.ListAuditEventsRequest(**filters), timeout=30))
 
 
-def _no_errors_logged(caplog) -> None:  # noqa: ANN001
+def _no_errors_logged(caplog) -> None:
     bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not bad, log_text(bad)
 
@@ -150,8 +150,10 @@ def test_streams_beyond_the_server_limit_get_too_many_streams_while_unary_calls_
     server.streams.wait_for(lambda: server.streams.held == 0)
     assert list(other.keys.StreamReWrap(iter([]), timeout=10)) == []  # a freed slot is taken again
     refusals = [e for e in _events(admin, identity=OTHER) if e.outcome == "RESOURCE_EXHAUSTED"]
-    assert {(e.rpc, e.reason) for e in refusals} == {("StreamReWrap", "TooManyStreams"),
-                                                     ("ListAuditEvents", "TooManyStreams")}
+    assert {(e.rpc, e.reason) for e in refusals} == {
+        ("StreamReWrap", "TooManyStreams"),
+        ("ListAuditEvents", "TooManyStreams"),
+    }
 
 
 def test_one_identity_gets_at_most_its_share_of_stream_slots(server, stubs, release):
@@ -246,7 +248,7 @@ class _Caller:
     def __init__(self) -> None:
         self.active = True
 
-    def invocation_metadata(self):  # noqa: ANN201
+    def invocation_metadata(self):
         return ()
 
     def time_remaining(self) -> None:
@@ -261,10 +263,10 @@ class _Caller:
     def cancel(self) -> None:
         self.active = False
 
-    def set_trailing_metadata(self, metadata) -> None:  # noqa: ANN001
+    def set_trailing_metadata(self, metadata) -> None:
         pass
 
-    def abort(self, code, details):  # noqa: ANN001, ANN201
+    def abort(self, code, details):
         raise AssertionError(f"aborted with {code}: {details}")
 
 
@@ -272,19 +274,19 @@ class _Recorder:
     def __init__(self) -> None:
         self.finished: list[tuple[str, str]] = []
 
-    def admit(self, call, **options) -> None:  # noqa: ANN001, ANN003
+    def admit(self, call, **options) -> None:
         pass
 
-    def record_items(self, call) -> None:  # noqa: ANN001
+    def record_items(self, call) -> None:
         pass
 
-    def finish(self, call, error, *, action=None, fail_open=False):  # noqa: ANN001, ANN201
+    def finish(self, call, error, *, action=None, fail_open=False):
         self.finished.append((error.code, error.reason) if error is not None else ("OK", ""))
         return error
 
 
 class _App:
-    def authenticate(self, context):  # noqa: ANN001, ANN201
+    def authenticate(self, context):
         return APP, frozenset()
 
 
@@ -308,7 +310,7 @@ def test_a_stream_whose_requests_end_because_it_was_cancelled_is_recorded_cancel
         # grpc's _RequestIterator: the last receive completed empty before the cancellation was
         # seen, so iteration simply stops.
 
-    def behavior(parsed, call):  # noqa: ANN001, ANN202
+    def behavior(parsed, call):
         return (pb.BatchReWrapResponse() for _ in parsed)
 
     handle = Pipeline(_App(), recorder, streams).bidirectional("StreamReWrap", pb.BatchReWrapRequest, behavior)
@@ -453,9 +455,9 @@ def test_a_flood_of_refused_batch_items_adds_a_bounded_number_of_records_summari
     server.services.recorder.flush_repeats()
 
     flood = [(e.rpc, e.item, e.outcome, e.key_id) for e in _events(admin, identity=AUDITOR)]
-    assert flood == [("BatchDecrypt", 0, "PERMISSION_DENIED", "orders")] + [
-        ("BatchDecrypt", -1, "OK", "")
-    ] * 5 + [("BatchDecrypt", -1, "PERMISSION_DENIED", "")]
+    assert flood == [("BatchDecrypt", 0, "PERMISSION_DENIED", "orders")] + [("BatchDecrypt", -1, "OK", "")] * 5 + [
+        ("BatchDecrypt", -1, "PERMISSION_DENIED", "")
+    ]
     summary = _events(admin, identity=AUDITOR)[-1]
     assert summary.detail.startswith("4999 more like this from ") and summary.detail.endswith("; key ids orders")
     verified = admin.audit.VerifyAuditLog(pb.VerifyAuditLogRequest(), timeout=30)
@@ -476,10 +478,15 @@ def test_with_a_budget_a_repeated_flood_is_turned_away_at_the_door_and_still_bou
     monotonic.advance(10)
     budget_server.services.recorder.flush_repeats()
     flood = [(e.item, e.outcome, e.detail.split(" from ")[0]) for e in _events(admin, identity=AUDITOR)]
-    assert sorted(flood) == sorted([
-        (0, "PERMISSION_DENIED", ""), (-1, "OK", "1000 items"), (-1, "RESOURCE_EXHAUSTED", ""),
-        (-1, "PERMISSION_DENIED", "999 more like this"), (-1, "RESOURCE_EXHAUSTED", "19 more like this"),
-    ])
+    assert sorted(flood) == sorted(
+        [
+            (0, "PERMISSION_DENIED", ""),
+            (-1, "OK", "1000 items"),
+            (-1, "RESOURCE_EXHAUSTED", ""),
+            (-1, "PERMISSION_DENIED", "999 more like this"),
+            (-1, "RESOURCE_EXHAUSTED", "19 more like this"),
+        ]
+    )
     assert admin.audit.VerifyAuditLog(pb.VerifyAuditLogRequest(), timeout=30).intact
 
 
@@ -547,7 +554,8 @@ def test_streams_outside_the_pipeline_cannot_take_every_worker(mtls_settings, mo
         admin.keys.CreateKey(pb.CreateKeyRequest(key_id="orders"), timeout=10)
         ask = reflection_pb2.ServerReflectionRequest(list_services="")
         stranger = reflection_pb2_grpc.ServerReflectionStub(other.channel).ServerReflectionInfo(
-            blocked_requests(release, [ask]), timeout=10)
+            blocked_requests(release, [ask]), timeout=10
+        )
         with pytest.raises(grpc.RpcError) as refused_stranger:
             next(stranger)
         assert refused_stranger.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -49,11 +49,20 @@ BAD_TEXTS = {
 }
 # Where the text names something stored or shown: bad text there is refused as such.
 NAMES = {
-    ("CreateKey", ("key_id",)), ("CreateKey", ("description",)), ("UpdateKey", ("key_id",)),
-    ("UpdateKey", ("description",)), ("GrantPermissions", ("principal",)), ("GrantPermissions", ("resource",)),
-    ("AddGroupMember", ("group",)), ("AddGroupMember", ("identity",)), ("RemoveGroupMember", ("group",)),
-    ("RemoveGroupMember", ("identity",)), ("GetKey", ("key_id",)), ("RotateKey", ("key_id",)),
-    ("ListAuditEvents", ("identity",)), ("ListAuditEvents", ("key_id",)),
+    ("CreateKey", ("key_id",)),
+    ("CreateKey", ("description",)),
+    ("UpdateKey", ("key_id",)),
+    ("UpdateKey", ("description",)),
+    ("GrantPermissions", ("principal",)),
+    ("GrantPermissions", ("resource",)),
+    ("AddGroupMember", ("group",)),
+    ("AddGroupMember", ("identity",)),
+    ("RemoveGroupMember", ("group",)),
+    ("RemoveGroupMember", ("identity",)),
+    ("GetKey", ("key_id",)),
+    ("RotateKey", ("key_id",)),
+    ("ListAuditEvents", ("identity",)),
+    ("ListAuditEvents", ("key_id",)),
 }
 REFUSED_AS_NAMES = ("nul", "newline", "escape", "c1 control and del", "long")
 
@@ -82,12 +91,13 @@ def test_every_rpc_with_text_in_its_request_is_attacked():
     assert ("BatchReWrap", ("requests", "encryption_context", "<key>")) in TARGETS
 
 
-def _base(name: str, wrapped: bytes):  # noqa: ANN202
+def _base(name: str, wrapped: bytes):
     """A request that would succeed (or fail for a dull reason) but for the text put into it."""
     requests = {
         "CreateKey": lambda: pb.CreateKeyRequest(key_id="fresh"),
         "UpdateKey": lambda: pb.UpdateKeyRequest(
-            key_id="orders", description="ok", update_mask={"paths": ["description"]}),
+            key_id="orders", description="ok", update_mask={"paths": ["description"]}
+        ),
         "GenerateDataKey": lambda: pb.GenerateDataKeyRequest(key_id="orders"),
         "GenerateDataKeyWithoutPlaintext": lambda: pb.GenerateDataKeyRequest(key_id="orders"),
         "Decrypt": lambda: pb.DecryptRequest(wrapped_key=wrapped),
@@ -97,7 +107,8 @@ def _base(name: str, wrapped: bytes):  # noqa: ANN202
         "BatchReWrap": lambda: pb.BatchReWrapRequest(requests=[{"wrapped_key": wrapped}]),
         "StreamReWrap": lambda: pb.BatchReWrapRequest(requests=[{"wrapped_key": wrapped}]),
         "GrantPermissions": lambda: pb.GrantPermissionsRequest(
-            principal="spiffe://kms.dev/app", resource="orders", permissions=["decrypt"]),
+            principal="spiffe://kms.dev/app", resource="orders", permissions=["decrypt"]
+        ),
         "AddGroupMember": lambda: pb.GroupMemberRequest(group="ops", identity="spiffe://kms.dev/app"),
         "RemoveGroupMember": lambda: pb.GroupMemberRequest(group="ops", identity="spiffe://kms.dev/app"),
         "ListAuditEvents": lambda: pb.ListAuditEventsRequest(after_seq=2**62),  # nothing to stream back
@@ -114,7 +125,7 @@ def _base(name: str, wrapped: bytes):  # noqa: ANN202
     return request
 
 
-def _put(message, path: tuple[str, ...], text: str) -> None:  # noqa: ANN001
+def _put(message, path: tuple[str, ...], text: str) -> None:
     name, rest = path[0], path[1:]
     field = message.DESCRIPTOR.fields_by_name[name]
     if rest and rest[0] in ("<key>", "<value>"):
@@ -134,7 +145,7 @@ def _put(message, path: tuple[str, ...], text: str) -> None:  # noqa: ANN001
         setattr(message, name, text)
 
 
-def _send(channel: grpc.Channel, name: str, request) -> grpc.RpcError | None:  # noqa: ANN001
+def _send(channel: grpc.Channel, name: str, request) -> grpc.RpcError | None:
     service, method = METHODS[name]
     path = f"/{service.full_name}/{name}"
     serialize = type(request).SerializeToString
@@ -153,14 +164,15 @@ def _send(channel: grpc.Channel, name: str, request) -> grpc.RpcError | None:  #
 class Target:
     """The server under attack and what a refused call must not have changed."""
 
-    def __init__(self, app) -> None:  # noqa: ANN001
+    def __init__(self, app) -> None:
         self.app = app
         self.channel = grpc.insecure_channel(app.target, options=[("grpc.max_receive_message_length", 16 << 20)])
         keys = kms_pb2_grpc.KeyManagementServiceStub(self.channel)
         keys.CreateKey(pb.CreateKeyRequest(key_id="orders"), timeout=10)
         self.wrapped = keys.GenerateDataKey(pb.GenerateDataKeyRequest(key_id="orders"), timeout=10).wrapped_key
         kms_pb2_grpc.PolicyServiceStub(self.channel).AddGroupMember(
-            pb.GroupMemberRequest(group="ops", identity="spiffe://kms.dev/app"), timeout=10)
+            pb.GroupMemberRequest(group="ops", identity="spiffe://kms.dev/app"), timeout=10
+        )
         self.known = self.state()  # as of the last call that was answered
 
     def state(self) -> tuple:
@@ -210,7 +222,8 @@ def test_every_kind_of_bad_text_in_every_string_field_is_refused_cleanly_and_lea
             multiline = path == ("description",) and kind == "newline"  # a description may have line breaks
             if (name, path) in NAMES and kind in REFUSED_AS_NAMES and not multiline:
                 assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT, (
-                    f"{name} {'.'.join(path)} accepted {kind} text: {error and error.code()}")
+                    f"{name} {'.'.join(path)} accepted {kind} text: {error and error.code()}"
+                )
     target.still_healthy()
 
 

@@ -53,10 +53,18 @@ def test_certificate_replaced_on_disk_is_used_for_new_connections_without_droppi
     live.mkdir()
     for name in ("server.crt", "server.key"):
         shutil.copy(dev_certs / name, live / name)
-    app = _running(make_settings(
-        hsm_token, tmp_path, sqlite_url, label_prefix, tls_cert=live / "server.crt", tls_key=live / "server.key",
-        client_ca=dev_certs / "ca.crt", bootstrap_admin=ADMIN,
-    ))
+    app = _running(
+        make_settings(
+            hsm_token,
+            tmp_path,
+            sqlite_url,
+            label_prefix,
+            tls_cert=live / "server.crt",
+            tls_key=live / "server.key",
+            client_ca=dev_certs / "ca.crt",
+            bootstrap_admin=ADMIN,
+        )
+    )
     try:
         open_client = connect(app, "admin")
         open_client.create_key("orders")
@@ -89,18 +97,48 @@ def _make_server_cert_from(ca_cert, ca_key, directory) -> None:
     run = lambda *args: subprocess.run(args, check=True, capture_output=True)  # noqa: E731
     run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
     run("openssl", "req", "-new", "-key", str(key), "-subj", "/CN=localhost", "-out", str(csr))
-    run("openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-days", "30", "-extfile", str(ext), "-out", str(crt))
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca_cert),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-days",
+        "30",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(crt),
+    )
 
 
 def test_tls_may_listen_on_any_address_and_the_flags_are_the_documented_ones(tmp_path, hsm_env, dev_certs):
     env = clean_env({**hsm_env, "KMS_PKCS11_LABEL_PREFIX": "tlsflags", "KMS_BOOTSTRAP_ADMIN": ADMIN})
     port_file = tmp_path / "port"
     process = subprocess.Popen(
-        kms_command("serve", "--listen", "0.0.0.0:0", "--port-file", str(port_file), "--data-dir", str(tmp_path),
-                    "--tls-cert", str(dev_certs / "server.crt"), "--tls-key", str(dev_certs / "server.key"),
-                    "--client-ca", str(dev_certs / "ca.crt")),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        kms_command(
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--port-file",
+            str(port_file),
+            "--data-dir",
+            str(tmp_path),
+            "--tls-cert",
+            str(dev_certs / "server.crt"),
+            "--tls-key",
+            str(dev_certs / "server.key"),
+            "--client-ca",
+            str(dev_certs / "ca.crt"),
+        ),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 60
@@ -109,7 +147,8 @@ def test_tls_may_listen_on_any_address_and_the_flags_are_the_documented_ones(tmp
             assert time.monotonic() < deadline, "kms serve wrote no port file"
             time.sleep(0.05)
         credentials = kms_client.tls_credentials(
-            str(dev_certs / "ca.crt"), str(dev_certs / "admin.crt"), str(dev_certs / "admin.key"))
+            str(dev_certs / "ca.crt"), str(dev_certs / "admin.crt"), str(dev_certs / "admin.key")
+        )
         target = f"127.0.0.1:{int(port_file.read_text())}"
         with kms_client.KmsClient(target, credentials=credentials, timeout=10) as client:
             assert client.create_key("reachable").key_id == "reachable"

@@ -34,7 +34,10 @@ def hsm_check(env: dict[str, str], data_dir) -> dict:
     """``kms hsm check --json``: what an operator would run after an incident."""
     result = subprocess.run(
         kms_command("hsm", "check", "--json", "--data-dir", str(data_dir)),
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     report = json.loads(result.stdout)
     report["exit_code"] = result.returncode

@@ -21,6 +21,8 @@ def server_env(server_env):
     """These crash orders are those of keys stored as HSM objects (each version a token object);
     tests/fault/test_kill_during_wrapped_keys.py has those of the key hierarchy."""
     return {**server_env, "KMS_KEY_STORAGE": "hsm_object"}
+
+
 CONTEXT = {"purpose": "fault"}
 
 
@@ -54,9 +56,8 @@ def test_kill_during_rotation(server_process, server_env, hsm_token, point):
     server.kill()
 
     server.start(crash_at=f"rotate_key.{point}")
-    with kms_client.KmsClient(server.target, retry=NO_RETRY) as client:
-        with pytest.raises(kms_client.Unavailable):
-            client.rotate_key("orders")
+    with kms_client.KmsClient(server.target, retry=NO_RETRY) as client, pytest.raises(kms_client.Unavailable):
+        client.rotate_key("orders")
     assert server.wait_exit() == -9
 
     server.start()  # start-up reconciliation runs before SERVING
@@ -81,9 +82,8 @@ def test_kill_during_rotation(server_process, server_env, hsm_token, point):
 def test_kill_during_create(server_process, server_env, hsm_token, point):
     committed = point == "after_commit"
     server = server_process.start(crash_at=f"create_key.{point}")
-    with kms_client.KmsClient(server.target, retry=NO_RETRY) as client:
-        with pytest.raises(kms_client.Unavailable):
-            client.create_key("orders", description="first try")
+    with kms_client.KmsClient(server.target, retry=NO_RETRY) as client, pytest.raises(kms_client.Unavailable):
+        client.create_key("orders", description="first try")
     assert server.wait_exit() == -9
     prefix = server_env["KMS_PKCS11_LABEL_PREFIX"]
     first_object = f"{prefix}:orders:v1"

@@ -24,17 +24,28 @@ def corpus(server_process, database_url):
     all under version 1 of a key that is now at version 2."""
     server = server_process.start()
     engine = create_engine(database_url)
-    table = Table("secrets", MetaData(), Column("id", Integer, primary_key=True), Column("tenant", String(8)),
-                  Column("wrapped", LargeBinary))
+    table = Table(
+        "secrets",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("tenant", String(8)),
+        Column("wrapped", LargeBinary),
+    )
     table.metadata.create_all(engine)
     with kms_client.KmsClient(server.target) as client:
         client.create_key("orders")
         for start in range(0, ROWS, 1000):
-            issued = client.generate_data_keys([("orders", {"tenant": f"t{i % 5}"}) for i in range(start, start + 1000)])
+            issued = client.generate_data_keys(
+                [("orders", {"tenant": f"t{i % 5}"}) for i in range(start, start + 1000)]
+            )
             with engine.begin() as connection:
-                connection.execute(table.insert(), [
-                    {"id": start + i, "tenant": f"t{(start + i) % 5}", "wrapped": d.wrapped_key}
-                    for i, d in enumerate(issued)])
+                connection.execute(
+                    table.insert(),
+                    [
+                        {"id": start + i, "tenant": f"t{(start + i) % 5}", "wrapped": d.wrapped_key}
+                        for i, d in enumerate(issued)
+                    ],
+                )
         client.rotate_key("orders")
     yield server, engine, table, database_url
     engine.dispose()
@@ -56,10 +67,27 @@ def _all_open(target: str, engine, table) -> list[int]:
 def test_killed_rewrap_runs_resume_and_never_leave_a_broken_row(corpus, tmp_path):
     server, engine, table, url = corpus
     command = kms_command(
-        "rewrap", "table", "--database-url", url, "--table", "secrets", "--column", "wrapped",
-        "--primary-key", "id", "--context-column", "tenant=tenant", "--batch-size", "200",
-        "--checkpoint", str(tmp_path / "checkpoint.json"), "--report", str(tmp_path / "report.json"),
-        "--target", server.target, "--json",
+        "rewrap",
+        "table",
+        "--database-url",
+        url,
+        "--table",
+        "secrets",
+        "--column",
+        "wrapped",
+        "--primary-key",
+        "id",
+        "--context-column",
+        "tenant=tenant",
+        "--batch-size",
+        "200",
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--report",
+        str(tmp_path / "report.json"),
+        "--target",
+        server.target,
+        "--json",
     )
     rng = random.Random(11)
     kills = 0

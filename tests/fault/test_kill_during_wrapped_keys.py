@@ -33,9 +33,8 @@ def _assert_all_open(client, issued) -> None:
 def test_kill_during_create(server_process, server_env, hsm_token, point):
     committed = point == "after_commit"
     server = server_process.start(crash_at=f"create_key.{point}")
-    with kms_client.KmsClient(server.target, retry=NO_RETRY) as client:
-        with pytest.raises(kms_client.Unavailable):
-            client.create_key("orders", description="first try")
+    with kms_client.KmsClient(server.target, retry=NO_RETRY) as client, pytest.raises(kms_client.Unavailable):
+        client.create_key("orders", description="first try")
     assert server.wait_exit() == -9
     prefix = server_env["KMS_PKCS11_LABEL_PREFIX"]
     # Only the root and the seal key are HSM objects: the version's key exists only wrapped.
@@ -67,9 +66,8 @@ def test_kill_during_rotation(server_process, server_env, point):
     server.kill()
 
     server.start(crash_at=f"rotate_key.{point}")
-    with kms_client.KmsClient(server.target, retry=NO_RETRY) as client:
-        with pytest.raises(kms_client.Unavailable):
-            client.rotate_key("orders")
+    with kms_client.KmsClient(server.target, retry=NO_RETRY) as client, pytest.raises(kms_client.Unavailable):
+        client.rotate_key("orders")
     assert server.wait_exit() == -9
 
     server.start()
@@ -102,7 +100,10 @@ def test_kill_during_root_rotation_loses_nothing_and_a_rerun_finishes(server_pro
                 env["KMS_CRASH_AT"] = crash_at
             return subprocess.run(
                 kms_command("hsm", "rotate-root", "--json", "--data-dir", str(server.data_dir)),
-                env=env, capture_output=True, text=True, timeout=120,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
 
         killed = rotate_root(f"root_rotation.{point}")

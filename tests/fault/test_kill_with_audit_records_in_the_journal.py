@@ -14,12 +14,22 @@ def _refuse_audit_records(url: str, refuse: bool) -> None:
     engine = create_engine(url)
     with engine.begin() as connection:
         if engine.dialect.name == "sqlite":
-            connection.execute(text(
-                "CREATE TRIGGER full BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'full'); END"
-                if refuse else "DROP TRIGGER full"))
+            connection.execute(
+                text(
+                    "CREATE TRIGGER full BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'full'); END"
+                    if refuse
+                    else "DROP TRIGGER full"
+                )
+            )
         elif refuse:
-            connection.execute(text("CREATE FUNCTION full_() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'full'; END $$ LANGUAGE plpgsql"))
-            connection.execute(text("CREATE TRIGGER full_ BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION full_()"))
+            connection.execute(
+                text(
+                    "CREATE FUNCTION full_() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'full'; END $$ LANGUAGE plpgsql"
+                )
+            )
+            connection.execute(
+                text("CREATE TRIGGER full_ BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION full_()")
+            )
         else:
             connection.execute(text("DROP TRIGGER full_ ON audit_records"))
             connection.execute(text("DROP FUNCTION full_()"))

@@ -15,8 +15,10 @@ from kms.store.audit_journal import FileAuditJournal
 
 def _entries(count: int, start: int = 0) -> list[AuditEntry]:
     now = datetime.now(UTC)
-    return [AuditEntry(time=now, identity="svc", rpc="Decrypt", outcome="OK", key_id="k", item=start + i)
-            for i in range(count)]
+    return [
+        AuditEntry(time=now, identity="svc", rpc="Decrypt", outcome="OK", key_id="k", item=start + i)
+        for i in range(count)
+    ]
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ def test_a_restart_recovers_uncommitted_lines_and_then_lets_their_files_go(tmp_p
     recovered = restarted.recover()
     origins = [origin for origin, _ in recovered]
     # Files whose lines were all committed are gone; every other file comes back whole, in order.
-    assert 100 <= len(origins) < 100 + 40 and origins == written[-len(origins):]
+    assert 100 <= len(origins) < 100 + 40 and origins == written[-len(origins) :]
     assert [entry.item for _, entry in recovered] == list(range(200 - len(origins), 200))
     restarted.committed([origin for origin, _ in recovered])
     restarted.append(_entries(1))

@@ -42,7 +42,7 @@ def journaled(monkeypatch) -> list[str]:
     origins: list[str] = []
     append = FileAuditJournal.append
 
-    def recording(self, entries):  # noqa: ANN001, ANN202
+    def recording(self, entries):
         made = append(self, entries)
         origins.extend(made)
         return made
@@ -58,8 +58,11 @@ def lag_clock() -> ManualMonotonic:
 
 @pytest.fixture
 def app(settings, monkeypatch, lag_clock, journaled):
-    started = start(settings.model_copy(update={"audit_max_lag": timedelta(seconds=MAX_LAG)}), monkeypatch,
-                    audit_monotonic=lag_clock)
+    started = start(
+        settings.model_copy(update={"audit_max_lag": timedelta(seconds=MAX_LAG)}),
+        monkeypatch,
+        audit_monotonic=lag_clock,
+    )
     yield started
     started.stop(grace=1)
 
@@ -73,8 +76,9 @@ class Caller:
 
     def generate(self) -> pb.GenerateDataKeyResponse:
         request_id = f"w-{uuid.uuid4().hex[:12]}"
-        response = self.keys.GenerateDataKey(pb.GenerateDataKeyRequest(key_id="orders"), timeout=30,
-                                             metadata=(("x-request-id", request_id),))
+        response = self.keys.GenerateDataKey(
+            pb.GenerateDataKeyRequest(key_id="orders"), timeout=30, metadata=(("x-request-id", request_id),)
+        )
         self.answered.append(request_id)
         return response
 
@@ -87,7 +91,7 @@ def caller(app):
     made.channel.close()
 
 
-def _chained(app, attempts: int = 400) -> None:  # noqa: ANN001
+def _chained(app, attempts: int = 400) -> None:
     """Until everything journaled is in the chain (flush answers at once while the writer is
     between failed attempts, so ask again)."""
     pause = threading.Event()
@@ -98,13 +102,17 @@ def _chained(app, attempts: int = 400) -> None:  # noqa: ANN001
     raise AssertionError("the audit writer never caught up")
 
 
-def _every_record_chained_exactly_once(app, caller: Caller, journaled: list[str]) -> None:  # noqa: ANN001
+def _every_record_chained_exactly_once(app, caller: Caller, journaled: list[str]) -> None:
     _chained(app)
     with app.services.engine.connect() as connection:
         origins = connection.execute(text("SELECT origin FROM audit_records")).scalars().all()
-        issued = connection.execute(
-            text("SELECT request_id FROM audit_records WHERE rpc = 'GenerateDataKey' AND outcome = 'OK'")
-        ).scalars().all()
+        issued = (
+            connection.execute(
+                text("SELECT request_id FROM audit_records WHERE rpc = 'GenerateDataKey' AND outcome = 'OK'")
+            )
+            .scalars()
+            .all()
+        )
     assert len(origins) == len(set(origins))
     assert set(journaled) <= set(origins), "journaled records missing from the chain"
     assert sorted(issued) == sorted(caller.answered), "an answered call without exactly one record"
@@ -113,7 +121,7 @@ def _every_record_chained_exactly_once(app, caller: Caller, journaled: list[str]
 
 
 @contextlib.contextmanager
-def _audit_table_held(app) -> Iterator[None]:  # noqa: ANN001
+def _audit_table_held(app) -> Iterator[None]:
     """Another connection holds the audit table, so the writer's insert waits (it does not fail)."""
     url = app.services.engine.url
     if url.get_backend_name() == "postgresql":
@@ -144,7 +152,7 @@ def test_when_audit_writes_hang_calls_fail_closed_after_the_lag_bound_and_recove
     entered = threading.Event()
     append = SqlAuditRepository.append
 
-    def watched(self, entries, sealer, now):  # noqa: ANN001, ANN202
+    def watched(self, entries, sealer, now):
         entered.set()
         return append(self, entries, sealer, now)
 
@@ -165,8 +173,11 @@ def test_when_audit_writes_hang_calls_fail_closed_after_the_lag_bound_and_recove
     assert app.health.run_once()
 
 
-@pytest.mark.parametrize("lost", [DatabaseUnavailable("connection lost"), ConnectionResetError(104, "reset")],
-                         ids=["service error", "driver error"])
+@pytest.mark.parametrize(
+    "lost",
+    [DatabaseUnavailable("connection lost"), ConnectionResetError(104, "reset")],
+    ids=["service error", "driver error"],
+)
 def test_a_commit_whose_acknowledgement_is_lost_neither_wedges_the_writer_nor_chains_records_twice(
     app, caller, journaled, monkeypatch, lost
 ):
@@ -175,7 +186,7 @@ def test_a_commit_whose_acknowledgement_is_lost_neither_wedges_the_writer_nor_ch
     sent: list[str] = []
     append = SqlAuditRepository.append
 
-    def commit_then_fail(self, entries, sealer, now):  # noqa: ANN001, ANN202
+    def commit_then_fail(self, entries, sealer, now):
         records = append(self, entries, sealer, now)
         sent.extend(origin for origin, _ in entries)
         if not fired.is_set():
@@ -195,16 +206,18 @@ def test_a_commit_whose_acknowledgement_is_lost_neither_wedges_the_writer_nor_ch
 
 
 @contextlib.contextmanager
-def _audit_inserts_fail(app) -> Iterator[None]:  # noqa: ANN001
+def _audit_inserts_fail(app) -> Iterator[None]:
     """As a full disk or a revoked privilege would: every insert into the audit table fails."""
     _chained(app)
     dialect = app.services.engine.dialect.name
     statements = (
         ["CREATE TRIGGER audit_full BEFORE INSERT ON audit_records BEGIN SELECT RAISE(ABORT, 'disk full'); END"]
-        if dialect == "sqlite" else
-        ["CREATE FUNCTION audit_full() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ "
-         "LANGUAGE plpgsql",
-         "CREATE TRIGGER audit_full BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION audit_full()"]
+        if dialect == "sqlite"
+        else [
+            "CREATE FUNCTION audit_full() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ "
+            "LANGUAGE plpgsql",
+            "CREATE TRIGGER audit_full BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION audit_full()",
+        ]
     )
     with app.services.engine.begin() as connection:
         for statement in statements:
@@ -230,8 +243,10 @@ def test_a_change_attempted_while_the_audit_log_is_unavailable_is_either_refused
         attempts = {
             "CreateKey": lambda: caller.keys.CreateKey(pb.CreateKeyRequest(key_id="sneaky"), timeout=10),
             "RotateKey": lambda: caller.keys.RotateKey(pb.RotateKeyRequest(key_id="orders"), timeout=10),
-            "GrantPermissions": lambda: policy.GrantPermissions(pb.GrantPermissionsRequest(
-                principal="spiffe://kms.dev/sneaky", resource="*", permissions=["decrypt"]), timeout=10),
+            "GrantPermissions": lambda: policy.GrantPermissions(
+                pb.GrantPermissionsRequest(principal="spiffe://kms.dev/sneaky", resource="*", permissions=["decrypt"]),
+                timeout=10,
+            ),
         }
         for rpc, attempt in attempts.items():
             error = refused(attempt)
@@ -253,7 +268,7 @@ def test_a_change_attempted_while_the_audit_log_is_unavailable_is_either_refused
     assert not unrecorded, f"changed without a record while the audit log was unavailable: {unrecorded}"
 
 
-def _recorded(app, where: str) -> bool:  # noqa: ANN001
+def _recorded(app, where: str) -> bool:
     with app.services.engine.connect() as connection:
         query = text(f"SELECT count(*) FROM audit_records WHERE outcome = 'OK' AND {where}")
         return bool(connection.execute(query).scalar())

@@ -51,7 +51,13 @@ def test_without_plaintext_still_opens(data_keys):
 
 @pytest.mark.parametrize(
     "context",
-    [{}, {"tenant": "acme"}, {**CONTEXT, "extra": ""}, {"tenant": "ACME", "table": "orders"}, {"tenant": "acme", "table": "orders "}],
+    [
+        {},
+        {"tenant": "acme"},
+        {**CONTEXT, "extra": ""},
+        {"tenant": "ACME", "table": "orders"},
+        {"tenant": "acme", "table": "orders "},
+    ],
 )
 def test_a_different_context_never_opens(data_keys, context):
     issued = data_keys.generate_data_key(Call(), "orders", CONTEXT)
@@ -171,7 +177,10 @@ def test_data_keys_from_the_hsm_rng_work_the_same(sqlite_services):
 
     sqlite_services.keys.create_key(Call(), "hsm-rng")
     service = DataKeyService(
-        sqlite_services.cache, sqlite_services.master_keys, sqlite_services.usage, sqlite_services.authorizer,
+        sqlite_services.cache,
+        sqlite_services.master_keys,
+        sqlite_services.usage,
+        sqlite_services.authorizer,
         data_key_source="hsm",
     )
     issued = service.generate_data_key(Call(), "hsm-rng", {})

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from sqlalchemy import text
 
-from kms.domain.audit import AuditEntry, checkpoint_message, chain_hash, verify
+from kms.domain.audit import AuditEntry, chain_hash, checkpoint_message, verify
+from kms.errors import MasterKeyUntrusted, SealKeyUntrusted
 from kms.hsm.audit_seal import Pkcs11AuditSealer
 from kms.hsm.object_ids import new_object_id
-from kms.errors import MasterKeyUntrusted, SealKeyUntrusted
 from kms.service.calls import Call
 from kms.store.audit import SqlAuditRepository
 from tests.support.process import clean_env, kms_command
@@ -36,6 +36,7 @@ LONG_AGO = datetime(2001, 1, 1, tzinfo=UTC)  # an id that sorts before any key t
 
 
 # -- planting, as an attacker with the PIN would ------------------------------------------
+
 
 @pytest.fixture
 def settings(settings):
@@ -46,7 +47,6 @@ def settings(settings):
 @pytest.fixture
 def sqlite_settings(sqlite_settings):
     return sqlite_settings.model_copy(update={"key_storage": "hsm_object"})
-
 
 
 def _plant(services, make: Callable):
@@ -86,10 +86,20 @@ def _generated_seal_key(label: str, template: dict | None = None, bits: int = 25
     def make(session):
         object_id = new_object_id(LONG_AGO)
         session.generate_key(
-            KeyType.GENERIC_SECRET, bits, id=object_id, label=label, store=True,
-            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN, capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-            template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
-                      Attribute.EXTRACTABLE: False, **(template or {})},
+            KeyType.GENERIC_SECRET,
+            bits,
+            id=object_id,
+            label=label,
+            store=True,
+            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+            capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
+            template={
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                **(template or {}),
+            },
         )
         return object_id
 
@@ -101,13 +111,26 @@ def _imported_seal_key(label: str, value: bytes, object_id: bytes | None = None)
 
     def make(session):
         planted_id = object_id or new_object_id(LONG_AGO)
-        session.create_object({
-            Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
-            Attribute.VALUE: value, Attribute.ID: planted_id, Attribute.LABEL: label,
-            Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-            Attribute.SIGN: True, Attribute.VERIFY: True, Attribute.ENCRYPT: False, Attribute.DECRYPT: False,
-            Attribute.WRAP: False, Attribute.UNWRAP: False, Attribute.DERIVE: False,
-        })
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+                Attribute.VALUE: value,
+                Attribute.ID: planted_id,
+                Attribute.LABEL: label,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.SIGN: True,
+                Attribute.VERIFY: True,
+                Attribute.ENCRYPT: False,
+                Attribute.DECRYPT: False,
+                Attribute.WRAP: False,
+                Attribute.UNWRAP: False,
+                Attribute.DERIVE: False,
+            }
+        )
         return planted_id
 
     return make
@@ -115,8 +138,14 @@ def _imported_seal_key(label: str, value: bytes, object_id: bytes | None = None)
 
 def _chain_some_records(services, batches: int = 3) -> None:
     for batch in range(batches):
-        services.audit_log.record([AuditEntry(time=datetime.now(UTC), identity=f"caller-{batch}-{n}", rpc="GetKey",
-                                              outcome="OK", key_id="orders") for n in range(2)])
+        services.audit_log.record(
+            [
+                AuditEntry(
+                    time=datetime.now(UTC), identity=f"caller-{batch}-{n}", rpc="GetKey", outcome="OK", key_id="orders"
+                )
+                for n in range(2)
+            ]
+        )
         assert services.audit_log.flush(timeout=10)
 
 
@@ -134,8 +163,13 @@ def _checkpoints(services) -> list:
 
 def _hsm_check(hsm_env, sqlite_url: str, label_prefix: str, data_dir) -> dict:
     env = clean_env({**hsm_env, "KMS_PKCS11_LABEL_PREFIX": label_prefix, "KMS_DATABASE_URL": sqlite_url})
-    result = subprocess.run(kms_command("hsm", "check", "--json", "--data-dir", str(data_dir)),
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        kms_command("hsm", "check", "--json", "--data-dir", str(data_dir)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.stdout, result.stderr
     report = json.loads(result.stdout)
     report["exit_code"] = result.returncode
@@ -219,19 +253,35 @@ def test_an_imported_key_under_the_seal_label_is_refused_and_no_other_key_is_cre
 @pytest.mark.parametrize(
     "plant, unmet",
     [
-        (lambda label: _generated_seal_key(label, {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}),
-         "CKA_SENSITIVE"),
+        (
+            lambda label: _generated_seal_key(label, {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}),
+            "CKA_SENSITIVE",
+        ),
         # Locked down after generation: it looks sensitive now, but its value was readable once.
-        (lambda label: _then(_generated_seal_key(label, {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}),
-                             {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False}),
-         "CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE"),
+        (
+            lambda label: _then(
+                _generated_seal_key(label, {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}),
+                {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
+            ),
+            "CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE",
+        ),
         (lambda label: _generated_seal_key(label, {Attribute.PRIVATE: False}), "CKA_PRIVATE"),
         (lambda label: _generated_seal_key(label, {Attribute.DERIVE: True}), "CKA_DERIVE"),
         (lambda label: _generated_seal_key(label, bits=128), "CKA_VALUE_LEN"),
-        (lambda label: lambda session: session.create_object(
-            {Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.PRIVATE: True,
-             Attribute.LABEL: label, Attribute.VALUE: b"not a key"}),
-         "not a secret key"),
+        (
+            lambda label: (
+                lambda session: session.create_object(
+                    {
+                        Attribute.CLASS: ObjectClass.DATA,
+                        Attribute.TOKEN: True,
+                        Attribute.PRIVATE: True,
+                        Attribute.LABEL: label,
+                        Attribute.VALUE: b"not a key",
+                    }
+                )
+            ),
+            "not a secret key",
+        ),
     ],
     ids=["extractable", "extractable-then-locked-down", "public", "can-derive", "128-bit", "data-object"],
 )
@@ -267,10 +317,19 @@ def test_the_pinned_key_replaced_under_its_id_by_another_generated_key_is_refuse
     def replace_keeping_the_id(session) -> None:
         session.get_key(object_class=ObjectClass.SECRET_KEY, id=pinned).destroy()
         session.generate_key(
-            KeyType.GENERIC_SECRET, 256, id=pinned, label=label, store=True, mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
+            KeyType.GENERIC_SECRET,
+            256,
+            id=pinned,
+            label=label,
+            store=True,
+            mechanism=Mechanism.GENERIC_SECRET_KEY_GEN,
             capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-            template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
-                      Attribute.EXTRACTABLE: False},
+            template={
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+            },
         )
 
     _plant(services, replace_keeping_the_id)
@@ -312,14 +371,18 @@ def test_a_chain_rewritten_and_resealed_with_a_planted_key_never_verifies_intact
             if record.seq == 2:
                 entry = AuditEntry(**{**{f: getattr(entry, f) for f in entry.__slots__}, "identity": "rewritten"})
             digest = chain_hash(record.seq, entry, record.origin, previous)
-            connection.execute(text("UPDATE audit_records SET identity = :i, prev_hash = :p, hash = :h WHERE seq = :s"),
-                               {"i": entry.identity, "p": previous, "h": digest, "s": record.seq})
+            connection.execute(
+                text("UPDATE audit_records SET identity = :i, prev_hash = :p, hash = :h WHERE seq = :s"),
+                {"i": entry.identity, "p": previous, "h": digest, "s": record.seq},
+            )
             rewritten[record.seq] = previous = digest
         for checkpoint in repository.checkpoints():
             new_hash = rewritten.get(checkpoint.seq, checkpoint.hash)
             mac = forge(checkpoint_message(checkpoint.seq, new_hash))
-            connection.execute(text("UPDATE audit_checkpoints SET hash = :h, mac = :m WHERE seq = :s"),
-                               {"h": new_hash, "m": mac, "s": checkpoint.seq})
+            connection.execute(
+                text("UPDATE audit_checkpoints SET hash = :h, mac = :m WHERE seq = :s"),
+                {"h": new_hash, "m": mac, "s": checkpoint.seq},
+            )
         connection.execute(text("UPDATE audit_head SET hash = :h"), {"h": previous})
 
     def verdict(sealer):
@@ -347,8 +410,10 @@ def test_replicas_starting_together_create_exactly_one_seal_key(sqlite_services,
         taken.append(1)
         return shared
 
-    sealers = [Pkcs11AuditSealer(sqlite_services.pool, sqlite_services.clock, prefix, creation_lock=creation_lock)
-               for _ in range(4)]
+    sealers = [
+        Pkcs11AuditSealer(sqlite_services.pool, sqlite_services.clock, prefix, creation_lock=creation_lock)
+        for _ in range(4)
+    ]
     barrier = threading.Barrier(len(sealers))
     macs: list[str] = []
     errors: list[str] = []
@@ -386,13 +451,26 @@ def test_a_master_key_object_replaced_by_an_imported_key_with_its_id_is_never_us
 
     def replace(session) -> None:
         session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id).destroy()
-        session.create_object({
-            Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES, Attribute.VALUE: value,
-            Attribute.ID: object_id, Attribute.LABEL: version.master_key_label,
-            Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-            Attribute.ENCRYPT: True, Attribute.DECRYPT: True, Attribute.WRAP: False, Attribute.UNWRAP: False,
-            Attribute.SIGN: False, Attribute.VERIFY: False, Attribute.DERIVE: False,
-        })
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: KeyType.AES,
+                Attribute.VALUE: value,
+                Attribute.ID: object_id,
+                Attribute.LABEL: version.master_key_label,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.ENCRYPT: True,
+                Attribute.DECRYPT: True,
+                Attribute.WRAP: False,
+                Attribute.UNWRAP: False,
+                Attribute.SIGN: False,
+                Attribute.VERIFY: False,
+                Attribute.DERIVE: False,
+            }
+        )
 
     _plant(services, replace)
     store = services.master_keys

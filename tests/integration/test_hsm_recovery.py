@@ -9,11 +9,12 @@ import uuid
 
 import pytest
 
-from kms.errors import HsmUnavailable
 from kms.clock import SystemClock
+from kms.errors import HsmUnavailable
 from kms.hsm.master_keys import Pkcs11MasterKeyStore
 from kms.hsm.pool import SessionPool
 from kms.service.calls import Call
+
 
 @pytest.fixture
 def settings(settings):
@@ -24,7 +25,6 @@ def settings(settings):
 @pytest.fixture
 def sqlite_settings(sqlite_settings):
     return sqlite_settings.model_copy(update={"key_storage": "hsm_object"})
-
 
 
 def test_session_loss_is_repaired_transparently(sqlite_services):

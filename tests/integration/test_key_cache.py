@@ -34,7 +34,9 @@ class CountingRepository:
 
 def _follower(services, ticks: Ticks, max_stale: float = 30.0) -> MetadataIntegrity:
     """A second view of the same ledger with a clock of the test's own."""
-    integrity = MetadataIntegrity(services.ledger, services.sealer, services.anchor, max_stale=max_stale, monotonic=ticks)
+    integrity = MetadataIntegrity(
+        services.ledger, services.sealer, services.anchor, max_stale=max_stale, monotonic=ticks
+    )
     integrity.catch_up()
     return integrity
 

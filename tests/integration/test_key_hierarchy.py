@@ -25,7 +25,8 @@ def _secret_keys(services, label_prefix: str) -> list[str]:
     return sorted(
         services.pool.run(
             lambda pooled: [
-                o[Attribute.LABEL] for o in pooled.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
+                o[Attribute.LABEL]
+                for o in pooled.session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
                 if (o[Attribute.LABEL] or "").startswith(label_prefix + ":")
             ]
         )
@@ -65,8 +66,12 @@ def test_an_altered_wrapped_key_is_refused_even_with_a_valid_binding(sqlite_serv
     blob = bytearray(version.wrapped_material)
     blob[5] ^= 0x01
     material = WrappedMaterial(bytes(blob), version.root_key_id)
-    rebound = replace(version, wrapped_material=material.blob, master_key_id="cc" * 16,
-                      material_mac=services.master_keys.hierarchy.bind("orders", 1, material))
+    rebound = replace(
+        version,
+        wrapped_material=material.blob,
+        master_key_id="cc" * 16,
+        material_mac=services.master_keys.hierarchy.bind("orders", 1, material),
+    )
     with pytest.raises(KeyMaterialCorrupt, match="does not unwrap"):
         services.master_keys.encrypt(rebound, b"k" * 32, b"aad")
 
@@ -75,8 +80,12 @@ def test_a_wrapped_key_under_a_root_the_hsm_does_not_have_is_refused(sqlite_serv
     services = sqlite_services
     version = services.keys.create_key(Call(), "orders").version(1)
     material = WrappedMaterial(version.wrapped_material, "dd" * 16)
-    elsewhere = replace(version, root_key_id=material.root_key_id, master_key_id="dd" * 16,
-                        material_mac=services.master_keys.hierarchy.bind("orders", 1, material))
+    elsewhere = replace(
+        version,
+        root_key_id=material.root_key_id,
+        master_key_id="dd" * 16,
+        material_mac=services.master_keys.hierarchy.bind("orders", 1, material),
+    )
     with pytest.raises(KeyMaterialCorrupt, match="root key"):
         services.master_keys.encrypt(elsewhere, b"k" * 32, b"aad")
 
@@ -115,7 +124,7 @@ def test_an_interrupted_root_rotation_resumes_onto_the_same_new_root(sqlite_serv
     original = hierarchy.rewrap_material
     calls = {"n": 0}
 
-    def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def failing(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyMaterialCorrupt("k3", 1, "interrupted")
@@ -149,26 +158,53 @@ def test_an_old_root_is_retired_only_when_nothing_is_wrapped_under_it(sqlite_ser
 
 def test_an_untrustworthy_root_is_never_used_and_no_other_is_created_over_it(sqlite_services, label_prefix):
     services = sqlite_services
-    hierarchy = KeyHierarchy(services.pool, services.clock.now, label_prefix + "x", services.sealer.seal,
-                             services.sealer.check, creation_lock=lambda: threading.Lock())
-    services.pool.run(lambda pooled: pooled.session.create_object({
-        Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.AES, Attribute.VALUE: b"\x07" * 32,
-        Attribute.LABEL: hierarchy.root_label, Attribute.ID: b"\x01" * 16, Attribute.TOKEN: True,
-        Attribute.PRIVATE: True, Attribute.WRAP: True, Attribute.UNWRAP: True,
-    }))
+    hierarchy = KeyHierarchy(
+        services.pool,
+        services.clock.now,
+        label_prefix + "x",
+        services.sealer.seal,
+        services.sealer.check,
+        creation_lock=lambda: threading.Lock(),
+    )
+    services.pool.run(
+        lambda pooled: pooled.session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.SECRET_KEY,
+                Attribute.KEY_TYPE: KeyType.AES,
+                Attribute.VALUE: b"\x07" * 32,
+                Attribute.LABEL: hierarchy.root_label,
+                Attribute.ID: b"\x01" * 16,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.WRAP: True,
+                Attribute.UNWRAP: True,
+            }
+        )
+    )
     try:
         with pytest.raises(RootKeyUntrusted):
             hierarchy.generate()
         assert len(_secret_keys(services, label_prefix + "x")) == 1
     finally:
-        services.pool.run(lambda pooled: [o.destroy() for o in pooled.session.get_objects(
-            {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: hierarchy.root_label})])
+        services.pool.run(
+            lambda pooled: [
+                o.destroy()
+                for o in pooled.session.get_objects(
+                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: hierarchy.root_label}
+                )
+            ]
+        )
 
 
 def test_the_handle_cache_stays_bounded_and_correct_under_concurrency(sqlite_services):
     services = sqlite_services
-    store = Pkcs11MasterKeyStore(services.pool, services.clock, services.settings.pkcs11_label_prefix,
-                                 hierarchy=services.master_keys.hierarchy, handle_capacity=4)
+    store = Pkcs11MasterKeyStore(
+        services.pool,
+        services.clock,
+        services.settings.pkcs11_label_prefix,
+        hierarchy=services.master_keys.hierarchy,
+        handle_capacity=4,
+    )
     versions = [services.keys.create_key(Call(), f"k{n}").version(1) for n in range(20)]
     failures: list[BaseException] = []
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from kms.domain.keys import Storage
 from kms.errors import (
     InvalidArgument,
     InvalidKeyId,
@@ -15,7 +16,6 @@ from kms.errors import (
     KeyAlreadyExists,
     KeyNotFound,
 )
-from kms.domain.keys import Storage
 from kms.service.calls import Call
 
 STORAGES = pytest.mark.parametrize("storage", list(Storage), ids=lambda s: s.value.lower())

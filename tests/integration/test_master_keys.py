@@ -8,6 +8,7 @@ from kms.errors import InvalidCiphertext, KeyMaterialMissing
 from kms.service.calls import Call
 from tests.support.hsm import pkcs11_tool_secret_keys
 
+
 @pytest.fixture
 def settings(settings):
     """Keys here live as HSM objects, one token object per version: the subject of these tests."""
@@ -19,7 +20,6 @@ def sqlite_settings(sqlite_settings):
     return sqlite_settings.model_copy(update={"key_storage": "hsm_object"})
 
 
-
 def test_every_version_is_one_sensitive_never_extractable_secret_key(sqlite_services, hsm_token, label_prefix):
     keys = sqlite_services.keys
     keys.create_key(Call(), "orders")
@@ -27,7 +27,8 @@ def test_every_version_is_one_sensitive_never_extractable_secret_key(sqlite_serv
     rotated = keys.rotate_key(Call(), "orders")
 
     listed = [
-        o for o in pkcs11_tool_secret_keys(hsm_token)
+        o
+        for o in pkcs11_tool_secret_keys(hsm_token)
         if o.get("label", "").startswith(f"{label_prefix}:") and o["label"] != f"{label_prefix}:audit-seal"
     ]
     assert sorted(o["label"] for o in listed) == [f"{label_prefix}:orders:v{n}" for n in (1, 2, 3)]

@@ -11,6 +11,7 @@ import pytest
 from kms.service.calls import Call
 from kms.service.reconcile import RECOVERED_DESCRIPTION
 
+
 @pytest.fixture
 def settings(settings):
     """Keys here live as HSM objects, one token object per version: the subject of these tests."""
@@ -20,7 +21,6 @@ def settings(settings):
 @pytest.fixture
 def sqlite_settings(sqlite_settings):
     return sqlite_settings.model_copy(update={"key_storage": "hsm_object"})
-
 
 
 def test_consistent_state_reports_nothing(services):

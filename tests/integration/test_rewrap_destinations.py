@@ -45,8 +45,13 @@ def make_mixed_table(client, url: str) -> tuple:
     """ROWS values under version 1 of SOURCE, which is then rotated; returns the engine, the
     table, and per row the plaintext (SDK ciphertexts) or the data key (bare wrapped keys)."""
     engine = create_engine(url)
-    table = Table("docs", MetaData(), Column("id", Integer, primary_key=True), Column("tenant", String(8)),
-                  Column("value", LargeBinary))
+    table = Table(
+        "docs",
+        MetaData(),
+        Column("id", Integer, primary_key=True),
+        Column("tenant", String(8)),
+        Column("value", LargeBinary),
+    )
     table.metadata.create_all(engine)
     rows, secrets = [], {}
     for row_id in range(ROWS):
@@ -83,9 +88,25 @@ def test_a_table_moves_its_bare_wrapped_keys_and_refuses_its_sdk_ciphertexts(ser
     report_file = tmp_path / "report.json"
 
     result = kms(
-        server, "rewrap", "table", "--database-url", app_database, "--table", "docs", "--column", "value",
-        "--primary-key", "id", "--context-column", "tenant=tenant", "--destination-key-id", DESTINATION,
-        "--checkpoint", str(tmp_path / "checkpoint.json"), "--report", str(report_file),
+        server,
+        "rewrap",
+        "table",
+        "--database-url",
+        app_database,
+        "--table",
+        "docs",
+        "--column",
+        "value",
+        "--primary-key",
+        "id",
+        "--context-column",
+        "tenant=tenant",
+        "--destination-key-id",
+        DESTINATION,
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--report",
+        str(report_file),
     )
 
     after = stored(engine, table)
@@ -113,8 +134,18 @@ def test_files_with_a_destination_are_refused_before_anything_is_read(server, cl
     before = {path: path.read_bytes() for path in root.iterdir()}
     client.rotate_key(SOURCE)
 
-    result = kms(server, "rewrap", "files", str(root), "--destination-key-id", DESTINATION,
-                 "--checkpoint", str(tmp_path / "checkpoint.json"), "--report", str(tmp_path / "report.json"))
+    result = kms(
+        server,
+        "rewrap",
+        "files",
+        str(root),
+        "--destination-key-id",
+        DESTINATION,
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--report",
+        str(tmp_path / "report.json"),
+    )
 
     assert {path: path.read_bytes() for path in root.iterdir()} == before
     assert result.exit_code == 2, result.output
@@ -161,9 +192,24 @@ def test_a_report_with_failed_items_on_a_version_makes_retire_refuse_it(server, 
     report_file = tmp_path / "report.json"
 
     result = kms(
-        server, "rewrap", "table", "--database-url", app_database, "--table", "docs", "--column", "value",
-        "--primary-key", "id", "--context-column", "tenant=tenant",
-        "--checkpoint", str(tmp_path / "checkpoint.json"), "--report", str(report_file), "--json",
+        server,
+        "rewrap",
+        "table",
+        "--database-url",
+        app_database,
+        "--table",
+        "docs",
+        "--column",
+        "value",
+        "--primary-key",
+        "id",
+        "--context-column",
+        "tenant=tenant",
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--report",
+        str(report_file),
+        "--json",
     )
 
     assert result.exit_code == 1, result.output
@@ -177,9 +223,23 @@ def test_a_clean_report_lets_retire_go_ahead(server, client, tmp_path):
     make_mixed_table(client, f"sqlite:///{tmp_path / 'app.db'}")
     report_file = tmp_path / "report.json"
     result = kms(
-        server, "rewrap", "table", "--database-url", f"sqlite:///{tmp_path / 'app.db'}", "--table", "docs",
-        "--column", "value", "--primary-key", "id", "--context-column", "tenant=tenant",
-        "--checkpoint", str(tmp_path / "checkpoint.json"), "--report", str(report_file),
+        server,
+        "rewrap",
+        "table",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'app.db'}",
+        "--table",
+        "docs",
+        "--column",
+        "value",
+        "--primary-key",
+        "id",
+        "--context-column",
+        "tenant=tenant",
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--report",
+        str(report_file),
     )
     assert result.exit_code == 0, result.output
 

@@ -68,8 +68,9 @@ def test_a_column_of_sdk_ciphertexts_in_binary_and_in_base64_text(client, tmp_pa
     client.create_key("orders")
     url = f"sqlite:///{tmp_path / 'app.db'}"
     engine = create_engine(url)
-    table = Table("docs", MetaData(), Column("id", Integer, primary_key=True), Column("raw", LargeBinary),
-                  Column("text", Text))
+    table = Table(
+        "docs", MetaData(), Column("id", Integer, primary_key=True), Column("raw", LargeBinary), Column("text", Text)
+    )
     table.metadata.create_all(engine)
     rows = []
     for n in range(20):
@@ -105,8 +106,10 @@ def _sdk_table(client, url: str, count: int) -> tuple:
     engine = create_engine(url)
     table = Table("docs", MetaData(), Column("id", Integer, primary_key=True), Column("raw", LargeBinary))
     table.metadata.create_all(engine)
-    rows = [{"id": n, "raw": client.encrypt(f"document {n}".encode(), key_id="orders", context=CONTEXT)}
-            for n in range(count)]
+    rows = [
+        {"id": n, "raw": client.encrypt(f"document {n}".encode(), key_id="orders", context=CONTEXT)}
+        for n in range(count)
+    ]
     with engine.begin() as connection:
         connection.execute(table.insert(), rows)
     return engine, table, {row["id"]: row["raw"] for row in rows}
@@ -188,8 +191,9 @@ def test_an_sdk_ciphertext_whose_wrapped_key_is_under_another_key_than_its_heade
     root.mkdir()
     for name in ("moved-then-rotated", "moved-after-rotation"):
         ciphertext = client.encrypt(name.encode(), key_id="orders", context=CONTEXT)
-        moved = client.rewrap_data_key(envelope.parse_header_bytes(ciphertext).wrapped_key, CONTEXT,
-                                       destination_key_id="elsewhere")
+        moved = client.rewrap_data_key(
+            envelope.parse_header_bytes(ciphertext).wrapped_key, CONTEXT, destination_key_id="elsewhere"
+        )
         (root / f"{name}.kms").write_bytes(envelope.replace_wrapped_key(ciphertext, moved.wrapped_key))
         if name == "moved-then-rotated":
             client.rotate_key("elsewhere")

@@ -12,7 +12,8 @@ from sqlalchemy import Column, Integer, LargeBinary, MetaData, String, Table, cr
 from kms.rewrap.job import JobOptions, RewrapJob
 from kms.rewrap.table import TableSource
 
-ROWS = 100_000
+# Enough rows for many batches and a resume mid-way; throughput is the benchmark's business.
+ROWS = 12_000
 
 
 class Interrupted(Exception):
@@ -22,7 +23,8 @@ class Interrupted(Exception):
 def make_table(url: str) -> tuple:
     engine = create_engine(url)
     table = Table(
-        "secrets", MetaData(),
+        "secrets",
+        MetaData(),
         Column("id", Integer, primary_key=True),
         Column("tenant", String(16), nullable=False),
         Column("wrapped", LargeBinary),
@@ -51,7 +53,9 @@ def assert_all_open_under(client, rows, version: int) -> None:
     for start in range(0, len(rows), 1000):
         chunk = rows[start : start + 1000]
         opened = client.decrypt_data_keys([(r.wrapped, {"tenant": r.tenant}) for r in chunk])
-        assert all(getattr(o, "key_version", None) == version for o in opened), [o for o in opened if getattr(o, "key_version", None) != version][:3]
+        assert all(getattr(o, "key_version", None) == version for o in opened), [
+            o for o in opened if getattr(o, "key_version", None) != version
+        ][:3]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -69,7 +73,7 @@ def test_interrupted_run_resumes_and_leaves_every_row_opening_under_the_primary(
     fill(client, engine, table, ROWS)
     client.rotate_key("orders")
     source = TableSource(app_database, "secrets", "wrapped", "id", context_columns={"tenant": "tenant"})
-    options = JobOptions(batch_size=1000, checkpoint=tmp_path / "checkpoint.json")
+    options = JobOptions(batch_size=500, checkpoint=tmp_path / "checkpoint.json")
 
     # The application keeps writing while the job runs: fresh values, and rows it rewrites
     # with a value that must not be overwritten by the job.
@@ -89,15 +93,15 @@ def test_interrupted_run_resumes_and_leaves_every_row_opening_under_the_primary(
     writer.start()
     batches = 0
 
-    def interrupt_after_30_batches(count: int) -> None:
+    def interrupt_after_10_batches(count: int) -> None:
         nonlocal batches
         batches += 1
-        if batches == 30:
+        if batches == 10:
             raise Interrupted()
 
     try:
         with pytest.raises(Interrupted):
-            RewrapJob(client, source, options, on_progress=interrupt_after_30_batches).run()
+            RewrapJob(client, source, options, on_progress=interrupt_after_10_batches).run()
         first = RewrapJob(client, source, options)  # resumes from the checkpoint
         report = first.run()
     finally:
@@ -105,7 +109,7 @@ def test_interrupted_run_resumes_and_leaves_every_row_opening_under_the_primary(
         writer.join()
 
     assert report.complete and report.failed == 0
-    assert report.scanned == ROWS  # resumed, not restarted: the first 30 batches are not read again
+    assert report.scanned == ROWS  # resumed, not restarted: the first 10 batches are not read again
     assert report.rewrapped + report.already_current + report.changed_concurrently == ROWS
     rows = all_rows(engine, table)
     for row_id, value in app_writes.items():
@@ -139,7 +143,10 @@ def test_dry_run_writes_nothing(client, tmp_path):
     fill(client, engine, table, 20)
     client.rotate_key("orders")
     before = all_rows(engine, table)
-    report = RewrapJob(client, TableSource(url, "secrets", "wrapped", "id", context_columns={"tenant": "tenant"}),
-                       JobOptions(dry_run=True)).run()
+    report = RewrapJob(
+        client,
+        TableSource(url, "secrets", "wrapped", "id", context_columns={"tenant": "tenant"}),
+        JobOptions(dry_run=True),
+    ).run()
     assert (report.rewrapped, report.dry_run) == (20, True)
     assert all_rows(engine, table) == before

@@ -51,14 +51,14 @@ class WatchedStreams(StreamLimits):
         self.opened: list[str] = []
         self.released = 0
 
-    def open(self, identity, context):  # noqa: ANN001, ANN201
+    def open(self, identity, context):
         slot = super().open(identity, context)
         with self.changed:
             self.opened.append(identity)
             self.changed.notify_all()
         return slot
 
-    def release(self, slot) -> None:  # noqa: ANN001
+    def release(self, slot) -> None:
         super().release(slot)
         with self.changed:
             self.released += 1
@@ -73,9 +73,14 @@ class WatchedStreams(StreamLimits):
             assert self.changed.wait_for(predicate, timeout), "the streams never reached the expected state"
 
 
-def start(  # noqa: ANN201
-    settings, monkeypatch, monotonic: ManualMonotonic | None = None, *, audit_monotonic: ManualMonotonic | None = None,
-    clock=None, **application,  # noqa: ANN001
+def start(
+    settings,
+    monkeypatch,
+    monotonic: ManualMonotonic | None = None,
+    *,
+    audit_monotonic: ManualMonotonic | None = None,
+    clock=None,
+    **application,
 ):
     """A started Application whose failure budgets, repeat windows and stream idleness run on
     ``monotonic``, whose audit lag runs on ``audit_monotonic`` (real time if not given: moving
@@ -97,7 +102,7 @@ def start(  # noqa: ANN201
     return app
 
 
-def channel(server, certs: Path, name: str, options=()) -> grpc.Channel:  # noqa: ANN001
+def channel(server, certs: Path, name: str, options=()) -> grpc.Channel:
     """A TLS channel to ``server`` presenting the dev certificate ``name`` (admin, app, ...)."""
     credentials = grpc.ssl_channel_credentials(
         (certs / "ca.crt").read_bytes(), (certs / f"{name}.key").read_bytes(), (certs / f"{name}.crt").read_bytes()
@@ -130,14 +135,14 @@ def refused(call: Callable[[], object]) -> grpc.RpcError:
     raise AssertionError("the call was not refused")
 
 
-def blocked_requests(release: threading.Event, messages=()) -> Iterator:  # noqa: ANN001
+def blocked_requests(release: threading.Event, messages=()) -> Iterator:
     """A request iterator that sends ``messages`` and then nothing until ``release`` is set:
     a client that holds its stream open without using it."""
     yield from messages
     release.wait(120)
 
 
-def log_text(records) -> str:  # noqa: ANN001
+def log_text(records) -> str:
     """Log records as the server writes them (kms.logs JSON lines), tracebacks included."""
     from kms.logs import JsonFormatter
 

@@ -176,8 +176,13 @@ def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def mtls_settings(hsm_token, tmp_path, sqlite_url, label_prefix, dev_certs):
     return make_settings(
-        hsm_token, tmp_path, sqlite_url, label_prefix,
-        tls_cert=dev_certs / "server.crt", tls_key=dev_certs / "server.key", client_ca=dev_certs / "ca.crt",
+        hsm_token,
+        tmp_path,
+        sqlite_url,
+        label_prefix,
+        tls_cert=dev_certs / "server.crt",
+        tls_key=dev_certs / "server.key",
+        client_ca=dev_certs / "ca.crt",
         bootstrap_admin=ADMIN,
     )
 
@@ -200,8 +205,10 @@ def connect(dev_certs):
         cert = str(dev_certs / f"{name}.crt") if name else None
         key = str(dev_certs / f"{name}.key") if name else None
         client = KmsClient(
-            server.target, credentials=tls_credentials(str(dev_certs / ca), cert, key),
-            retry=RetryPolicy(max_attempts=1), timeout=10,
+            server.target,
+            credentials=tls_credentials(str(dev_certs / ca), cert, key),
+            retry=RetryPolicy(max_attempts=1),
+            timeout=10,
         )
         opened.append(client)
         return client

@@ -57,8 +57,18 @@ class ServerProcess:
         self.port = None
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            kms_command("serve", "--listen", listen, "--port-file", str(self.port_file),
-                        "--data-dir", str(self.data_dir), "--log-format", "text", *(["--dev"] if self.dev else [])),
+            kms_command(
+                "serve",
+                "--listen",
+                listen,
+                "--port-file",
+                str(self.port_file),
+                "--data-dir",
+                str(self.data_dir),
+                "--log-format",
+                "text",
+                *(["--dev"] if self.dev else []),
+            ),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

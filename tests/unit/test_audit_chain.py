@@ -35,8 +35,15 @@ def mac_ok(message: bytes, tag: str) -> bool:
 
 
 def entry(n: int) -> AuditEntry:
-    return AuditEntry(time=T0 + timedelta(seconds=n), identity="spiffe://kms.dev/app", rpc="Decrypt", outcome="OK",
-                      key_id="orders", key_version=1, request_id=f"r{n}")
+    return AuditEntry(
+        time=T0 + timedelta(seconds=n),
+        identity="spiffe://kms.dev/app",
+        rpc="Decrypt",
+        outcome="OK",
+        key_id="orders",
+        key_version=1,
+        request_id=f"r{n}",
+    )
 
 
 def chain(count: int) -> list[AuditRecord]:
@@ -166,8 +173,20 @@ def test_the_first_problem_is_the_one_reported():
 def test_the_hash_covers_every_field_and_the_origin():
     base = entry(1)
     digest = chain_hash(1, base, "replica-a", GENESIS)
-    changes = dict(time=T0, identity="x", rpc="x", outcome="x", key_id="x", key_version=9, reason="x",
-                   request_id="x", peer="x", context_digest="x", item=7, detail="x")
+    changes = dict(
+        time=T0,
+        identity="x",
+        rpc="x",
+        outcome="x",
+        key_id="x",
+        key_version=9,
+        reason="x",
+        request_id="x",
+        peer="x",
+        context_digest="x",
+        item=7,
+        detail="x",
+    )
     for name, value in changes.items():
         assert chain_hash(1, replace(base, **{name: value}), "replica-a", GENESIS) != digest, name
     assert chain_hash(1, base, "replica-b", GENESIS) != digest

@@ -3,7 +3,7 @@ principals a grant may name, and the identity cache (no server, no TLS handshake
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
@@ -28,10 +28,15 @@ _KEY = ec.generate_private_key(ec.SECP256R1())
 def certificate(*, uris=(), common_names=("someone",), dns=()) -> x509.Certificate:
     """A self-signed client certificate: identity_of reads names, the handshake checks trust."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn, _validate=False) for cn in common_names])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     builder = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(_KEY.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(_KEY.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
     )
     names = [x509.UniformResourceIdentifier(u) for u in uris] + [x509.DNSName(d) for d in dns]
     if names:
@@ -62,8 +67,16 @@ def test_several_uri_sans_are_refused_rather_than_one_picked(uris):
 
 @pytest.mark.parametrize(
     "uri",
-    ["group:payments", "GROUP:payments", "kms:scheduler", "Kms:scheduler", "cn:admin", "CN:spiffe://kms.dev/admin",
-     "local:x", "anonymous:x"],
+    [
+        "group:payments",
+        "GROUP:payments",
+        "kms:scheduler",
+        "Kms:scheduler",
+        "cn:admin",
+        "CN:spiffe://kms.dev/admin",
+        "local:x",
+        "anonymous:x",
+    ],
 )
 def test_a_uri_san_with_a_reserved_scheme_is_refused_in_any_case(uri):
     message = refusal(certificate(uris=[uri]), cn_identities=True)
@@ -144,8 +157,16 @@ def test_the_longest_cn_identity_is_256_characters():
 
 
 @pytest.mark.parametrize(
-    "principal", [ADMIN, "https://id.example/svc", "urn:example:svc", "cn:orders-service", "cn:spiffe://kms.dev/admin",
-                  "local", "group:payments"],
+    "principal",
+    [
+        ADMIN,
+        "https://id.example/svc",
+        "urn:example:svc",
+        "cn:orders-service",
+        "cn:spiffe://kms.dev/admin",
+        "local",
+        "group:payments",
+    ],
 )
 def test_a_grant_may_name_every_kind_of_identity_that_holds_grants_and_groups(principal):
     assert validate_principal(principal) == principal
@@ -153,8 +174,22 @@ def test_a_grant_may_name_every_kind_of_identity_that_holds_grants_and_groups(pr
 
 @pytest.mark.parametrize(
     "principal",
-    ["anonymous", "kms:scheduler", "KMS:scheduler", "Group:payments", "CN:x", "cn:", "cn:a b", "orders-service",
-     "local:x", "group:bad name", "group:", "spiffe://kms.dev/a b", "", "x:" + "a" * 511],
+    [
+        "anonymous",
+        "kms:scheduler",
+        "KMS:scheduler",
+        "Group:payments",
+        "CN:x",
+        "cn:",
+        "cn:a b",
+        "orders-service",
+        "local:x",
+        "group:bad name",
+        "group:",
+        "spiffe://kms.dev/a b",
+        "",
+        "x:" + "a" * 511,
+    ],
 )
 def test_a_grant_may_not_name_what_no_certificate_can_be(principal):
     with pytest.raises(InvalidArgument):
@@ -172,17 +207,22 @@ def test_every_accepted_principal_is_of_exactly_one_kind(text):
         validate_principal(text)
     except InvalidArgument:
         return
-    kinds = [text == "local", text.startswith("group:"), text.startswith("cn:"),
-             ":" in text and text.split(":")[0].lower() not in {"group", "cn", "kms", "local", "anonymous"}]
+    kinds = [
+        text == "local",
+        text.startswith("group:"),
+        text.startswith("cn:"),
+        ":" in text and text.split(":")[0].lower() not in {"group", "cn", "kms", "local", "anonymous"},
+    ]
     assert kinds.count(True) == 1
 
 
-_printable = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7e), min_size=1, max_size=48)
+_printable = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=48)
 _claims = st.one_of(
     _printable,
     st.sampled_from(["local", "anonymous", "LOCAL"]),
-    st.tuples(st.sampled_from(["group", "Group", "kms", "KMS", "cn", "Cn", "local", "anonymous", "spiffe"]), _printable)
-    .map(":".join),
+    st.tuples(
+        st.sampled_from(["group", "Group", "kms", "KMS", "cn", "Cn", "local", "anonymous", "spiffe"]), _printable
+    ).map(":".join),
 )
 
 

@@ -59,7 +59,11 @@ def test_the_primary_version_is_protected(action, message):
 @pytest.mark.parametrize(
     ("states_before", "action", "message"),
     [
-        ((S, E), lambda k: lifecycle.enable(k, 1, NOW), "cannot enable key 'k' version 1: it is DESTROY_SCHEDULED; cancel"),
+        (
+            (S, E),
+            lambda k: lifecycle.enable(k, 1, NOW),
+            "cannot enable key 'k' version 1: it is DESTROY_SCHEDULED; cancel",
+        ),
         ((X, E), lambda k: lifecycle.enable(k, 1, NOW), "it is DESTROYED"),
         ((X, E), lambda k: lifecycle.disable(k, 1, NOW), "cannot disable key 'k' version 1: it is DESTROYED"),
         ((S, E), lambda k: lifecycle.disable(k, 1, NOW), "it is DESTROY_SCHEDULED"),

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from kms.domain import ledger
-from kms.domain.keys import Key, KeyVersion, VersionState, VersionUsage
+from kms.domain.keys import Key, KeyVersion, Purpose, Storage, VersionState, VersionUsage
 from kms.domain.ledger import GENESIS, BrokenChain, Change, LedgerState, entry_hash, extend
 from kms.domain.policy import Grant, Permission
 
@@ -146,28 +146,61 @@ def version(number: int = 1, **changes) -> KeyVersion:
 
 
 def key(**changes) -> Key:
-    base = Key("orders", "rows", 2, (version(1), version(2)), T0, T0 + timedelta(hours=1),
-               rotation_period=timedelta(days=30), next_rotation_time=T0 + timedelta(days=30),
-               min_decryption_version=1, revision=4)
+    base = Key(
+        "orders",
+        "rows",
+        2,
+        (version(1), version(2)),
+        T0,
+        T0 + timedelta(hours=1),
+        rotation_period=timedelta(days=30),
+        next_rotation_time=T0 + timedelta(days=30),
+        min_decryption_version=1,
+        revision=4,
+    )
     return replace(base, **changes)
 
 
 # Another value for each field. A field added to Key, KeyVersion or Grant must be added here;
 # the only ones left out are named below, with why.
 KEY_CHANGES = {
-    "key_id": "orders2", "description": "rows!", "primary_version": 1, "versions": (version(1),),
-    "create_time": T0 + timedelta(microseconds=1), "update_time": T0, "rotation_period": None,
-    "next_rotation_time": None, "min_decryption_version": 2, "revision": 5,
+    "key_id": "orders2",
+    "description": "rows!",
+    "primary_version": 1,
+    "versions": (version(1),),
+    "create_time": T0 + timedelta(microseconds=1),
+    "update_time": T0,
+    "rotation_period": None,
+    "next_rotation_time": None,
+    "min_decryption_version": 2,
+    "revision": 5,
+    "storage": Storage.WRAPPED,
+    "purpose": Purpose.PSEUDONYMIZE,
+    "subject_field": "user_id",
+    "retention_period": timedelta(days=90),
+    "erasure_finality": timedelta(days=30),
 }
 VERSION_CHANGES = {
     "key_id": None,  # a version's key is its key's: key_id is covered there
-    "version": 3, "state": VersionState.DISABLED, "master_key_id": "f" * 32, "master_key_label": "kms:orders:v9",
-    "create_time": T0 - timedelta(days=1), "destroy_time": T0 + timedelta(days=2),
+    "version": 3,
+    "state": VersionState.DISABLED,
+    "master_key_id": "f" * 32,
+    "master_key_label": "kms:orders:v9",
+    "create_time": T0 - timedelta(days=1),
+    "destroy_time": T0 + timedelta(days=2),
+    "storage": Storage.WRAPPED,
+    "root_key_id": "r" * 32,
+    "wrapped_material": b"blob",
+    "material_mac": "m" * 64,
     "usage": None,  # counts change on every call and are not protected: they grant nothing
 }
 GRANT_CHANGES = {
-    "principal": "spiffe://kms.dev/other", "resource": "orders-*", "permissions": frozenset({Permission.DECRYPT}),
-    "context": {"tenant": "acme"}, "grant_id": "g2", "created_by": "spiffe://kms.dev/admin2",
+    "principal": "spiffe://kms.dev/other",
+    "resource": "orders-*",
+    "permissions": frozenset({Permission.DECRYPT}),
+    "context": {"tenant": "acme"},
+    "grant_id": "g2",
+    "created_by": "spiffe://kms.dev/admin2",
 }
 
 
@@ -184,10 +217,14 @@ def test_a_keys_digest_changes_with_each_of_its_fields(name):
 
 @pytest.mark.parametrize("name", sorted(n for n, v in VERSION_CHANGES.items() if v is not None))
 def test_a_keys_digest_changes_with_each_field_of_each_version(name):
+    # The stored material is recorded only where there is some: a WRAPPED version.
+    wrapped = {} if name == "storage" else {"storage": Storage.WRAPPED}
     for index in (0, 1):
-        versions = list(key().versions)
-        versions[index] = replace(versions[index], **{name: VERSION_CHANGES[name]})
-        assert ledger.key_digest(key(versions=tuple(versions))) != ledger.key_digest(key()), (name, index)
+        before = [replace(v, **wrapped) for v in key().versions]
+        after = list(before)
+        after[index] = replace(after[index], **{name: VERSION_CHANGES[name]})
+        digests = (ledger.key_digest(key(versions=tuple(after))), ledger.key_digest(key(versions=tuple(before))))
+        assert digests[0] != digests[1], (name, index)
 
 
 def test_usage_counts_do_not_change_a_keys_digest():
@@ -200,8 +237,14 @@ def test_a_rotation_period_of_zero_is_not_no_rotation_period():
 
 
 def grant(**changes) -> Grant:
-    base = Grant("spiffe://kms.dev/app", "orders", frozenset({Permission.ENCRYPT, Permission.DECRYPT}), {},
-                 "g1", "spiffe://kms.dev/admin")
+    base = Grant(
+        "spiffe://kms.dev/app",
+        "orders",
+        frozenset({Permission.ENCRYPT, Permission.DECRYPT}),
+        {},
+        "g1",
+        "spiffe://kms.dev/admin",
+    )
     return replace(base, **changes)
 
 

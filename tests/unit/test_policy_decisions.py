@@ -28,8 +28,14 @@ def test_a_grant_allows_its_permission_on_a_key_its_resource_covers(resource):
 
 @pytest.mark.parametrize(
     ("resource", "key_id"),
-    [("orders", "orders2"), ("orders", "Orders"), ("ord-*", "ord"), ("ord-*", "ord_x"), ("ord-*", "ordx"),
-     ("ord*", "ordx")],
+    [
+        ("orders", "orders2"),
+        ("orders", "Orders"),
+        ("ord-*", "ord"),
+        ("ord-*", "ord_x"),
+        ("ord-*", "ordx"),
+        ("ord*", "ordx"),
+    ],
 )
 def test_a_grant_does_not_reach_keys_outside_its_resource(resource, key_id):
     assert decide([grant(resource)], ENCRYPT, key_id, {}) == Decision(False)
@@ -60,8 +66,15 @@ def test_a_constrained_grant_allows_a_context_that_carries_every_constrained_ent
 @pytest.mark.parametrize(
     "context",
     [None, {}, {"tenant": "globex"}, {"Tenant": "acme"}, {"tenant": "acme "}, {"tenant": "ACME"}, {"table": "acme"}],
-    ids=["no-context", "empty", "other-value", "other-key-case", "trailing-space", "value-case",
-         "value-under-another-key"],
+    ids=[
+        "no-context",
+        "empty",
+        "other-value",
+        "other-key-case",
+        "trailing-space",
+        "value-case",
+        "value-under-another-key",
+    ],
 )
 def test_a_constrained_grant_denies_any_other_context_and_says_so(context):
     assert decide([grant("orders", context=ACME)], ENCRYPT, "orders", context) == Decision(False, context_mismatch=True)
@@ -75,8 +88,11 @@ def test_every_constrained_entry_must_be_met():
 
 @pytest.mark.parametrize(
     ("constrained", "permission", "key_id"),
-    [(grant("orders", context=ACME), DECRYPT, "orders"), (grant("billing", context=ACME), ENCRYPT, "orders"),
-     (grant("ord-*", context=ACME), ENCRYPT, "billing")],
+    [
+        (grant("orders", context=ACME), DECRYPT, "orders"),
+        (grant("billing", context=ACME), ENCRYPT, "orders"),
+        (grant("ord-*", context=ACME), ENCRYPT, "billing"),
+    ],
     ids=["other-permission", "other-key", "outside-the-prefix"],
 )
 def test_the_mismatch_flag_is_only_raised_when_the_constraint_alone_stood_in_the_way(constrained, permission, key_id):

@@ -54,8 +54,24 @@ def test_an_unseparated_prefix_is_refused_with_the_separated_form_suggested():
     assert "'tenant-acme2'" in refused.value.message
 
 
-@pytest.mark.parametrize("resource", ["orders*", "a*", "tenant-acme*", "x" * 64 + "*", "", "**", "*-*", "orders-**",
-                                      "bad resource", "bad resource-*", "é-*", "x" * 65 + "-*", "tenant-*-*"])
+@pytest.mark.parametrize(
+    "resource",
+    [
+        "orders*",
+        "a*",
+        "tenant-acme*",
+        "x" * 64 + "*",
+        "",
+        "**",
+        "*-*",
+        "orders-**",
+        "bad resource",
+        "bad resource-*",
+        "é-*",
+        "x" * 65 + "-*",
+        "tenant-*-*",
+    ],
+)
 def test_everything_else_is_refused(resource):
     with pytest.raises(InvalidArgument):
         validate_resource(resource)

@@ -32,7 +32,7 @@ class Policies:
     def check_trusted(self) -> None:
         pass
 
-    def grants(self, identity: str, groups=()) -> list[Grant]:  # noqa: ANN001
+    def grants(self, identity: str, groups=()) -> list[Grant]:
         return [grant for grant in self._grants if grant.principal == identity]
 
 
@@ -45,7 +45,7 @@ def clock() -> Clock:
     return Clock()
 
 
-def authorizer(clock: Clock, limits: dict, failures: Limit | None = None, superusers=()) -> Authorizer:  # noqa: ANN001
+def authorizer(clock: Clock, limits: dict, failures: Limit | None = None, superusers=()) -> Authorizer:
     policies = Policies(may(APP, ENCRYPT, DECRYPT), may(OTHER, ENCRYPT))
     return Authorizer(policies, QuotaBook(limits, failures, monotonic=clock), superusers)
 

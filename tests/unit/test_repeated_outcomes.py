@@ -17,9 +17,19 @@ WINDOW = 10.0
 
 
 def refused(second: float = 0, key_id: str = "orders", identity: str = "spiffe://kms.dev/app", **changes) -> AuditEntry:
-    entry = AuditEntry(time=T0 + timedelta(seconds=second), identity=identity, rpc="Decrypt",
-                       outcome="PERMISSION_DENIED", key_id=key_id, key_version=2, reason="PermissionDenied",
-                       request_id=f"r{second}", peer="ipv4:10.0.0.1:5000", context_digest="ab" * 32, item=-1)
+    entry = AuditEntry(
+        time=T0 + timedelta(seconds=second),
+        identity=identity,
+        rpc="Decrypt",
+        outcome="PERMISSION_DENIED",
+        key_id=key_id,
+        key_version=2,
+        reason="PermissionDenied",
+        request_id=f"r{second}",
+        peer="ipv4:10.0.0.1:5000",
+        context_digest="ab" * 32,
+        item=-1,
+    )
     return replace(entry, **changes)
 
 
@@ -32,7 +42,7 @@ def test_outcomes_that_need_a_grant_are_always_recorded_one_by_one(outcome):
 
 
 def test_the_folded_outcomes_are_those_a_caller_provokes_without_a_grant():
-    assert FOLDED_OUTCOMES == {"PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"}
+    assert {"PERMISSION_DENIED", "UNAUTHENTICATED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT"} == FOLDED_OUTCOMES
 
 
 def test_the_first_of_a_kind_is_recorded_and_repeats_inside_the_window_are_only_counted():
@@ -50,9 +60,15 @@ def test_a_closed_window_becomes_one_summary_of_the_repeats():
     repeats.admit(refused(7, key_id="a"), 107.0)
     (summary,) = repeats.expired(110.0)
     assert summary.detail == (
-        "2 more like this from 2026-01-01T12:00:00+00:00 to 2026-01-01T12:00:07+00:00; key ids a, b")
+        "2 more like this from 2026-01-01T12:00:00+00:00 to 2026-01-01T12:00:07+00:00; key ids a, b"
+    )
     assert (summary.identity, summary.rpc, summary.outcome, summary.reason, summary.peer) == (
-        "spiffe://kms.dev/app", "Decrypt", "PERMISSION_DENIED", "PermissionDenied", "ipv4:10.0.0.1:5000")
+        "spiffe://kms.dev/app",
+        "Decrypt",
+        "PERMISSION_DENIED",
+        "PermissionDenied",
+        "ipv4:10.0.0.1:5000",
+    )
     cleared = (summary.key_id, summary.key_version, summary.request_id, summary.context_digest, summary.item)
     assert summary.time == T0 + timedelta(seconds=7) and cleared == ("", 0, "", "", -1)
     assert repeats.expired(1000.0) == [] and repeats.close_all() == []  # forgotten once summarized
@@ -78,8 +94,12 @@ def test_the_same_kind_after_the_window_writes_the_summary_then_itself():
 
 @pytest.mark.parametrize(
     "change",
-    [dict(identity="spiffe://kms.dev/other"), dict(rpc="GenerateDataKey"), dict(outcome="UNAUTHENTICATED"),
-     dict(reason="Unauthenticated")],
+    [
+        dict(identity="spiffe://kms.dev/other"),
+        dict(rpc="GenerateDataKey"),
+        dict(outcome="UNAUTHENTICATED"),
+        dict(reason="Unauthenticated"),
+    ],
     ids=["identity", "rpc", "outcome", "reason"],
 )
 def test_a_different_identity_action_outcome_or_reason_is_another_kind(change):

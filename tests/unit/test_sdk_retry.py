@@ -109,8 +109,9 @@ def test_a_wait_that_would_reach_the_deadline_is_not_waited():
 
 def test_the_services_retry_after_is_honoured_even_above_the_backoff():
     world = World()
-    attempt = Failing(kms_client.RateLimited("slow down", retry_after=2.5),
-                      kms_client.RateLimited("again", retry_after=0.01))
+    attempt = Failing(
+        kms_client.RateLimited("slow down", retry_after=2.5), kms_client.RateLimited("again", retry_after=0.01)
+    )
     assert run(RetryPolicy(initial_backoff=0.05, multiplier=2.0), attempt, world) == "done"
     assert world.sleeps == pytest.approx([2.5, 0.1])  # the larger of the jittered backoff and retry-after
 
@@ -137,10 +138,18 @@ def test_exhaustion_without_retry_after_is_not_retried(error):
 @pytest.mark.parametrize(
     "error",
     [
-        kms_client.InvalidArgument("bad"), kms_client.InvalidCiphertext("bad"), kms_client.KeyNotFound("gone"),
-        kms_client.PermissionDenied("no"), kms_client.Unauthenticated("who"), kms_client.FailedPrecondition("state"),
-        kms_client.KeyVersionDisabled("off"), kms_client.AlreadyExists("twice"), kms_client.DeadlineExceeded("late"),
-        kms_client.Cancelled("stop"), kms_client.Internal("bug"), kms_client.KmsError("unknown"),
+        kms_client.InvalidArgument("bad"),
+        kms_client.InvalidCiphertext("bad"),
+        kms_client.KeyNotFound("gone"),
+        kms_client.PermissionDenied("no"),
+        kms_client.Unauthenticated("who"),
+        kms_client.FailedPrecondition("state"),
+        kms_client.KeyVersionDisabled("off"),
+        kms_client.AlreadyExists("twice"),
+        kms_client.DeadlineExceeded("late"),
+        kms_client.Cancelled("stop"),
+        kms_client.Internal("bug"),
+        kms_client.KmsError("unknown"),
     ],
     ids=lambda error: type(error).__name__,
 )

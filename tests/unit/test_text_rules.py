@@ -11,7 +11,7 @@ from kms.domain.text import validate_text
 from kms.errors import InvalidArgument
 
 PRINTABLE = ["", "orders", "rows of the orders table", "é ü ß — 日本語 🔑", "\u00a0nbsp", "\u200bzero-width"]
-C0 = [chr(c) for c in range(0x00, 0x20) if chr(c) not in "\t\n\r"]
+C0 = [chr(c) for c in range(0x20) if chr(c) not in "\t\n\r"]
 C1 = [chr(c) for c in range(0x7F, 0xA0)]
 SURROGATES = ["\ud800", "\udbff", "\udc00", "\udfff"]
 

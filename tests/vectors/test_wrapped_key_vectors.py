@@ -74,13 +74,17 @@ def service_with_vector_keys(sqlite_services):
             transaction.save(Key(key_id, "", max(by_number), numbered, now, now))
     services.integrity.refresh()
     known_keys = Pkcs11MasterKeyStore(
-        services.pool, services.clock, services.settings.pkcs11_label_prefix,
-        hierarchy=services.master_keys.hierarchy, vet=lambda found: (),
+        services.pool,
+        services.clock,
+        services.settings.pkcs11_label_prefix,
+        hierarchy=services.master_keys.hierarchy,
+        vet=lambda found: (),
     )
     yield DataKeyService(services.cache, known_keys, services.usage, services.authorizer)
     for vector, object_id in zip(VECTORS, imported, strict=True):
-        known_keys.destroy(KeyVersion(vector["key_id"], vector["key_version"], VersionState.ENABLED, object_id.hex(),
-                                      "vector", now))
+        known_keys.destroy(
+            KeyVersion(vector["key_id"], vector["key_version"], VersionState.ENABLED, object_id.hex(), "vector", now)
+        )
 
 
 def test_service_opens_every_vector(service_with_vector_keys):

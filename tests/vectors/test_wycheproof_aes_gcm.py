@@ -53,7 +53,7 @@ def test_vector(pool, vector):
     pool.run(lambda pooled: _check(pooled.session, quirks, vector))
 
 
-def _check(session, quirks, vector) -> None:  # noqa: ANN001
+def _check(session, quirks, vector) -> None:
     key = _import_key(session, bytes.fromhex(vector["key"]))
     iv, aad = bytes.fromhex(vector["iv"]), bytes.fromhex(vector["aad"])
     msg = bytes.fromhex(vector["msg"])

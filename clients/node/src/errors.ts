@@ -157,6 +157,8 @@ export class KeyVersionBelowMinimum extends KeyVersionNotUsable { static { reaso
 /** The service records a usable version but its HSM has no master key object for it. */
 export class KeyMaterialMissing extends FailedPrecondition { static { reason(this); } }
 export class InvalidStateTransition extends FailedPrecondition { static { reason(this); } }
+/** A version's stored wrapped key does not verify (swapped, altered, or its root key gone). */
+export class KeyMaterialCorrupt extends FailedPrecondition { static { reason(this); } }
 /** The service could not verify a key's metadata against its integrity records. */
 export class KeyMetadataUnverified extends FailedPrecondition { static { reason(this); } }
 export class VersionStillInUse extends FailedPrecondition { static { reason(this); } }
@@ -177,6 +179,8 @@ export class LedgerTampered extends Unavailable { static { reason(this); } }
 export class MetadataIntegrityLost extends Unavailable { static { reason(this); } }
 /** The HSM object a key version names does not prove it is a master key the service generated. */
 export class MasterKeyUntrusted extends Unavailable { static { reason(this); } }
+/** No HSM object labelled as the root key proves it is a sound wrap-only key. */
+export class RootKeyUntrusted extends Unavailable { static { reason(this); } }
 /** The service's audit seal key is in doubt: nothing is sealed or checked until an operator has looked. */
 export class SealKeyUntrusted extends Unavailable { static { reason(this); } }
 export class ConcurrentCreation extends Unavailable { static { reason(this); } }

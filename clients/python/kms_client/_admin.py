@@ -11,11 +11,11 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 
-from kms_proto.kms.v1 import kms_pb2 as pb
-from kms_proto.kms.v1 import kms_pb2_grpc
 from kms_client._retry import NO_RETRY
 from kms_client.errors import from_rpc_error
 from kms_client.types import Key, key_from_pb
+from kms_proto.kms.v1 import kms_pb2 as pb
+from kms_proto.kms.v1 import kms_pb2_grpc
 
 _UNSET: Any = object()
 
@@ -150,7 +150,9 @@ class AdminMixin:
         """Lets ``principal`` (an identity or "group:NAME") use ``permissions`` (admin, encrypt,
         decrypt, rewrap, rotate, audit-read) on ``resource`` (a key id, "prefix*" or "*")."""
         request = pb.GrantPermissionsRequest(
-            principal=principal, resource=resource, permissions=list(permissions),
+            principal=principal,
+            resource=resource,
+            permissions=list(permissions),
             encryption_context_equals=dict(encryption_context_equals or {}),
         )
         return _grant(self._call(self._policy.GrantPermissions, request, timeout, NO_RETRY))
@@ -159,7 +161,9 @@ class AdminMixin:
         return _grant(self._call(self._policy.RevokeGrant, pb.RevokeGrantRequest(grant_id=grant_id), timeout))
 
     def list_grants(self, *, principal: str = "", resource: str = "", timeout: float | None = None) -> list[Grant]:
-        response = self._call(self._policy.ListGrants, pb.ListGrantsRequest(principal=principal, resource=resource), timeout)
+        response = self._call(
+            self._policy.ListGrants, pb.ListGrantsRequest(principal=principal, resource=resource), timeout
+        )
         return [_grant(g) for g in response.grants]
 
     def add_group_member(self, group: str, identity: str, *, timeout: float | None = None) -> bool:
@@ -206,8 +210,11 @@ class AdminMixin:
     def verify_audit_log(self, *, timeout: float | None = None) -> AuditVerification:
         response = self._call(self._audit.VerifyAuditLog, pb.VerifyAuditLogRequest(), timeout)
         return AuditVerification(
-            response.intact, response.records_checked, response.checkpoints_checked,
-            response.problem_seq, response.problem,
+            response.intact,
+            response.records_checked,
+            response.checkpoints_checked,
+            response.problem_seq,
+            response.problem,
         )
 
     @property
@@ -233,8 +240,12 @@ def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
 
 def _grant(message: pb.Grant) -> Grant:
     return Grant(
-        message.grant_id, message.principal, message.resource, tuple(message.permissions),
-        dict(message.encryption_context_equals), message.created_by,
+        message.grant_id,
+        message.principal,
+        message.resource,
+        tuple(message.permissions),
+        dict(message.encryption_context_equals),
+        message.created_by,
     )
 
 

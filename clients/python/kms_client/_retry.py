@@ -57,4 +57,4 @@ class RetryPolicy:
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 
-__all__ = ["RetryPolicy", "NO_RETRY", "KmsError"]
+__all__ = ["NO_RETRY", "KmsError", "RetryPolicy"]

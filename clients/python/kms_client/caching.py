@@ -87,8 +87,10 @@ class DataKeyCaching:
     def __post_init__(self) -> None:
         checks = (
             (0 < self.max_age <= MAX_AGE_CEILING, f"max_age must be in (0, {MAX_AGE_CEILING:.0f}] seconds"),
-            (0 < self.decrypt_max_age <= MAX_AGE_CEILING,
-             f"decrypt_max_age must be in (0, {MAX_AGE_CEILING:.0f}] seconds"),
+            (
+                0 < self.decrypt_max_age <= MAX_AGE_CEILING,
+                f"decrypt_max_age must be in (0, {MAX_AGE_CEILING:.0f}] seconds",
+            ),
             (1 <= self.max_messages <= MAX_MESSAGES_CEILING, f"max_messages must be 1 to {MAX_MESSAGES_CEILING}"),
             (1 <= self.max_bytes <= MAX_BYTES_CEILING, f"max_bytes must be 1 to {MAX_BYTES_CEILING}"),
             (self.max_entries >= 0, "max_entries must be >= 0 (0 turns encrypt-side caching off)"),
@@ -108,8 +110,17 @@ class CachedDataKey:
     ``sealed_bytes`` count what the encrypt side has sealed under the key.
     """
 
-    __slots__ = ("key_id", "key_version", "wrapped_key", "sealed_messages", "sealed_bytes",
-                 "_secret", "_wiped", "_leases", "_retired")
+    __slots__ = (
+        "_leases",
+        "_retired",
+        "_secret",
+        "_wiped",
+        "key_id",
+        "key_version",
+        "sealed_bytes",
+        "sealed_messages",
+        "wrapped_key",
+    )
 
     def __init__(self, data_key: DataKey) -> None:
         self._wiped = True  # until the copy below exists, for __del__
@@ -151,8 +162,10 @@ class CachedDataKey:
         raise TypeError("a cached data key cannot be copied or pickled")
 
     def __repr__(self) -> str:
-        return (f"CachedDataKey(key_id={self.key_id!r}, key_version={self.key_version}, "
-                f"sealed_messages={self.sealed_messages}, sealed_bytes={self.sealed_bytes}, wiped={self._wiped})")
+        return (
+            f"CachedDataKey(key_id={self.key_id!r}, key_version={self.key_version}, "
+            f"sealed_messages={self.sealed_messages}, sealed_bytes={self.sealed_bytes}, wiped={self._wiped})"
+        )
 
 
 class _KeyMap:

@@ -15,14 +15,14 @@ import grpc
 from google.protobuf import duration_pb2
 
 from kms_client._admin import AdminMixin
-from kms_proto.kms.v1 import kms_pb2 as pb
-from kms_proto.kms.v1 import kms_pb2_grpc
 from kms_client._retry import NO_RETRY, RetryPolicy
 from kms_client.caching import DataKeyCache, DataKeyCaching
 from kms_client.encryption import EnvelopeEncryption
 from kms_client.envelope import DEFAULT_FRAME_SIZE
 from kms_client.errors import KmsError, error_for, from_rpc_error
 from kms_client.types import DataKey, Key, Rewrapped, key_from_pb, rewrapped_from_pb
+from kms_proto.kms.v1 import kms_pb2 as pb
+from kms_proto.kms.v1 import kms_pb2_grpc
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
@@ -111,8 +111,13 @@ class KmsClient(AdminMixin):
     # -- keys ----------------------------------------------------------------------------
 
     def create_key(
-        self, key_id: str, *, description: str = "", rotation_period: timedelta | None = None,
-        storage: str | None = None, timeout: float | None = None,
+        self,
+        key_id: str,
+        *,
+        description: str = "",
+        rotation_period: timedelta | None = None,
+        storage: str | None = None,
+        timeout: float | None = None,
     ) -> Key:
         """``storage``: "WRAPPED" or "HSM_OBJECT" (None: the server's default)."""
         request = pb.CreateKeyRequest(key_id=key_id, description=description)
@@ -125,8 +130,12 @@ class KmsClient(AdminMixin):
     def get_key(self, key_id: str, *, timeout: float | None = None) -> Key:
         return key_from_pb(self._call(self._stub.GetKey, pb.GetKeyRequest(key_id=key_id), timeout))
 
-    def list_keys(self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None) -> tuple[list[Key], str]:
-        response = self._call(self._stub.ListKeys, pb.ListKeysRequest(page_size=page_size, page_token=page_token), timeout)
+    def list_keys(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> tuple[list[Key], str]:
+        response = self._call(
+            self._stub.ListKeys, pb.ListKeysRequest(page_size=page_size, page_token=page_token), timeout
+        )
         return [key_from_pb(k) for k in response.keys], response.next_page_token
 
     def iter_keys(self, *, page_size: int = 0) -> Iterator[Key]:
@@ -211,7 +220,10 @@ class KmsClient(AdminMixin):
         ]
 
     def rewrap_data_keys(
-        self, requests: Iterable[tuple[bytes, Mapping[str, str]]], *, destination_key_id: str = "",
+        self,
+        requests: Iterable[tuple[bytes, Mapping[str, str]]],
+        *,
+        destination_key_id: str = "",
         timeout: float | None = None,
     ) -> list[Rewrapped | KmsError]:
         request = pb.BatchReWrapRequest(
@@ -224,8 +236,12 @@ class KmsClient(AdminMixin):
         return [_rewrap_result(r) for r in response.results]
 
     def stream_rewrap(
-        self, requests: Iterable[tuple[bytes, Mapping[str, str]]], *, destination_key_id: str = "",
-        timeout: float | None = None, items_per_message: int = 500,
+        self,
+        requests: Iterable[tuple[bytes, Mapping[str, str]]],
+        *,
+        destination_key_id: str = "",
+        timeout: float | None = None,
+        items_per_message: int = 500,
     ) -> Iterator[Rewrapped | KmsError]:
         """StreamReWrap: one result per (wrapped key, context), in order, each a Rewrapped or
         that item's error.
@@ -240,10 +256,12 @@ class KmsClient(AdminMixin):
 
         def messages() -> Iterator[pb.BatchReWrapRequest]:
             while chunk := list(itertools.islice(items, items_per_message)):
-                yield pb.BatchReWrapRequest(requests=[
-                    pb.ReWrapRequest(wrapped_key=w, encryption_context=c, destination_key_id=destination_key_id)
-                    for w, c in chunk
-                ])
+                yield pb.BatchReWrapRequest(
+                    requests=[
+                        pb.ReWrapRequest(wrapped_key=w, encryption_context=c, destination_key_id=destination_key_id)
+                        for w, c in chunk
+                    ]
+                )
 
         responses = self._stub.StreamReWrap(
             messages(), timeout=timeout or None, metadata=(("x-request-id", uuid.uuid4().hex),)
@@ -334,9 +352,7 @@ class KmsClient(AdminMixin):
         unchanged. Returns the number of body bytes copied."""
         return self._envelope.rewrap_stream(src, dst, context)
 
-    def rewrap_many(
-        self, items: Iterable[tuple[bytes, Mapping[str, str] | None]]
-    ) -> list[bytes | KmsError]:
+    def rewrap_many(self, items: Iterable[tuple[bytes, Mapping[str, str] | None]]) -> list[bytes | KmsError]:
         """``rewrap`` for many (ciphertext, context) pairs through BatchReWrap, one call per
         1000 distinct wrapped keys. Each result is the new ciphertext or that item's error (any
         ``rewrap`` raises); errors of the call itself (Unavailable, ...) are raised."""

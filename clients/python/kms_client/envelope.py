@@ -92,8 +92,9 @@ class Header:
         key_id = self.key_id.encode("ascii")
         return b"".join(
             (
-                _PREFIX.pack(MAGIC, FORMAT_VERSION, SUITE_AES256_GCM_HKDF_SHA256_COMMIT, self.frame_size,
-                             self.salt, len(key_id)),
+                _PREFIX.pack(
+                    MAGIC, FORMAT_VERSION, SUITE_AES256_GCM_HKDF_SHA256_COMMIT, self.frame_size, self.salt, len(key_id)
+                ),
                 key_id,
                 _U16.pack(len(self.encoded_context)),
                 self.encoded_context,
@@ -320,7 +321,7 @@ def frame_nonce(index: int, final: bool) -> bytes:
 class _Frames:
     """Frame indexes of one message, handed out in order, each once, the final one last."""
 
-    __slots__ = ("_gcm", "_aad", "frame_size", "index", "finished")
+    __slots__ = ("_aad", "_gcm", "finished", "frame_size", "index")
 
     def __init__(self, frame_key: bytes, header_tag: bytes, frame_size: int) -> None:
         self._gcm = Aes256Gcm(frame_key)

@@ -217,6 +217,11 @@ class KeyMetadataUnverified(FailedPrecondition):
     is not used until an operator has looked."""
 
 
+class KeyMaterialCorrupt(FailedPrecondition):
+    """A version's stored wrapped key does not verify (swapped, altered, or its root key gone):
+    the service refuses to use it; an operator looks with kms db verify."""
+
+
 class VersionStillInUse(FailedPrecondition):
     """Retirement refused: the version was used too recently."""
 
@@ -271,6 +276,10 @@ class MetadataIntegrityLost(Unavailable):
 class MasterKeyUntrusted(Unavailable):
     """The HSM object a key version names does not prove it is a master key the service
     generated; the service does not use it until an operator has looked (kms hsm check)."""
+
+
+class RootKeyUntrusted(Unavailable):
+    """No HSM object labelled as the root key proves it is a sound wrap-only key (kms hsm check)."""
 
 
 class SealKeyUntrusted(Unavailable):

@@ -210,8 +210,15 @@ def rewrap_column(
         after = rows[-1][0]
 
 
-def _apply(connection: Connection, column: Column, primary_key: list, key: tuple, old: bytes,
-           new: bytes | KmsError, report: RewrapReport) -> None:
+def _apply(
+    connection: Connection,
+    column: Column,
+    primary_key: list,
+    key: tuple,
+    old: bytes,
+    new: bytes | KmsError,
+    report: RewrapReport,
+) -> None:
     report.rows += 1
     if isinstance(new, KmsError):
         report.failed += 1

@@ -20,7 +20,7 @@ class CallCounter(grpc.UnaryUnaryClientInterceptor):
         self.calls: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001
+    def intercept_unary_unary(self, continuation, client_call_details, request):
         with self._lock:
             self.calls[client_call_details.method.rsplit("/", 1)[-1]] += 1
         return continuation(client_call_details, request)
@@ -48,8 +48,9 @@ def make_client(server, counter: CallCounter) -> Iterator:
     def make(caching: DataKeyCaching | None = None, interceptors: tuple = (), **options) -> KmsClient:
         raw = grpc.insecure_channel(server.target)
         channels.append(raw)
-        return KmsClient(channel=grpc.intercept_channel(raw, counter, *interceptors), data_key_caching=caching,
-                         **options)
+        return KmsClient(
+            channel=grpc.intercept_channel(raw, counter, *interceptors), data_key_caching=caching, **options
+        )
 
     yield make
     for channel in channels:

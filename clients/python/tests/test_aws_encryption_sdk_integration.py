@@ -12,7 +12,6 @@ from pathlib import Path
 
 import aws_encryption_sdk
 import pytest
-from cryptography.exceptions import InvalidSignature, InvalidTag
 from aws_cryptographic_material_providers.mpl import AwsCryptographicMaterialProviders
 from aws_cryptographic_material_providers.mpl.config import MaterialProvidersConfig
 from aws_cryptographic_material_providers.mpl.errors import AwsCryptographicMaterialProvidersException
@@ -36,6 +35,7 @@ from aws_encryption_sdk.exceptions import (
 from aws_encryption_sdk.identifiers import EncryptionKeyType, WrappingAlgorithm
 from aws_encryption_sdk.internal.crypto.wrapping_keys import WrappingKey
 from aws_encryption_sdk.key_providers.raw import RawMasterKeyProvider
+from cryptography.exceptions import InvalidSignature, InvalidTag
 
 from kms_client import InvalidCiphertext, KmsClient, parse_header_bytes
 from kms_client.integrations.aws_encryption_sdk import (
@@ -137,8 +137,9 @@ def test_streaming_round_trip(esdk, client: KmsClient, orders) -> None:
     document = os.urandom(300_000)
     keys = provider(client, "orders")
     encrypted = io.BytesIO()
-    with esdk.stream(mode="e", source=io.BytesIO(document), key_provider=keys, encryption_context=CONTEXT,
-                     frame_length=4096) as encryptor:
+    with esdk.stream(
+        mode="e", source=io.BytesIO(document), key_provider=keys, encryption_context=CONTEXT, frame_length=4096
+    ) as encryptor:
         for chunk in encryptor:
             encrypted.write(chunk)
     assert len(encrypted.getvalue()) > len(document)
@@ -153,8 +154,9 @@ def test_streaming_round_trip(esdk, client: KmsClient, orders) -> None:
 def test_several_keys_the_first_generates_and_the_others_seal_the_data_key_in_an_envelope(
     esdk, client: KmsClient, orders, archive
 ) -> None:
-    ciphertext, header = esdk.encrypt(source=PLAINTEXT, key_provider=provider(client, "orders", "archive"),
-                                      encryption_context=CONTEXT)
+    ciphertext, header = esdk.encrypt(
+        source=PLAINTEXT, key_provider=provider(client, "orders", "archive"), encryption_context=CONTEXT
+    )
     by_key = {edk.key_provider.key_info: edk for edk in header.encrypted_data_keys}  # a set: no order
     generated, sealed = by_key[b"orders"], by_key[b"archive"]
     assert generated.key_provider.key_info == b"orders" and generated.encrypted_data_key[0] == 0x01
@@ -181,8 +183,9 @@ def test_a_strict_provider_does_not_follow_key_ids_that_a_message_names(esdk, cl
 
 
 def test_a_master_key_refuses_its_edks_under_another_context(esdk, client: KmsClient, orders, archive) -> None:
-    _, header = esdk.encrypt(source=PLAINTEXT, key_provider=provider(client, "orders", "archive"),
-                             encryption_context=CONTEXT)
+    _, header = esdk.encrypt(
+        source=PLAINTEXT, key_provider=provider(client, "orders", "archive"), encryption_context=CONTEXT
+    )
     assert sorted(edk.encrypted_data_key[:1] for edk in header.encrypted_data_keys) == [b"\x01", b"K"]
     for edk in header.encrypted_data_keys:  # a wrapped key and an envelope
         master_key = KmsGrpcMasterKey(key_id=edk.key_provider.key_info, client=client)
@@ -214,8 +217,9 @@ def test_a_message_with_an_altered_context_does_not_get_its_data_key(esdk, clien
 
 
 def test_a_tampered_edk_is_refused(esdk, client: KmsClient, orders, archive) -> None:
-    ciphertext, header = esdk.encrypt(source=PLAINTEXT, key_provider=provider(client, "orders", "archive"),
-                                      encryption_context=CONTEXT)
+    ciphertext, header = esdk.encrypt(
+        source=PLAINTEXT, key_provider=provider(client, "orders", "archive"), encryption_context=CONTEXT
+    )
     for edk in header.encrypted_data_keys:
         start = ciphertext.index(edk.encrypted_data_key)
         for offset in (1, len(edk.encrypted_data_key) // 2, len(edk.encrypted_data_key) - 1):
@@ -240,17 +244,20 @@ def test_an_edk_of_another_key_relabelled_as_ours_is_refused(esdk, client: KmsCl
     """EDKs claiming key "orders" whose ciphertext is really under "archive", in both forms: the
     service opens the wrapped key but reports "archive", the envelope's header names "archive",
     and the master key refuses both."""
-    _, header = esdk.encrypt(source=PLAINTEXT, key_provider=provider(client, "orders", "archive"),
-                             encryption_context=CONTEXT)
+    _, header = esdk.encrypt(
+        source=PLAINTEXT, key_provider=provider(client, "orders", "archive"), encryption_context=CONTEXT
+    )
     context = dict(header.encryption_context)
     by_key = {edk.key_provider.key_info: edk for edk in header.encrypted_data_keys}
-    _, archive_header = esdk.encrypt(source=PLAINTEXT, key_provider=provider(client, "archive"),
-                                     encryption_context=CONTEXT)
+    _, archive_header = esdk.encrypt(
+        source=PLAINTEXT, key_provider=provider(client, "archive"), encryption_context=CONTEXT
+    )
     (wrapped,) = archive_header.encrypted_data_keys
     master_key = KmsGrpcMasterKey(key_id="orders", client=client)
     for edk, edk_context in ((wrapped, dict(archive_header.encryption_context)), (by_key[b"archive"], context)):
-        relabelled = type(edk)(key_provider=type(edk.key_provider)(PROVIDER_ID, b"orders"),
-                               encrypted_data_key=edk.encrypted_data_key)
+        relabelled = type(edk)(
+            key_provider=type(edk.key_provider)(PROVIDER_ID, b"orders"), encrypted_data_key=edk.encrypted_data_key
+        )
         with pytest.raises(DecryptKeyError, match="InvalidCiphertext"):
             master_key.decrypt_data_key(relabelled, header.algorithm, edk_context)
         with pytest.raises(IncorrectMasterKeyError):
@@ -271,8 +278,9 @@ def test_beside_another_generator_a_shorter_data_key_is_sealed_and_opened(legacy
     keys = StaticAesProvider()
     keys.add_master_key(b"static")
     keys.add_master_key_provider(provider(client, "orders"))
-    ciphertext, header = legacy_esdk.encrypt(source=PLAINTEXT, key_provider=keys, algorithm=AES_128,
-                                             encryption_context=CONTEXT)
+    ciphertext, header = legacy_esdk.encrypt(
+        source=PLAINTEXT, key_provider=keys, algorithm=AES_128, encryption_context=CONTEXT
+    )
     (edk,) = ours(header)
     assert edk.encrypted_data_key[:4] == b"KMSE"
     assert len(client.decrypt(edk.encrypted_data_key, context=dict(header.encryption_context))) == 16
@@ -329,9 +337,14 @@ def test_the_keyring_refuses_a_tampered_edk_and_messages_without_its_key(esdk, c
 
 @pytest.mark.usefixtures("orders")
 def test_keyring_in_a_multi_keyring_beside_a_raw_aes_generator(legacy_esdk, esdk, mpl, client: KmsClient) -> None:
-    raw = mpl.create_raw_aes_keyring(CreateRawAesKeyringInput(
-        key_namespace="test", key_name="static", wrapping_key=bytes(range(32)),
-        wrapping_alg=AesWrappingAlg.ALG_AES256_GCM_IV12_TAG16))
+    raw = mpl.create_raw_aes_keyring(
+        CreateRawAesKeyringInput(
+            key_namespace="test",
+            key_name="static",
+            wrapping_key=bytes(range(32)),
+            wrapping_alg=AesWrappingAlg.ALG_AES256_GCM_IV12_TAG16,
+        )
+    )
     keyring = KmsGrpcKeyring(client, "orders")
     multi = mpl.create_multi_keyring(CreateMultiKeyringInput(generator=raw, child_keyrings=[keyring]))
     for sdk, suite in ((esdk, None), (legacy_esdk, AES_128)):
@@ -353,9 +366,11 @@ def test_the_keyring_refuses_to_generate_for_a_suite_with_a_shorter_data_key(leg
 
 def test_required_encryption_context_pairs_are_bound_though_not_stored(esdk, mpl, client: KmsClient, orders) -> None:
     underlying = mpl.create_default_cryptographic_materials_manager(
-        CreateDefaultCryptographicMaterialsManagerInput(keyring=KmsGrpcKeyring(client, "orders")))
-    cmm = mpl.create_required_encryption_context_cmm(CreateRequiredEncryptionContextCMMInput(
-        underlying_cmm=underlying, required_encryption_context_keys=["tenant"]))
+        CreateDefaultCryptographicMaterialsManagerInput(keyring=KmsGrpcKeyring(client, "orders"))
+    )
+    cmm = mpl.create_required_encryption_context_cmm(
+        CreateRequiredEncryptionContextCMMInput(underlying_cmm=underlying, required_encryption_context_keys=["tenant"])
+    )
     ciphertext, header = esdk.encrypt(source=PLAINTEXT, materials_manager=cmm, encryption_context=CONTEXT)
     assert b"acme" not in ciphertext  # not stored in the message...
     (edk,) = header.encrypted_data_keys
@@ -370,8 +385,9 @@ def test_required_encryption_context_pairs_are_bound_though_not_stored(esdk, mpl
 
 def test_the_keyring_refuses_decryption_materials_that_already_hold_a_data_key(mpl, client: KmsClient) -> None:
     suite = mpl.get_algorithm_suite_info(b"\x05\x78")  # the default committing, signing suite
-    materials = DecryptionMaterials(algorithm_suite=suite, encryption_context={}, required_encryption_context_keys=[],
-                                    plaintext_data_key=bytes(32))
+    materials = DecryptionMaterials(
+        algorithm_suite=suite, encryption_context={}, required_encryption_context_keys=[], plaintext_data_key=bytes(32)
+    )
     with pytest.raises(AwsCryptographicMaterialProvidersException, match="already hold a data key"):
         KmsGrpcKeyring(client, "orders").on_decrypt(OnDecryptInput(materials=materials, encrypted_data_keys=[]))
 
@@ -433,5 +449,9 @@ def test_the_documented_example_runs_as_written(server, esdk, client: KmsClient,
         if "kms" in namespace:
             namespace["kms"].close()
     # The example's message opens here, so it was made with this server's key.
-    assert esdk.decrypt(source=namespace["ciphertext"], keyring=KmsGrpcKeyring(client, "orders"),
-                        encryption_context=CONTEXT)[0] == b"invoice 2024-002"
+    assert (
+        esdk.decrypt(
+            source=namespace["ciphertext"], keyring=KmsGrpcKeyring(client, "orders"), encryption_context=CONTEXT
+        )[0]
+        == b"invoice 2024-002"
+    )

@@ -47,8 +47,9 @@ class Side:
     def __repr__(self) -> str:
         return self.name
 
-    def cache(self, clock: FakeClock | None = None, max_entries: int = 4, max_age: float = 300.0,
-              **encrypt_limits: int) -> DataKeyCache:
+    def cache(
+        self, clock: FakeClock | None = None, max_entries: int = 4, max_age: float = 300.0, **encrypt_limits: int
+    ) -> DataKeyCache:
         if self.name == "encrypt":
             limits = dict(max_entries=max_entries, max_age=max_age, decrypt_max_entries=0, **encrypt_limits)
         else:
@@ -65,7 +66,7 @@ class Side:
         assert isinstance(view.obj, bytearray) and bytes(view) == key.plaintext
         return view
 
-    def lease(self, cache: DataKeyCache, key: DataKey, at: int):  # noqa: ANN201
+    def lease(self, cache: DataKeyCache, key: DataKey, at: int):
         if self.name == "encrypt":
             return cache.take_for_encrypt(key.key_id, slot(at), 1)
         return cache.get_for_decrypt(key.wrapped_key, slot(at))
@@ -218,8 +219,9 @@ def test_close_zeroes_the_cache_of_a_client_used_without_with(make_client, order
 
 def test_evicted_keys_are_zeroed_and_their_messages_still_decrypt(make_client, counter, orders):
     clock = FakeClock()
-    caching = make_client(DataKeyCaching(max_age=60, max_messages=3, max_bytes=100, max_entries=1,
-                                         decrypt_max_entries=1, clock=clock))
+    caching = make_client(
+        DataKeyCaching(max_age=60, max_messages=3, max_bytes=100, max_entries=1, decrypt_max_entries=1, clock=clock)
+    )
     messages: list[tuple[bytes, dict[str, str], bytes]] = []
 
     def encrypt(plaintext: bytes, tenant: str = "acme") -> memoryview:

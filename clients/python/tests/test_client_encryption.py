@@ -8,6 +8,7 @@ import struct
 
 import grpc
 import pytest
+from sdk_helpers import frames_of, seal
 
 from kms_client import (
     EncryptionContextMismatch,
@@ -23,7 +24,6 @@ from kms_client import (
     Unavailable,
     parse_header_bytes,
 )
-from sdk_helpers import frames_of, seal
 from tests.support.fixtures import APP
 
 CONTEXT = {"tenant": "acme", "purpose": "orders"}
@@ -149,8 +149,16 @@ def test_a_wrapped_key_naming_a_key_the_caller_may_not_use_gives_permission_deni
 
 
 def test_decrypt_documents_the_errors_about_the_named_key_version_beside_the_integrity_failures():
-    for name in ("InvalidCiphertext", "TruncatedCiphertext", "EncryptionContextMismatch", "PermissionDenied",
-                 "KeyVersionNotUsable", "KeyVersionDisabled", "KeyMaterialMissing", "Unavailable"):
+    for name in (
+        "InvalidCiphertext",
+        "TruncatedCiphertext",
+        "EncryptionContextMismatch",
+        "PermissionDenied",
+        "KeyVersionNotUsable",
+        "KeyVersionDisabled",
+        "KeyMaterialMissing",
+        "Unavailable",
+    ):
         assert name in KmsClient.decrypt.__doc__
     for method in (KmsClient.decrypt_stream, KmsClient.rewrap):
         assert "Raises what ``decrypt`` raises" in " ".join(method.__doc__.split())
@@ -219,10 +227,16 @@ def test_rewrap_many_checks_each_item_against_the_key_id_its_own_header_names(cl
     # around the `orders` wrapped key is a forgery, whichever of the two comes first.
     client.create_key("payroll")
     data_key = client.generate_data_key(orders, CONTEXT)
-    genuine = seal(b"an order", context=CONTEXT, data_key=data_key.plaintext, wrapped_key=data_key.wrapped_key,
-                   key_id=orders)
-    forged = seal(b"pay everyone twice", context=CONTEXT, data_key=data_key.plaintext,
-                  wrapped_key=data_key.wrapped_key, key_id="payroll")
+    genuine = seal(
+        b"an order", context=CONTEXT, data_key=data_key.plaintext, wrapped_key=data_key.wrapped_key, key_id=orders
+    )
+    forged = seal(
+        b"pay everyone twice",
+        context=CONTEXT,
+        data_key=data_key.plaintext,
+        wrapped_key=data_key.wrapped_key,
+        key_id="payroll",
+    )
     client.rotate_key(orders)
     order = ["forged", "genuine"] if forged_first else ["genuine", "forged"]
     items = {"genuine": (genuine, CONTEXT), "forged": (forged, CONTEXT)}
@@ -247,26 +261,26 @@ def test_errors_are_typed(client, orders):
 
 
 class _Unavailable(grpc.RpcError, grpc.Call):
-    def code(self):  # noqa: ANN201
+    def code(self):
         return grpc.StatusCode.UNAVAILABLE
 
-    def details(self):  # noqa: ANN201
+    def details(self):
         return "injected"
 
-    def trailing_metadata(self):  # noqa: ANN201
+    def trailing_metadata(self):
         return ()
 
-    def result(self):  # noqa: ANN201
+    def result(self):
         raise self
 
-    initial_metadata = time_remaining = cancel = add_callback = is_active = lambda self, *a: None  # noqa: E731
+    initial_metadata = time_remaining = cancel = add_callback = is_active = lambda self, *a: None
 
 
 class FailFirst(grpc.UnaryUnaryClientInterceptor):
     def __init__(self, failures: int) -> None:
         self.failures = failures
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001
+    def intercept_unary_unary(self, continuation, client_call_details, request):
         if self.failures:
             self.failures -= 1
             return _Unavailable()

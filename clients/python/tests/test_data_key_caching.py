@@ -7,11 +7,11 @@ import threading
 from collections import Counter
 
 import pytest
+from sdk_helpers import seal
 
 from kms_client import DataKeyCaching, EncryptionContextMismatch, InvalidCiphertext, parse_header_bytes
 from kms_client.caching import DataKeyCache
 from kms_client.types import DataKey
-from sdk_helpers import seal
 
 
 class FakeClock:
@@ -94,10 +94,16 @@ def test_a_cached_data_key_opens_only_headers_that_name_the_key_it_belongs_to(ma
     client.create_key("payroll")
     context = {"tenant": "acme"}
     data_key = client.generate_data_key(orders, context)
-    genuine = seal(b"an order", context=context, data_key=data_key.plaintext, wrapped_key=data_key.wrapped_key,
-                   key_id=orders)
-    forged = seal(b"pay everyone twice", context=context, data_key=data_key.plaintext,
-                  wrapped_key=data_key.wrapped_key, key_id="payroll")
+    genuine = seal(
+        b"an order", context=context, data_key=data_key.plaintext, wrapped_key=data_key.wrapped_key, key_id=orders
+    )
+    forged = seal(
+        b"pay everyone twice",
+        context=context,
+        data_key=data_key.plaintext,
+        wrapped_key=data_key.wrapped_key,
+        key_id="payroll",
+    )
     victim = make_client(DataKeyCaching())
     assert victim.decrypt(genuine, context=context) == b"an order"  # its data key is now cached
     with pytest.raises(InvalidCiphertext) as raised:
@@ -136,8 +142,15 @@ def test_the_cache_is_bounded_and_least_recently_used_goes_first():
 
 @pytest.mark.parametrize(
     "limits",
-    [dict(max_age=0), dict(max_age=86401), dict(max_messages=0), dict(max_messages=2**32 + 1),
-     dict(max_bytes=2**40 + 1), dict(max_entries=-1), dict(decrypt_max_age=-1)],
+    [
+        dict(max_age=0),
+        dict(max_age=86401),
+        dict(max_messages=0),
+        dict(max_messages=2**32 + 1),
+        dict(max_bytes=2**40 + 1),
+        dict(max_entries=-1),
+        dict(decrypt_max_age=-1),
+    ],
 )
 def test_limits_outside_the_ceilings_are_refused(limits):
     with pytest.raises(ValueError):

@@ -9,11 +9,11 @@ import struct
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sdk_helpers import DATA_KEY, OTHER_DATA_KEY, WRAPPED, frames_of, open_, open_stream, seal
 
 from kms_client import envelope, streaming
 from kms_client._context import encode_context
 from kms_client.errors import InvalidArgument, InvalidCiphertext, TruncatedCiphertext
-from sdk_helpers import DATA_KEY, OTHER_DATA_KEY, WRAPPED, frames_of, open_, open_stream, seal
 
 F = 16
 
@@ -28,8 +28,14 @@ def test_round_trip_in_memory_and_as_a_stream(size):
     assert open_(ciphertext) == plaintext
     assert open_stream(ciphertext) == plaintext
     streamed = io.BytesIO()
-    header, sealer = envelope.seal_header(DATA_KEY, key_id="orders", encoded_context=encode_context({}),
-                                          wrapped_key=WRAPPED, frame_size=F, salt=os.urandom(32))
+    header, sealer = envelope.seal_header(
+        DATA_KEY,
+        key_id="orders",
+        encoded_context=encode_context({}),
+        wrapped_key=WRAPPED,
+        frame_size=F,
+        salt=os.urandom(32),
+    )
     assert streaming.seal_stream(io.BytesIO(plaintext), streamed, header, sealer) == size
     assert open_(streamed.getvalue()) == plaintext
 
@@ -199,14 +205,20 @@ def test_sources_with_short_reads_and_without_readinto_and_sinks_with_short_writ
         def writable(self) -> bool:
             return True
 
-        def write(self, view) -> int:  # noqa: ANN001
+        def write(self, view) -> int:
             chunk = bytes(view[:5])
             self.data += chunk
             return len(chunk)
 
     plaintext = os.urandom(3 * F + 2)
-    header, sealer = envelope.seal_header(DATA_KEY, key_id="orders", encoded_context=encode_context({}),
-                                          wrapped_key=WRAPPED, frame_size=F, salt=os.urandom(32))
+    header, sealer = envelope.seal_header(
+        DATA_KEY,
+        key_id="orders",
+        encoded_context=encode_context({}),
+        wrapped_key=WRAPPED,
+        frame_size=F,
+        salt=os.urandom(32),
+    )
     sink = ShortWrites()
     streaming.seal_stream(Dribble(plaintext), sink, header, sealer)
     assert open_(bytes(sink.data)) == plaintext

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sdk_helpers import open_, open_stream
 
 from kms_client import envelope
 from kms_client._context import encode_context
 from kms_client.errors import EncryptionContextMismatch, InvalidCiphertext, TruncatedCiphertext
-from sdk_helpers import open_, open_stream
 
 ROOT = Path(__file__).resolve().parents[3]
 VECTOR_FILE = ROOT / "docs" / "vectors" / "envelope-v1.json"
@@ -185,12 +185,20 @@ def test_the_sdk_reproduces_every_byte_of_a_valid_vector(vector):
     data_key, salt = bytes.fromhex(vector["data_key"]), bytes.fromhex(vector["salt"])
     keys = envelope.derive_message_keys(data_key, salt)
     assert (keys.frame_key.hex(), keys.header_key.hex(), keys.commitment.hex()) == (
-        vector["frame_key"], vector["header_key"], vector["commitment"])
+        vector["frame_key"],
+        vector["header_key"],
+        vector["commitment"],
+    )
     assert hkdf(data_key, salt, bytes.fromhex(vector["hkdf_info"]), 96).hex() == (
-        vector["frame_key"] + vector["header_key"] + vector["commitment"])
+        vector["frame_key"] + vector["header_key"] + vector["commitment"]
+    )
     header, sealer = envelope.seal_header(
-        data_key, key_id=vector["key_id"], encoded_context=encode_context(vector["encryption_context"]),
-        wrapped_key=bytes.fromhex(vector["wrapped_key"]), frame_size=vector["frame_size"], salt=salt,
+        data_key,
+        key_id=vector["key_id"],
+        encoded_context=encode_context(vector["encryption_context"]),
+        wrapped_key=bytes.fromhex(vector["wrapped_key"]),
+        frame_size=vector["frame_size"],
+        salt=salt,
     )
     assert header.authenticated_bytes().hex() == vector["authenticated_header"]
     assert header.header_tag.hex() == vector["header_tag"]

@@ -7,8 +7,21 @@ from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, LargeBinary, MetaData, String, Table, create_engine, insert, select
-from sqlalchemy import text, type_coerce, update
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    insert,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from kms_client import DataKeyCaching, EncryptionContextMismatch, KmsClient, parse_header_bytes
@@ -66,14 +79,26 @@ def test_values_are_encrypted_on_write_and_decrypted_on_read(engine, client, pii
     Base, Customer, _ = models(client)
     Base.metadata.create_all(engine)
     with Session(engine) as session:
-        session.add(Customer(id=1, name="Ada", email="ada@example.com", notes="likes ☕", avatar=b"\x89PNG",
-                             profile={"tier": "gold", "tags": ["a", "b"]}))
+        session.add(
+            Customer(
+                id=1,
+                name="Ada",
+                email="ada@example.com",
+                notes="likes ☕",
+                avatar=b"\x89PNG",
+                profile={"tier": "gold", "tags": ["a", "b"]},
+            )
+        )
         session.add(Customer(id=2, name="Bob", email=None, notes=None, avatar=None, profile=None))
         session.commit()
     with Session(engine) as session:
         ada = session.get(Customer, 1)
         assert (ada.email, ada.notes, ada.avatar, ada.profile) == (
-            "ada@example.com", "likes ☕", b"\x89PNG", {"tier": "gold", "tags": ["a", "b"]})
+            "ada@example.com",
+            "likes ☕",
+            b"\x89PNG",
+            {"tier": "gold", "tags": ["a", "b"]},
+        )
         bob = session.get(Customer, 2)
         assert (bob.email, bob.notes, bob.avatar, bob.profile) == (None, None, None, None)
     with engine.connect() as connection:
@@ -94,8 +119,9 @@ def test_a_value_copied_to_another_column_or_table_fails_to_decrypt(engine, clie
     with engine.begin() as connection:
         connection.execute(text("UPDATE customers SET notes = email WHERE id = 1"))
         stolen = connection.execute(text("SELECT email FROM customers WHERE id = 1")).scalar_one()
-        connection.execute(update(Supplier.__table__).values({Supplier.__table__.c.email: type_coerce(
-            bytes(stolen), LargeBinary)}))
+        connection.execute(
+            update(Supplier.__table__).values({Supplier.__table__.c.email: type_coerce(bytes(stolen), LargeBinary)})
+        )
     with Session(engine) as session:
         with pytest.raises(EncryptionContextMismatch):
             session.execute(select(Customer.notes)).scalar_one()
@@ -108,8 +134,13 @@ def test_core_tables_and_a_type_shared_by_two_tables_get_their_own_context(engin
     shared = EncryptedString("pii", client)
     metadata = MetaData()
     first = Table("first", metadata, Column("id", Integer, primary_key=True), Column("secret", shared))
-    second = Table("second", metadata, Column("id", Integer, primary_key=True),
-                   Column("first_id", ForeignKey("first.id")), Column("secret", shared))
+    second = Table(
+        "second",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("first_id", ForeignKey("first.id")),
+        Column("secret", shared),
+    )
     metadata.create_all(engine)
     with engine.begin() as connection:
         connection.execute(insert(first), [{"id": 1, "secret": "one"}])
@@ -143,10 +174,17 @@ def test_bulk_rewrap_moves_every_row_to_the_primary_version_in_batches(engine, s
     assert (report.rows, report.rewrapped, report.unchanged, report.failed) == (250, 250, 0, 0)
     assert counter.calls["BatchReWrap"] == 7 and "Decrypt" not in counter.calls  # ceil(250 / 40) batches
     with engine.connect() as connection:
-        stored = connection.execute(select(type_coerce(Customer.email, LargeBinary))
-                                    .where(Customer.id <= 250)).scalars().all()
-    assert {client.decrypt_data_key(parse_header_bytes(bytes(v)).wrapped_key,
-                                    parse_header_bytes(bytes(v)).context).key_version for v in stored} == {2}
+        stored = (
+            connection.execute(select(type_coerce(Customer.email, LargeBinary)).where(Customer.id <= 250))
+            .scalars()
+            .all()
+        )
+    assert {
+        client.decrypt_data_key(
+            parse_header_bytes(bytes(v)).wrapped_key, parse_header_bytes(bytes(v)).context
+        ).key_version
+        for v in stored
+    } == {2}
     caching.clear_data_key_cache()
     with Session(engine) as session:
         assert session.get(Customer, 17).email == "c17@example.com"

@@ -17,7 +17,10 @@ MiB = 1024 * 1024
 def run(server, key_id: str, size: int) -> dict:
     done = subprocess.run(
         [sys.executable, str(PROGRAM), server.target, key_id, str(size)],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)

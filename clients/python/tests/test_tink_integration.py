@@ -241,8 +241,17 @@ def test_key_uris(client: KmsClient) -> None:
     unbound = TinkKmsClient(client)
     assert unbound.does_support("kms-grpc://orders") and unbound.does_support("kms-grpc://A_b-9")
     assert unbound.does_support("kms-grpc://" + "k" * 64)
-    for uri in ("kms-grpc://", "kms-grpc://orders/", "kms-grpc://host:50051/orders", "kms-grpc://orders?x=1",
-                "kms-grpc://ördérs", "kms-grpc://" + "k" * 65, "aws-kms://orders", "KMS-GRPC://orders", "orders"):
+    for uri in (
+        "kms-grpc://",
+        "kms-grpc://orders/",
+        "kms-grpc://host:50051/orders",
+        "kms-grpc://orders?x=1",
+        "kms-grpc://ördérs",
+        "kms-grpc://" + "k" * 65,
+        "aws-kms://orders",
+        "KMS-GRPC://orders",
+        "orders",
+    ):
         assert not unbound.does_support(uri), uri
         with pytest.raises(tink.TinkError):
             unbound.get_aead(uri)
@@ -288,8 +297,9 @@ def test_errors_and_reprs_carry_no_secrets(client: KmsClient, tink_kms, remote) 
     ciphertext = remote.encrypt(b"PLAINTEXT-MARKER", b"AD-MARKER")
     with pytest.raises(tink.TinkError) as refused:
         remote.decrypt(ciphertext, b"AD-MARKER-2")
-    shown = " ".join([str(refused.value), repr(refused.value), repr(refused.value.__cause__), repr(remote),
-                      repr(tink_kms)])
+    shown = " ".join(
+        [str(refused.value), repr(refused.value), repr(refused.value.__cause__), repr(remote), repr(tink_kms)]
+    )
     assert "MARKER" not in shown
     assert repr(remote) == "RemoteAead(key_uri='kms-grpc://orders')"
 

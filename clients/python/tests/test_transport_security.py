@@ -16,19 +16,56 @@ from kms_client._retry import NO_RETRY
 from kms_client.client import is_loopback_target
 
 LOOPBACK = [
-    "127.0.0.1:50051", "127.200.0.9:1", "localhost:50051", "LocalHost", "[::1]:50051", "[::1]", "::1",
-    "[::ffff:127.0.0.1]:1", "dns:localhost:1", "dns:///localhost:50051", "dns:///127.0.0.1:1", "dns:///[::1]:1",
-    "dns://10.0.0.53/127.0.0.1:1", "ipv4:127.0.0.1:1,127.0.0.2:2", "ipv4:127.0.0.1", "ipv6:::1",
-    "ipv6:[::1]:1,[::1]:2", "unix:/run/kms.sock", "unix:///run/kms.sock", "unix:relative.sock", "unix-abstract:kms",
+    "127.0.0.1:50051",
+    "127.200.0.9:1",
+    "localhost:50051",
+    "LocalHost",
+    "[::1]:50051",
+    "[::1]",
+    "::1",
+    "[::ffff:127.0.0.1]:1",
+    "dns:localhost:1",
+    "dns:///localhost:50051",
+    "dns:///127.0.0.1:1",
+    "dns:///[::1]:1",
+    "dns://10.0.0.53/127.0.0.1:1",
+    "ipv4:127.0.0.1:1,127.0.0.2:2",
+    "ipv4:127.0.0.1",
+    "ipv6:::1",
+    "ipv6:[::1]:1,[::1]:2",
+    "unix:/run/kms.sock",
+    "unix:///run/kms.sock",
+    "unix:relative.sock",
+    "unix-abstract:kms",
 ]
 REMOTE = [
-    "10.1.2.3:50051", "kms.example.com:443", "[2001:db8::1]:443", "0.0.0.0:50051", "[::]:50051",
+    "10.1.2.3:50051",
+    "kms.example.com:443",
+    "[2001:db8::1]:443",
+    "0.0.0.0:50051",
+    "[::]:50051",
     "localhost.:1",  # a fully qualified name may go to a DNS server, which can answer anything
     "dns://10.0.0.53/localhost:1",  # resolved by that server
-    "dns:///10.1.2.3:1", "ipv4:127.0.0.1:1,10.1.2.3:1", "ipv4:[::1]:1", "ipv6:127.0.0.1:1", "vsock:3:50051",
-    "xds:///kms", "DNS:///localhost:1", "dns:///%6cocalhost:1", "127.0.0.1:50051@kms.example.com",
-    "127.0.0.1:1/x", "127.0.0.1:", "127.1:1", "0127.0.0.1:1", "localhost:1:2", "[localhost]:1", "[::1]x", "[::1",
-    ":50051", "", " 127.0.0.1:1",
+    "dns:///10.1.2.3:1",
+    "ipv4:127.0.0.1:1,10.1.2.3:1",
+    "ipv4:[::1]:1",
+    "ipv6:127.0.0.1:1",
+    "vsock:3:50051",
+    "xds:///kms",
+    "DNS:///localhost:1",
+    "dns:///%6cocalhost:1",
+    "127.0.0.1:50051@kms.example.com",
+    "127.0.0.1:1/x",
+    "127.0.0.1:",
+    "127.1:1",
+    "0127.0.0.1:1",
+    "localhost:1:2",
+    "[localhost]:1",
+    "[::1]x",
+    "[::1",
+    ":50051",
+    "",
+    " 127.0.0.1:1",
 ]
 
 
@@ -88,11 +125,12 @@ def test_the_callers_channel_options_win_over_the_sdks_defaults(server, client):
 
 # -- the CLI ---------------------------------------------------------------------------------
 
-CLEAN = {name: None for name in ("KMS_TARGET", "KMS_INSECURE", "KMS_TIMEOUT", "KMS_CLIENT_CA", "KMS_CLIENT_CERT",
-                                 "KMS_CLIENT_KEY")}
+CLEAN = dict.fromkeys(
+    ("KMS_TARGET", "KMS_INSECURE", "KMS_TIMEOUT", "KMS_CLIENT_CA", "KMS_CLIENT_CERT", "KMS_CLIENT_KEY")
+)
 
 
-def kms(*args: str, **env: str):  # noqa: ANN201
+def kms(*args: str, **env: str):
     return CliRunner().invoke(cli, list(args), env={**CLEAN, **env})
 
 
@@ -106,8 +144,9 @@ def test_the_cli_refuses_plaintext_to_a_remote_target_and_says_why():
 @pytest.mark.parametrize("how", [("--insecure",), ()])
 def test_the_cli_tries_a_remote_target_when_told_it_may(how):
     start = time.monotonic()
-    result = kms("keys", "get", "x", "--target", "10.1.2.3:1", "--timeout", "1", *how,
-                 **({} if how else {"KMS_INSECURE": "1"}))
+    result = kms(
+        "keys", "get", "x", "--target", "10.1.2.3:1", "--timeout", "1", *how, **({} if how else {"KMS_INSECURE": "1"})
+    )
     assert time.monotonic() - start < 15
     assert result.exit_code == 1, result.output
     assert "warning: plaintext to 10.1.2.3:1 (--insecure)" in result.output

@@ -26,7 +26,7 @@ class Generated:
         self.turn = 0
         self.digest = hashlib.sha256()
 
-    def readinto(self, view) -> int:  # noqa: ANN001
+    def readinto(self, view) -> int:
         count = min(len(view), self.remaining, len(self.block) - 4096)
         start = (self.turn * 4093) % 4096
         view[:count] = self.block[start : start + count]
@@ -41,7 +41,7 @@ class HashingSink:
         self.digest = hashlib.sha256()
         self.count = 0
 
-    def write(self, view) -> int:  # noqa: ANN001
+    def write(self, view) -> int:
         self.digest.update(view)
         self.count += len(view)
         return len(view)
@@ -68,12 +68,16 @@ def main(target: str, key_id: str, size: int) -> None:
         writer.join()
     if errors:
         raise errors[0]
-    print(json.dumps({
-        "bytes": sink.count,
-        "input_sha256": source.digest.hexdigest(),
-        "output_sha256": sink.digest.hexdigest(),
-        "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-    }))
+    print(
+        json.dumps(
+            {
+                "bytes": sink.count,
+                "input_sha256": source.digest.hexdigest(),
+                "output_sha256": sink.digest.hexdigest(),
+                "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

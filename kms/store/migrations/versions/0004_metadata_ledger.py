@@ -22,7 +22,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("revision", sa.BigInteger(), server_default="0", nullable=False))
         # Keys from before the hierarchy keep their versions as HSM objects.
         batch_op.add_column(sa.Column("storage", sa.String(length=16), server_default="HSM_OBJECT", nullable=False))
-        batch_op.add_column(sa.Column("purpose", sa.String(length=24), server_default="ENCRYPT_DECRYPT", nullable=False))
+        batch_op.add_column(
+            sa.Column("purpose", sa.String(length=24), server_default="ENCRYPT_DECRYPT", nullable=False)
+        )
         batch_op.add_column(sa.Column("subject_field", sa.String(length=128), server_default="", nullable=False))
         batch_op.add_column(sa.Column("retention_period_seconds", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("erasure_finality_seconds", sa.BigInteger(), nullable=True))
@@ -54,8 +56,13 @@ def upgrade() -> None:
     # The single row the chain's head lives in; existing rows are sealed into the ledger by the
     # service at its first start (it needs the HSM, which a migration does not have).
     op.bulk_insert(
-        sa.table("ledger_head", sa.column("id", sa.Integer), sa.column("seq", sa.BigInteger),
-                 sa.column("hash", sa.String), sa.column("mac", sa.String)),
+        sa.table(
+            "ledger_head",
+            sa.column("id", sa.Integer),
+            sa.column("seq", sa.BigInteger),
+            sa.column("hash", sa.String),
+            sa.column("mac", sa.String),
+        ),
         [{"id": 1, "seq": 0, "hash": "0" * 64, "mac": ""}],
     )
 
@@ -68,6 +75,12 @@ def downgrade() -> None:
         for column in ("material_mac", "root_key_id", "wrapped_material", "storage"):
             batch_op.drop_column(column)
     with op.batch_alter_table("keys", schema=None) as batch_op:
-        for column in ("erasure_finality_seconds", "retention_period_seconds", "subject_field", "purpose", "storage",
-                       "revision"):
+        for column in (
+            "erasure_finality_seconds",
+            "retention_period_seconds",
+            "subject_field",
+            "purpose",
+            "storage",
+            "revision",
+        ):
             batch_op.drop_column(column)

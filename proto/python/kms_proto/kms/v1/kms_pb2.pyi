@@ -13,7 +13,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Key(_message.Message):
-    __slots__ = ("key_id", "description", "primary_version", "versions", "rotation_period", "next_rotation_time", "create_time", "update_time", "min_decryption_version", "storage")
+    __slots__ = ("key_id", "description", "primary_version", "versions", "rotation_period", "next_rotation_time", "create_time", "update_time", "min_decryption_version", "storage", "purpose", "subject_field", "retention_period", "erasure_finality")
     class Storage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STORAGE_UNSPECIFIED: _ClassVar[Key.Storage]
@@ -22,6 +22,14 @@ class Key(_message.Message):
     STORAGE_UNSPECIFIED: Key.Storage
     WRAPPED: Key.Storage
     HSM_OBJECT: Key.Storage
+    class Purpose(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        PURPOSE_UNSPECIFIED: _ClassVar[Key.Purpose]
+        ENCRYPT_DECRYPT: _ClassVar[Key.Purpose]
+        PSEUDONYMIZE: _ClassVar[Key.Purpose]
+    PURPOSE_UNSPECIFIED: Key.Purpose
+    ENCRYPT_DECRYPT: Key.Purpose
+    PSEUDONYMIZE: Key.Purpose
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +40,10 @@ class Key(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     MIN_DECRYPTION_VERSION_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ERASURE_FINALITY_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     description: str
     primary_version: int
@@ -42,7 +54,11 @@ class Key(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     min_decryption_version: int
     storage: Key.Storage
-    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., primary_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_rotation_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_decryption_version: _Optional[int] = ..., storage: _Optional[_Union[Key.Storage, str]] = ...) -> None: ...
+    purpose: Key.Purpose
+    subject_field: str
+    retention_period: _duration_pb2.Duration
+    erasure_finality: _duration_pb2.Duration
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., primary_version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[KeyVersion, _Mapping]]] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., next_rotation_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_decryption_version: _Optional[int] = ..., storage: _Optional[_Union[Key.Storage, str]] = ..., purpose: _Optional[_Union[Key.Purpose, str]] = ..., subject_field: _Optional[str] = ..., retention_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., erasure_finality: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KeyVersion(_message.Message):
     __slots__ = ("version", "state", "create_time", "destroy_time", "hsm_label", "hsm_object_id", "data_keys_issued", "decrypts", "last_used_time", "storage", "root_key_id")
@@ -83,16 +99,24 @@ class KeyVersion(_message.Message):
     def __init__(self, version: _Optional[int] = ..., state: _Optional[_Union[KeyVersion.State, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., destroy_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hsm_label: _Optional[str] = ..., hsm_object_id: _Optional[str] = ..., data_keys_issued: _Optional[int] = ..., decrypts: _Optional[int] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., storage: _Optional[_Union[Key.Storage, str]] = ..., root_key_id: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "description", "rotation_period", "storage")
+    __slots__ = ("key_id", "description", "rotation_period", "storage", "purpose", "subject_field", "retention_period", "erasure_finality")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ROTATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ERASURE_FINALITY_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     description: str
     rotation_period: _duration_pb2.Duration
     storage: Key.Storage
-    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., storage: _Optional[_Union[Key.Storage, str]] = ...) -> None: ...
+    purpose: Key.Purpose
+    subject_field: str
+    retention_period: _duration_pb2.Duration
+    erasure_finality: _duration_pb2.Duration
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., storage: _Optional[_Union[Key.Storage, str]] = ..., purpose: _Optional[_Union[Key.Purpose, str]] = ..., subject_field: _Optional[str] = ..., retention_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., erasure_finality: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class GetKeyRequest(_message.Message):
     __slots__ = ("key_id",)
@@ -123,20 +147,24 @@ class RotateKeyRequest(_message.Message):
     def __init__(self, key_id: _Optional[str] = ...) -> None: ...
 
 class UpdateKeyRequest(_message.Message):
-    __slots__ = ("key_id", "description", "rotation_period", "min_decryption_version", "update_mask", "storage")
+    __slots__ = ("key_id", "description", "rotation_period", "min_decryption_version", "update_mask", "storage", "retention_period", "erasure_finality")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ROTATION_PERIOD_FIELD_NUMBER: _ClassVar[int]
     MIN_DECRYPTION_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ERASURE_FINALITY_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     description: str
     rotation_period: _duration_pb2.Duration
     min_decryption_version: int
     update_mask: _field_mask_pb2.FieldMask
     storage: Key.Storage
-    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_decryption_version: _Optional[int] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., storage: _Optional[_Union[Key.Storage, str]] = ...) -> None: ...
+    retention_period: _duration_pb2.Duration
+    erasure_finality: _duration_pb2.Duration
+    def __init__(self, key_id: _Optional[str] = ..., description: _Optional[str] = ..., rotation_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_decryption_version: _Optional[int] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., storage: _Optional[_Union[Key.Storage, str]] = ..., retention_period: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., erasure_finality: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DisableKeyVersionRequest(_message.Message):
     __slots__ = ("key_id", "version")
@@ -200,29 +228,35 @@ class GenerateDataKeyRequest(_message.Message):
     def __init__(self, key_id: _Optional[str] = ..., encryption_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GenerateDataKeyResponse(_message.Message):
-    __slots__ = ("key_id", "key_version", "plaintext", "wrapped_key")
+    __slots__ = ("key_id", "key_version", "plaintext", "wrapped_key", "plaintext_crc32c", "wrapped_key_crc32c")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
     PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_CRC32C_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_CRC32C_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     key_version: int
     plaintext: bytes
     wrapped_key: bytes
-    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., plaintext: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
+    plaintext_crc32c: int
+    wrapped_key_crc32c: int
+    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., plaintext: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ..., plaintext_crc32c: _Optional[int] = ..., wrapped_key_crc32c: _Optional[int] = ...) -> None: ...
 
 class GenerateDataKeyWithoutPlaintextResponse(_message.Message):
-    __slots__ = ("key_id", "key_version", "wrapped_key")
+    __slots__ = ("key_id", "key_version", "wrapped_key", "wrapped_key_crc32c")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_CRC32C_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     key_version: int
     wrapped_key: bytes
-    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
+    wrapped_key_crc32c: int
+    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., wrapped_key_crc32c: _Optional[int] = ...) -> None: ...
 
 class DecryptRequest(_message.Message):
-    __slots__ = ("wrapped_key", "encryption_context")
+    __slots__ = ("wrapped_key", "encryption_context", "wrapped_key_crc32c")
     class EncryptionContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -232,22 +266,28 @@ class DecryptRequest(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_CRC32C_FIELD_NUMBER: _ClassVar[int]
     wrapped_key: bytes
     encryption_context: _containers.ScalarMap[str, str]
-    def __init__(self, wrapped_key: _Optional[bytes] = ..., encryption_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    wrapped_key_crc32c: int
+    def __init__(self, wrapped_key: _Optional[bytes] = ..., encryption_context: _Optional[_Mapping[str, str]] = ..., wrapped_key_crc32c: _Optional[int] = ...) -> None: ...
 
 class DecryptResponse(_message.Message):
-    __slots__ = ("key_id", "key_version", "plaintext")
+    __slots__ = ("key_id", "key_version", "plaintext", "plaintext_crc32c", "verified_wrapped_key_crc32c")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
     PLAINTEXT_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_CRC32C_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_WRAPPED_KEY_CRC32C_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     key_version: int
     plaintext: bytes
-    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., plaintext: _Optional[bytes] = ...) -> None: ...
+    plaintext_crc32c: int
+    verified_wrapped_key_crc32c: bool
+    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., plaintext: _Optional[bytes] = ..., plaintext_crc32c: _Optional[int] = ..., verified_wrapped_key_crc32c: _Optional[bool] = ...) -> None: ...
 
 class ReWrapRequest(_message.Message):
-    __slots__ = ("wrapped_key", "encryption_context", "destination_key_id")
+    __slots__ = ("wrapped_key", "encryption_context", "destination_key_id", "wrapped_key_crc32c")
     class EncryptionContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -258,24 +298,30 @@ class ReWrapRequest(_message.Message):
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
     ENCRYPTION_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_CRC32C_FIELD_NUMBER: _ClassVar[int]
     wrapped_key: bytes
     encryption_context: _containers.ScalarMap[str, str]
     destination_key_id: str
-    def __init__(self, wrapped_key: _Optional[bytes] = ..., encryption_context: _Optional[_Mapping[str, str]] = ..., destination_key_id: _Optional[str] = ...) -> None: ...
+    wrapped_key_crc32c: int
+    def __init__(self, wrapped_key: _Optional[bytes] = ..., encryption_context: _Optional[_Mapping[str, str]] = ..., destination_key_id: _Optional[str] = ..., wrapped_key_crc32c: _Optional[int] = ...) -> None: ...
 
 class ReWrapResponse(_message.Message):
-    __slots__ = ("key_id", "key_version", "source_key_version", "wrapped_key", "source_key_id")
+    __slots__ = ("key_id", "key_version", "source_key_version", "wrapped_key", "source_key_id", "wrapped_key_crc32c", "verified_wrapped_key_crc32c")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_CRC32C_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_WRAPPED_KEY_CRC32C_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     key_version: int
     source_key_version: int
     wrapped_key: bytes
     source_key_id: str
-    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., source_key_version: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., source_key_id: _Optional[str] = ...) -> None: ...
+    wrapped_key_crc32c: int
+    verified_wrapped_key_crc32c: bool
+    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., source_key_version: _Optional[int] = ..., wrapped_key: _Optional[bytes] = ..., source_key_id: _Optional[str] = ..., wrapped_key_crc32c: _Optional[int] = ..., verified_wrapped_key_crc32c: _Optional[bool] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("code", "message", "reason")
@@ -346,6 +392,97 @@ class BatchReWrapResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ReWrapResult]
     def __init__(self, results: _Optional[_Iterable[_Union[ReWrapResult, _Mapping]]] = ...) -> None: ...
+
+class EraseSubjectRequest(_message.Message):
+    __slots__ = ("key_id", "subject")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    subject: str
+    def __init__(self, key_id: _Optional[str] = ..., subject: _Optional[str] = ...) -> None: ...
+
+class Erasure(_message.Message):
+    __slots__ = ("key_id", "subject_digest", "erase_time", "erased_by", "subject_known", "final_after_version", "final", "final_time", "audit_seq")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ERASE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ERASED_BY_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    FINAL_AFTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    FINAL_TIME_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    subject_digest: str
+    erase_time: _timestamp_pb2.Timestamp
+    erased_by: str
+    subject_known: bool
+    final_after_version: int
+    final: bool
+    final_time: _timestamp_pb2.Timestamp
+    audit_seq: int
+    def __init__(self, key_id: _Optional[str] = ..., subject_digest: _Optional[str] = ..., erase_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., erased_by: _Optional[str] = ..., subject_known: _Optional[bool] = ..., final_after_version: _Optional[int] = ..., final: _Optional[bool] = ..., final_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., audit_seq: _Optional[int] = ...) -> None: ...
+
+class ListErasuresRequest(_message.Message):
+    __slots__ = ("key_id", "page_size", "page_token")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, key_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListErasuresResponse(_message.Message):
+    __slots__ = ("erasures", "next_page_token")
+    ERASURES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    erasures: _containers.RepeatedCompositeFieldContainer[Erasure]
+    next_page_token: str
+    def __init__(self, erasures: _Optional[_Iterable[_Union[Erasure, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class PseudonymizeRequest(_message.Message):
+    __slots__ = ("key_id", "values", "context", "key_version", "values_crc32c")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VALUES_CRC32C_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    context: _containers.ScalarMap[str, str]
+    key_version: int
+    values_crc32c: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, key_id: _Optional[str] = ..., values: _Optional[_Iterable[bytes]] = ..., context: _Optional[_Mapping[str, str]] = ..., key_version: _Optional[int] = ..., values_crc32c: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PseudonymizeResult(_message.Message):
+    __slots__ = ("token", "error", "token_crc32c", "verified_value_crc32c")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_CRC32C_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_VALUE_CRC32C_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    error: ItemError
+    token_crc32c: int
+    verified_value_crc32c: bool
+    def __init__(self, token: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., token_crc32c: _Optional[int] = ..., verified_value_crc32c: _Optional[bool] = ...) -> None: ...
+
+class PseudonymizeResponse(_message.Message):
+    __slots__ = ("key_id", "key_version", "results")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    key_version: int
+    results: _containers.RepeatedCompositeFieldContainer[PseudonymizeResult]
+    def __init__(self, key_id: _Optional[str] = ..., key_version: _Optional[int] = ..., results: _Optional[_Iterable[_Union[PseudonymizeResult, _Mapping]]] = ...) -> None: ...
 
 class Grant(_message.Message):
     __slots__ = ("grant_id", "principal", "resource", "permissions", "encryption_context_equals", "created_by")

@@ -124,6 +124,21 @@ class KeyManagementServiceStub:
                 request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
                 response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
                 _registered_method=True)
+        self.EraseSubject = channel.unary_unary(
+                '/kms.v1.KeyManagementService/EraseSubject',
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.EraseSubjectRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Erasure.FromString,
+                _registered_method=True)
+        self.ListErasures = channel.unary_unary(
+                '/kms.v1.KeyManagementService/ListErasures',
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListErasuresRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListErasuresResponse.FromString,
+                _registered_method=True)
+        self.Pseudonymize = channel.unary_unary(
+                '/kms.v1.KeyManagementService/Pseudonymize',
+                request_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.PseudonymizeRequest.SerializeToString,
+                response_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.PseudonymizeResponse.FromString,
+                _registered_method=True)
 
 
 class KeyManagementServiceServicer:
@@ -294,6 +309,39 @@ class KeyManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseSubject(self, request, context):
+        """Erases one data subject of a key created with subject_field: the subject's
+        key is destroyed, so every data key issued for that subject fails from then
+        on, on every replica within the metadata cache bound, with
+        FAILED_PRECONDITION (reason SubjectErased). Other subjects are untouched.
+        Needs the erase permission on the key. The audit record is the receipt:
+        who, when, which key, and a keyed digest of the subject, never the subject.
+        Erasing an erased or never-seen subject succeeds (the answer says which).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListErasures(self, request, context):
+        """The erasures of a key, newest first, each with when it becomes final in
+        backups: after the destruction of every master key version that ever
+        protected the subject's key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Pseudonymize(self, request, context):
+        """Pseudonymizes up to 1000 values with a PSEUDONYMIZE key: HMAC-SHA256 in the
+        HSM under the key's primary version (or key_version), bound to the context,
+        so the same value gives the same token for the same version and context and
+        unrelated tokens under different contexts. Needs the pseudonymize
+        permission, which grants no decrypt. Each value succeeds or fails on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -386,6 +434,21 @@ def add_KeyManagementServiceServicer_to_server(servicer, server):
                     servicer.StreamReWrap,
                     request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.FromString,
                     response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.SerializeToString,
+            ),
+            'EraseSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseSubject,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.EraseSubjectRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.Erasure.SerializeToString,
+            ),
+            'ListErasures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListErasures,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListErasuresRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListErasuresResponse.SerializeToString,
+            ),
+            'Pseudonymize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pseudonymize,
+                    request_deserializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.PseudonymizeRequest.FromString,
+                    response_serializer=kms__proto_dot_kms_dot_v1_dot_kms__pb2.PseudonymizeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -874,6 +937,87 @@ class KeyManagementService:
             '/kms.v1.KeyManagementService/StreamReWrap',
             kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapRequest.SerializeToString,
             kms__proto_dot_kms_dot_v1_dot_kms__pb2.BatchReWrapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KeyManagementService/EraseSubject',
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.EraseSubjectRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.Erasure.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListErasures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KeyManagementService/ListErasures',
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListErasuresRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.ListErasuresResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pseudonymize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kms.v1.KeyManagementService/Pseudonymize',
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.PseudonymizeRequest.SerializeToString,
+            kms__proto_dot_kms_dot_v1_dot_kms__pb2.PseudonymizeResponse.FromString,
             options,
             channel_credentials,
             insecure,
