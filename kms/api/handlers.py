@@ -74,7 +74,11 @@ def build_handlers(
         for method in descriptor.methods:
             request_type = message_factory.GetMessageClass(method.input_type)
             serializer = message_factory.GetMessageClass(method.output_type).SerializeToString
-            behavior = getattr(servicer, method.name)
+            behavior = getattr(servicer, method.name, None)
+            if behavior is None:
+                # Only while a newly declared RPC is being built: gRPC answers UNIMPLEMENTED.
+                # tests/unit/test_every_rpc_is_served.py fails for as long as any is missing.
+                continue
             if method.client_streaming and method.server_streaming:
                 methods[method.name] = grpc.stream_stream_rpc_method_handler(
                     pipeline.bidirectional(method.name, request_type, behavior), response_serializer=serializer
