@@ -20,11 +20,13 @@ from kms.api.servicer import KeyManagementServicer
 from kms.api.stream_guard import StreamGuard
 from kms.api.streams import StreamLimits
 from kms.api.tls import LOCAL, CertificateIdentity, LoopbackIdentity, ReloadingServerCredentials
+from kms.audit_writer import WriterConfig, WriterProcess
 from kms.clock import SystemClock
 from kms.config import Settings
 from kms.crypto.random import random_bytes
 from kms.domain.keys import Storage
 from kms.domain.policy import Permission
+from kms.domain.privacy import PrivacyRules
 from kms.domain.quota import Limit
 from kms.errors import KmsError
 from kms.hsm import softhsm
@@ -36,16 +38,22 @@ from kms.hsm.pool import SessionPool
 from kms.ports import Clock
 from kms.service.audit import AuditLog, AuditService, ContextDigests
 from kms.service.authz import Authorizer, PolicyCache, QuotaBook
+from kms.service.cadence import PrivacyCadence
+from kms.service.carry import SubjectCarrier
 from kms.service.data_keys import DataKeyService
+from kms.service.erasure import ErasureService
 from kms.service.integrity import MetadataIntegrity
 from kms.service.key_cache import KeyCache
 from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
 from kms.service.policy import PolicyService
+from kms.service.pseudonyms import PseudonymService
 from kms.service.reconcile import Reconciler
 from kms.service.recording import CallRecorder
 from kms.service.roots import RootKeys
 from kms.service.scheduler import Periodic, Scheduler
+from kms.service.subject_data_keys import SubjectDataKeys
+from kms.service.subjects import SubjectDigests, SubjectKeys
 from kms.service.usage import UsageRecorder
 from kms.store.audit import SqlAuditRepository
 from kms.store.audit_journal import FileAuditJournal
@@ -53,6 +61,7 @@ from kms.store.database import exclusive, make_engine, upgrade
 from kms.store.ledger import SqlLedger
 from kms.store.policy import SqlPolicyRepository
 from kms.store.repository import SqlKeyRepository
+from kms.store.subjects import SqlSubjectRepository
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,10 @@ class Services:
     audit_log: AuditLog
     audit: AuditService
     recorder: CallRecorder
+    pseudonyms: PseudonymService
+    subject_repository: SqlSubjectRepository
+    subjects: SubjectKeys
+    erasures: ErasureService
 
     def close(self) -> None:
         self.integrity.stop()
@@ -114,8 +127,25 @@ class Services:
             self.usage.flush()
         except KmsError:
             log.warning("usage counts could not be written at shutdown")
+        self.subjects.clear()  # zeroes the subjects' keys held in memory
         self.pool.close()
         self.engine.dispose()
+
+
+def audit_writer_config(settings: Settings, hsm: HsmSettings, journal: FileAuditJournal) -> WriterConfig:
+    """What the audit writer process of ``journal`` needs: the database and the HSM this process uses."""
+    return WriterConfig(
+        database_url=settings.database_url_or_default(),
+        module_path=hsm.module_path,
+        token_label=hsm.token_label,
+        pin=hsm.pin,
+        label_prefix=settings.pkcs11_label_prefix,
+        journal_dir=str(journal.directory),
+        replay_through=journal.backlog,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+        hsm_retry_interval=settings.hsm_retry_interval.total_seconds(),
+    )
 
 
 def superusers(settings: Settings) -> set[str]:
@@ -123,6 +153,15 @@ def superusers(settings: Settings) -> set[str]:
     if settings.dev_mode:
         return {LOCAL}
     return {settings.bootstrap_admin} if settings.bootstrap_admin else set()
+
+
+def privacy_rules(settings: Settings) -> PrivacyRules:
+    return PrivacyRules(
+        settings.min_rotation_period,
+        settings.min_destroy_pending_window,
+        settings.erasure_finality_default,
+        settings.retention_pending_window,
+    )
 
 
 def quota_limits(settings: Settings) -> dict[Permission, Limit]:
@@ -172,6 +211,7 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         sealer.seal,
         sealer.check,
         creation_lock=lambda: exclusive(engine, "hsm-object-creation"),
+        root_refresh=settings.hsm_root_refresh.total_seconds(),
     )
     master_keys = Pkcs11MasterKeyStore(
         pool,
@@ -199,7 +239,9 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         integrity,
         min_rotation_period=settings.min_rotation_period,
         default_storage=Storage.WRAPPED if settings.key_storage == "wrapped" else Storage.HSM_OBJECT,
+        privacy_rules=privacy_rules(settings),
     )
+    subject_repository = SqlSubjectRepository(engine, ledger)
     lifecycle = LifecycleService(
         repository,
         master_keys,
@@ -210,13 +252,14 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         authorizer,
         integrity,
         min_destroy_pending_window=settings.min_destroy_pending_window,
+        privacy=privacy_rules(settings),
+        still_wraps_subjects=subject_repository.wraps_any,
     )
     audit_repository = SqlAuditRepository(engine)
+    journal = FileAuditJournal(settings.audit_journal_dir or settings.data_dir / "audit-journal")
     audit_log = AuditLog(
-        audit_repository,
-        sealer,
-        clock,
-        FileAuditJournal(settings.data_dir / "audit-journal"),
+        journal,
+        WriterProcess(audit_writer_config(settings, hsm, journal)),
         fail_open=settings.audit_fail_open,
         max_lag=settings.audit_max_lag.total_seconds(),
     )
@@ -225,6 +268,24 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
         audit_log, digests, authorizer, clock, repeat_window=settings.audit_repeat_window.total_seconds()
     )
     integrity.report_to(recorder)
+    subjects = SubjectKeys(
+        subject_repository,
+        master_keys,
+        SubjectDigests(sealer),
+        integrity,
+        clock,
+        usage,
+        capacity=settings.subject_key_cache_size,
+    )
+    integrity.on_erasures(subjects.on_erasures)
+    cadence = PrivacyCadence(
+        subject_repository,
+        cache,
+        SubjectCarrier(subject_repository, master_keys, integrity, usage),
+        lifecycle,
+        recorder,
+        privacy_rules(settings),
+    )
     try:
         sealer.ensure()
         integrity.catch_up()
@@ -246,24 +307,54 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
             authorizer,
             settings.data_key_source,
             hard_max_wraps=settings.hard_max_wraps_per_version,
+            subjects=SubjectDataKeys(cache, subjects, authorizer),
         ),
         lifecycle=lifecycle,
         usage=usage,
         scheduler=Scheduler(
-            repository, keys, lifecycle, usage, clock, recorder, max_wraps_per_version=settings.max_wraps_per_version
+            repository,
+            keys,
+            lifecycle,
+            usage,
+            clock,
+            recorder,
+            max_wraps_per_version=settings.max_wraps_per_version,
+            cadence=cadence,
         ),
         reconciler=Reconciler(repository, master_keys, cache, clock, recorder),
         sealer=sealer,
         ledger=ledger,
         anchor=anchor,
         integrity=integrity,
-        roots=RootKeys(repository, hierarchy, cache, recorder),
+        roots=RootKeys(
+            repository,
+            hierarchy,
+            cache,
+            recorder,
+            settle=settings.hsm_root_refresh.total_seconds(),
+            read_ledger=integrity.refresh,
+        ),
         policy_cache=policy_cache,
         authorizer=authorizer,
         policies=PolicyService(policy_repository, policy_cache, authorizer, clock, integrity),
         audit_log=audit_log,
-        audit=AuditService(audit_repository, sealer, audit_log, authorizer, digests),
+        audit=AuditService(
+            audit_repository, sealer, audit_log, authorizer, digests, verify_share=settings.audit_verify_share
+        ),
         recorder=recorder,
+        pseudonyms=PseudonymService(cache, master_keys, usage, authorizer),
+        subject_repository=subject_repository,
+        subjects=subjects,
+        erasures=ErasureService(
+            subject_repository,
+            subjects,
+            cache,
+            authorizer,
+            clock,
+            integrity,
+            receipts=subject_repository,
+            flush_audit=lambda: audit_log.flush(timeout=5),
+        ),
     )
 
 
@@ -278,14 +369,21 @@ class Application:
         authenticator: Authenticator | None = None,
         extra_services: tuple[tuple[object, object], ...] = (),
         recorder_factory: Callable[[CallRecorder], CallRecorder] | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """``extra_services`` are further (descriptor, servicer) pairs served through the same
         pipeline as every call (the benchmarks' empty RPC). ``recorder_factory`` wraps the end
-        of the request path: only the benchmark that measures the audit log's cost uses it."""
+        of the request path: only the benchmark that measures the audit log's cost uses it.
+        ``reuse_port``: a worker of ``kms serve --workers``, sharing the port (kms.workers)."""
         settings.require_transport_security()
         self.settings = settings
         self.services = build_services(settings, clock)
         services = self.services
+
+        def start_up() -> None:
+            services.integrity.catch_up()
+            services.reconciler.reconcile()
+
         self.health = HealthMonitor(
             {
                 "hsm": services.master_keys.check,
@@ -295,7 +393,7 @@ class Application:
                 "seal_key": services.sealer.verify_pins,
             },
             settings.health_interval.total_seconds(),
-            startup=lambda: (services.integrity.catch_up(), services.reconciler.reconcile()),
+            startup=start_up,
             details={"metadata": services.integrity.health_problem},
         )
         self.tls = (
@@ -315,7 +413,16 @@ class Application:
         elif not settings.bootstrap_admin:
             log.warning("TLS is on and KMS_BOOTSTRAP_ADMIN is not set: no identity may manage keys or grants")
         served = [
-            (SERVICE, KeyManagementServicer(services.keys, services.data_keys, services.lifecycle)),
+            (
+                SERVICE,
+                KeyManagementServicer(
+                    services.keys,
+                    services.data_keys,
+                    services.lifecycle,
+                    pseudonyms=services.pseudonyms,
+                    erasures=services.erasures,
+                ),
+            ),
             (POLICY_SERVICE, PolicyServicer(services.policies)),
             (AUDIT_SERVICE, AuditServicer(services.audit)),
             *extra_services,
@@ -336,6 +443,8 @@ class Application:
             max_message_bytes=settings.max_message_bytes,
             credentials=self.tls.credentials() if self.tls else None,
             extra_handlers=handlers[1:],
+            reuse_port=reuse_port,
+            max_connection_age=settings.max_connection_age.total_seconds() if settings.max_connection_age else None,
             # Reflection and health Watch are grpcio's own services: rationed like ours.
             interceptors=[
                 StreamGuard(

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # Calls admitted at once (running plus queued); beyond it, RESOURCE_EXHAUSTED.
     max_concurrent_rpcs: int = Field(default=1024, ge=1)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    # After this long a client connection is asked to move on (HTTP/2 GOAWAY; calls in flight
+    # finish, the client reconnects), so that connections spread again over the workers of
+    # kms serve --workers after one restarted. Unset: never; with workers, 60s unless set.
+    max_connection_age: Duration | None = None
     hsm_retry_interval: Duration = timedelta(seconds=1)
 
     # How long key metadata is reused before it is read again (bounds how late a change made by
@@ -71,12 +75,25 @@ class Settings(BaseSettings):
     # Where new keys' versions live unless CreateKey says: "wrapped" (under an HSM root key,
     # stored in the database: any number of keys) or "hsm_object" (a token object per version).
     key_storage: Literal["wrapped", "hsm_object"] = "wrapped"
-    # Version keys kept ready per process (unwrapped session objects, found token objects).
-    hsm_key_cache_size: int = Field(default=4096, ge=16, le=1_000_000)
+    # Version keys kept ready per process (unwrapped session objects, found token objects). It
+    # should hold the versions in use: past it, each call unwraps a key and destroys another
+    # (at 10,000 keys in use, a cache of 4,096 halved GenerateDataKey's rate). Each unwrapped
+    # key is a session object in the HSM: about 8.5 KiB in SoftHSM (140 MiB when full).
+    hsm_key_cache_size: int = Field(default=16384, ge=16, le=1_000_000)
+    # How long a process trusts its list of HSM root keys: the bound on how late a server wraps
+    # new versions under a root that kms hsm rotate-root made (which waits this long first).
+    hsm_root_refresh: Duration = timedelta(seconds=30)
     # Shortest rotation period a key may have (tests and demos lower it to watch rotation).
     min_rotation_period: Duration = timedelta(hours=1)
     # Shortest wait between scheduling a version's destruction and the destruction.
     min_destroy_pending_window: Duration = timedelta(hours=24)
+    # Keys with a subject_field (kms.domain.privacy): the erasure finality of a key created
+    # without one (the scheduler rotates and destroys so that every erasure is final in backups
+    # within it), and the subjects' keys kept unwrapped in memory per process.
+    erasure_finality_default: Duration = timedelta(days=30)
+    subject_key_cache_size: int = Field(default=100_000, ge=16, le=10_000_000)
+    # The pending window of destructions the scheduler schedules by a key's retention_period.
+    retention_pending_window: Duration = timedelta(days=30)
     # Wraps (data keys issued and re-wraps onto it) after which a primary version is rotated
     # whatever the key's schedule: random 96-bit GCM IVs allow at most 2^32 per key.
     max_wraps_per_version: int = Field(default=2**30, ge=1, le=2**32)
@@ -110,6 +127,8 @@ class Settings(BaseSettings):
     quota_rewrap: str | None = None
     quota_rotate: str | None = None
     quota_audit_read: str | None = None
+    quota_pseudonymize: str | None = None  # one token per value pseudonymized
+    quota_erase: str | None = None
     # Per identity: refused calls (and refused batch items) it may cause, "RATE:BURST"; once
     # spent, its calls are turned away with RESOURCE_EXHAUSTED until the budget refills.
     # "off" disables the budget.
@@ -121,6 +140,19 @@ class Settings(BaseSettings):
     audit_fail_open: bool = False
     # Calls fail closed once audit records have waited this long to reach the chain.
     audit_max_lag: Duration = timedelta(seconds=5)
+    # VerifyAuditLog's share of one core of the serving process (it is paced to it, and runs one
+    # at a time); `kms audit verify --local` checks the log without the server.
+    audit_verify_share: float = Field(default=0.1, gt=0, le=1)
+    # Where this process journals audit records before they are chained; default
+    # <data dir>/audit-journal. Each worker of ``kms serve --workers`` has its own (kms.workers).
+    audit_journal_dir: Path | None = None
+
+    # Worker processes on one port (kms serve --workers): unset, one process serves as before;
+    # N, or "auto" for one per CPU this process may run on, starts a supervisor and N workers.
+    workers: int | Literal["auto"] | None = None
+    # With workers: each also serves on an address of its own (HOST:0 a free port each, HOST:P
+    # port P + index), to reach, health-check or debug one worker; workers.json names them.
+    worker_listen: str | None = None
 
     shutdown_grace: Duration = timedelta(seconds=10)
     health_interval: Duration = timedelta(seconds=2)
@@ -138,13 +170,16 @@ class Settings(BaseSettings):
             raise ValueError("KMS_CLIENT_CA (--client-ca) needs TLS: also set KMS_TLS_CERT and KMS_TLS_KEY")
         if self.dev_mode and self.tls_cert is not None:
             raise ValueError("development mode (KMS_DEV_MODE, --dev) serves plaintext: do not also configure TLS")
-        for name in ("admin", "encrypt", "decrypt", "rewrap", "rotate", "audit_read", "failures"):
+        quotas = ("admin", "encrypt", "decrypt", "rewrap", "rotate", "audit_read", "pseudonymize", "erase", "failures")
+        for name in quotas:
             self.quota(name)  # validates
         if self.bootstrap_admin is not None:
             try:
                 validate_identity(self.bootstrap_admin)
             except KmsError as error:
                 raise ValueError(f"KMS_BOOTSTRAP_ADMIN: {error.message}") from None
+        if isinstance(self.workers, int) and not 1 <= self.workers <= 256:
+            raise ValueError("KMS_WORKERS (--workers) must be a number from 1 to 256, or auto")
         if self.hard_max_wraps_per_version < self.max_wraps_per_version:
             raise ValueError("KMS_HARD_MAX_WRAPS_PER_VERSION must be at least KMS_MAX_WRAPS_PER_VERSION")
         return self

@@ -53,6 +53,38 @@ class BatchTooLarge(InvalidArgument):
     pass
 
 
+class ChecksumMismatch(InvalidArgument):
+    """A request's CRC32C (``*_crc32c``) does not match the bytes that arrived: they were altered
+    in transit. Nothing was done with them (docs/api.md, "Integrity in transit")."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} does not match its CRC32C checksum: the request was altered in transit")
+
+
+class ValueTooLong(InvalidArgument):
+    """A value to pseudonymize is longer than the service takes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a value to pseudonymize is at most {limit} bytes")
+
+
+class InvalidPrivacySetting(InvalidArgument):
+    """A key's subject_field, retention_period or erasure_finality out of its bounds, or set
+    where it cannot apply (kms.domain.privacy says which combinations exist and why)."""
+
+
+class SubjectMissing(InvalidArgument):
+    """A key that keeps a key per data subject was used without the encryption-context entry
+    that names the subject (its ``subject_field``)."""
+
+    def __init__(self, key_id: str, subject_field: str) -> None:
+        super().__init__(
+            f"key {key_id!r} protects data per subject: the encryption context must carry the entry "
+            f"{subject_field!r} naming the data subject"
+        )
+        self.key_id = key_id
+
+
 class InvalidCiphertext(InvalidArgument):
     """A wrapped key that is malformed, altered, foreign or opened with the wrong context.
 
@@ -130,6 +162,15 @@ class KeyVersionBelowMinimum(KeyVersionNotUsable):
         self.min_decryption_version = min_decryption_version
 
 
+class WrongKeyPurpose(FailedPrecondition):
+    """The key exists, but its purpose is not the operation's: data keys need an ENCRYPT_DECRYPT
+    key, Pseudonymize a PSEUDONYMIZE key."""
+
+    def __init__(self, key_id: str, purpose: str, needed: str) -> None:
+        super().__init__(f"key {key_id!r} is a {purpose} key; this operation needs a {needed} key")
+        self.key_id = key_id
+
+
 class KeyMaterialMissing(FailedPrecondition):
     """The database records a usable version but the HSM has no object for it."""
 
@@ -182,6 +223,34 @@ class WrapLimitReached(FailedPrecondition):
         )
         self.key_id = key_id
         self.version = version
+
+
+class SubjectErased(FailedPrecondition):
+    """The data subject was erased (EraseSubject): its key is gone, so none of its data keys
+    opens and none is issued. Names the erasure by its time and the subject's keyed digest, never
+    the subject; distinct from a tampered input, which is InvalidCiphertext."""
+
+    def __init__(self, key_id: str, subject_digest: str, erase_time: str) -> None:
+        when = f" at {erase_time}" if erase_time else ""
+        super().__init__(
+            f"key {key_id!r}: the data subject with digest {subject_digest} was erased{when}; "
+            "its data keys no longer open (kms erase status lists the erasure)"
+        )
+        self.key_id = key_id
+        self.subject_digest = subject_digest
+
+
+class RewrapDefeatsRetention(FailedPrecondition):
+    """ReWrap of a data key under a key with a retention_period: moving it onto a newer version
+    would keep it readable after its version is destroyed by retention, so it is refused."""
+
+    def __init__(self, key_id: str, retention: str) -> None:
+        super().__init__(
+            f"key {key_id!r} has a retention_period of {retention}: its data keys are not re-wrapped, because "
+            "moving them onto a newer version would keep the data readable beyond its retention (it becomes "
+            "unreadable when the version that wraps it is destroyed)"
+        )
+        self.key_id = key_id
 
 
 # PERMISSION_DENIED / UNAUTHENTICATED / RESOURCE_EXHAUSTED ----------------------------------

@@ -7,7 +7,8 @@
 #   ca.crt ca.key               the development CA (also signs client certificates)
 #   server.crt server.key       for kms serve --tls-cert/--tls-key; SAN localhost, 127.0.0.1, ::1
 #   <client>.crt <client>.key   per CLIENT: URI SAN spiffe://kms.dev/<client>, CN <client>
-#   cn-only.crt cn-only.key     a client certificate with a CN and no URI SAN
+#   cn-only.crt cn-only.key     a client certificate with a CN and no URI SAN: refused unless the
+#                               server has KMS_CN_IDENTITIES=true, then the identity cn:cn-only
 #   expired.crt expired.key     a client certificate of the CA that expired in 2020
 #   other-ca.crt other-ca.key, stranger.crt stranger.key   a second CA and a client it signed
 # Never use these outside development: the keys are unencrypted and the CA is not protected.

@@ -202,7 +202,7 @@ def rewrap_vector(base: dict, number: int) -> dict:
     return {
         "id": number,
         "result": "valid",
-        "comment": "vector %d re-wrapped under key version 9: only the wrapped key changed" % base["id"],
+        "comment": f"vector {base['id']} re-wrapped under key version 9: only the wrapped key changed",
         "based_on": base["id"],
         "data_key": base["data_key"],
         "encryption_context": base["encryption_context"],

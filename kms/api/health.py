@@ -72,7 +72,7 @@ class HealthMonitor:
                 check()
             except KmsError as error:
                 problems[name] = error.message
-            except Exception as error:  # a check must never kill the monitor
+            except Exception as error:  # noqa: BLE001 - a check must never kill the monitor
                 problems[name] = type(error).__name__
         if not problems and self._startup is not None:
             try:
@@ -89,7 +89,7 @@ class HealthMonitor:
         for name, detail in self._details.items():
             try:
                 problem = detail()
-            except Exception as error:  # a detail must never kill the monitor
+            except Exception as error:  # noqa: BLE001 - a detail must never kill the monitor
                 problem = type(error).__name__
             if problem != self._detail_state.get(name, ""):
                 if problem is not None:

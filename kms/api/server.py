@@ -47,14 +47,14 @@ def build_server(
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+    reuse_port: bool = False,
+    max_connection_age: float | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Builds and binds (does not start) the server; returns it with the bound port."""
-    host, _port = split_listen(listen)
-    if credentials is None and not is_loopback(host):
-        raise ListenRefused(
-            f"refusing to serve plaintext gRPC on non-loopback address {host}: configure TLS "
-            "(--tls-cert/--tls-key) or listen on 127.0.0.1"
-        )
+    """Builds and binds (does not start) the server; returns it with the bound port.
+    ``reuse_port``: share the port with the other workers of ``kms serve --workers``
+    (SO_REUSEPORT), whose supervisor holds it. ``max_connection_age``: seconds after which a
+    connection is sent GOAWAY (calls in flight finish; the client connects again)."""
+    aging = [("grpc.max_connection_age_ms", int(max_connection_age * 1000))] if max_connection_age else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kms-rpc"),
         handlers=[handler, *extra_handlers],
@@ -64,7 +64,8 @@ def build_server(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Without this, a second server on the same port would share it silently.
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            *aging,
         ],
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -76,6 +77,17 @@ def build_server(
         ),
         server,
     )
+    return server, add_listener(server, listen, credentials)
+
+
+def add_listener(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Binds ``server`` to one more address (plaintext only on loopback); returns the port."""
+    host, _port = split_listen(listen)
+    if credentials is None and not is_loopback(host):
+        raise ListenRefused(
+            f"refusing to serve plaintext gRPC on non-loopback address {host}: configure TLS "
+            "(--tls-cert/--tls-key) or listen on 127.0.0.1"
+        )
     try:
         port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
     except RuntimeError as exc:
@@ -87,4 +99,4 @@ def build_server(
             "serving plaintext gRPC on a loopback address; configure TLS for anything else",
             extra={"fields": {"listen": listen}},
         )
-    return server, port
+    return port

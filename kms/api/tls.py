@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 from cryptography import x509
@@ -70,7 +71,9 @@ class ReloadingServerCredentials:
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
-            self._initial, self._fetch, require_client_authentication=self._ca is not None
+            self._initial,
+            self._fetch,  # type: ignore[arg-type]  # grpc-stubs omit that a fetcher may return None ("no change")
+            require_client_authentication=self._ca is not None,
         )
 
     def _configuration(self) -> grpc.ServerCertificateConfiguration:
@@ -118,7 +121,8 @@ class CertificateIdentity:
         self._lock = threading.Lock()
 
     def authenticate(self, context: grpc.ServicerContext) -> tuple[str, frozenset[str]]:
-        pems = context.auth_context().get("x509_pem_cert")
+        # grpc-stubs type each property as bytes; gRPC gives the list of its values.
+        pems = cast("list[bytes] | None", context.auth_context().get("x509_pem_cert"))
         if not pems:
             return ANONYMOUS, frozenset()
         outcome = self._outcome(pems[0])
@@ -213,9 +217,11 @@ def _common_name_identity(certificate: x509.Certificate) -> str:
             f"the client certificate has no URI SAN and {len(common_names)} CNs; exactly one must name the caller"
         )
     value = common_names[0].value
-    flaw = common_name_flaw(value) if isinstance(value, str) else "is not text"
+    if not isinstance(value, str):
+        raise Unauthenticated(f"the client certificate's CN {clipped(str(value))} is not text")
+    flaw = common_name_flaw(value)
     if flaw:
-        raise Unauthenticated(f"the client certificate's CN {clipped(str(value))} {flaw}")
+        raise Unauthenticated(f"the client certificate's CN {clipped(value)} {flaw}")
     return CN_PREFIX + value
 
 

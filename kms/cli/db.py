@@ -47,12 +47,15 @@ def current(settings: Settings) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @local_settings
 def verify(settings: Settings, as_json: bool) -> None:
-    """Check every protected row (keys, grants, memberships) against the HSM-sealed metadata
-    ledger, and the ledger against its HSM anchor; list what does not verify; exit 1 if any."""
+    """Check every protected row (keys, grants, memberships, erasure receipts) against the
+    HSM-sealed metadata ledger, and the ledger against its HSM anchor; list what does not verify;
+    exit 1 if any."""
     services = build_services(settings)
     try:
         services.integrity.catch_up()
-        problems = services.integrity.verify_rows(services.repository.all_keys(), services.policies.stored())
+        problems = services.integrity.verify_rows(
+            services.repository.all_keys(), services.policies.stored(), services.subject_repository.all_erasures()
+        )
     except KmsError as error:
         click.echo(f"error: {error.message}", err=True)
         sys.exit(1)

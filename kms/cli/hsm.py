@@ -71,7 +71,8 @@ def check(settings: Settings, repair: bool, as_json: bool) -> None:
             console.print(f"adopted    {version.master_key_label}  ({version.master_key_id})")
         for version in report.missing:
             console.print(
-                f"[red]MISSING[/red]    {version.master_key_label}  ({version.master_key_id}) state {version.state.value}"
+                f"[red]MISSING[/red]    {version.master_key_label}  ({version.master_key_id})"
+                f" state {version.state.value}"
             )
         for version in untrusted:
             console.print(

@@ -10,11 +10,11 @@ from datetime import timedelta
 import click
 
 from kms import logs
-from kms.api.server import ListenRefused, is_loopback, split_listen
 from kms.cli.common import DEFAULT_TARGET, DURATION
 from kms.errors import KmsError
 from kms.k8s import KeyManagementServicer, KmsPlugin, PluginConfig, PluginServer, SocketPathRefused, open_channel
 from kms_client import tls_credentials
+from kms_client.client import is_loopback_target
 
 
 def _parse_context(items: tuple[str, ...]) -> dict[str, str]:
@@ -30,14 +30,9 @@ def _parse_context(items: tuple[str, ...]) -> dict[str, str]:
 
 
 def _check_transport(target: str, tls: bool) -> None:
-    """Plaintext to the KMS only on loopback, as the KMS itself serves plaintext only there."""
-    if tls:
-        return
-    try:
-        host, _ = split_listen(target)
-    except ListenRefused:
-        host = ""
-    if not is_loopback(host):
+    """Plaintext to the KMS only on loopback, judged as the SDK judges it (every spelling of a
+    gRPC target: unix sockets, ipv4:/ipv6:/dns: schemes), never by resolving a name."""
+    if not tls and not is_loopback_target(target):
         raise click.UsageError(f"plaintext to {target} refused: give --tls-ca (and --tls-cert/--tls-key)")
 
 

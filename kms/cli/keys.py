@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from pathlib import Path
+from typing import TypedDict
 
 import click
 
@@ -30,6 +31,33 @@ def keys() -> None:
     help="Where its versions live (default: the server's, KMS_KEY_STORAGE): wrapped under an HSM root "
     "key in the database, or a token object each.",
 )
+@click.option(
+    "--purpose",
+    type=click.Choice(["encrypt-decrypt", "pseudonymize"]),
+    default="encrypt-decrypt",
+    show_default=True,
+    help="What its versions do: wrap data keys, or make tokens (kms pseudonymize).",
+)
+@click.option(
+    "--subject-field",
+    default="",
+    help="Encryption-context entry naming the data subject (e.g. user_id): a key per subject, and "
+    "kms erase forgets one (docs/privacy.md). Fixed for the key's life.",
+)
+@click.option(
+    "--retention-period",
+    type=DURATION,
+    default=None,
+    help="Destroy versions that stopped being primary longer ago than this (e.g. 90d); with a daily "
+    "--rotation-period, older data becomes unreadable by itself.",
+)
+@click.option(
+    "--erasure-finality",
+    type=DURATION,
+    default=None,
+    help="With --subject-field: every erasure is final in database backups within this (default: the "
+    "server's, KMS_ERASURE_FINALITY_DEFAULT, 30d).",
+)
 @remote
 def create(
     client: KmsClient,
@@ -38,6 +66,10 @@ def create(
     description: str,
     rotation_period: timedelta | None,
     storage: str | None,
+    purpose: str,
+    subject_field: str,
+    retention_period: timedelta | None,
+    erasure_finality: timedelta | None,
 ) -> None:
     """Create KEY_ID with version 1 generated in the HSM."""
     key = client.create_key(
@@ -45,6 +77,10 @@ def create(
         description=description,
         rotation_period=rotation_period,
         storage=None if storage is None else storage.upper().replace("-", "_"),
+        purpose=purpose.upper().replace("-", "_"),
+        subject_field=subject_field,
+        retention_period=retention_period,
+        erasure_finality=erasure_finality,
     )
     emit_json(key) if as_json else show_key(key)
 
@@ -76,6 +112,14 @@ def rotate(client: KmsClient, as_json: bool, key_id: str) -> None:
     emit_json(key) if as_json else show_key(key)
 
 
+class _Changes(TypedDict, total=False):  # the keyword arguments of KmsClient.update_key
+    description: str
+    rotation_period: timedelta | None
+    min_decryption_version: int
+    retention_period: timedelta | None
+    erasure_finality: timedelta | None
+
+
 @keys.command()
 @click.argument("key_id")
 @click.option("--description", default=None, help="New description.")
@@ -87,6 +131,9 @@ def rotate(client: KmsClient, as_json: bool, key_id: str) -> None:
     default=None,
     help="Versions below this stop decrypting at once (the single switch to cut off old versions).",
 )
+@click.option("--retention-period", type=DURATION, default=None, help="Destroy versions superseded longer ago.")
+@click.option("--no-retention", is_flag=True, help="Stop destroying versions by retention.")
+@click.option("--erasure-finality", type=DURATION, default=None, help="New bound on erasures being final in backups.")
 @remote
 def update(
     client: KmsClient,
@@ -96,17 +143,26 @@ def update(
     rotation_period: timedelta | None,
     no_rotation: bool,
     min_decryption_version: int | None,
+    retention_period: timedelta | None,
+    no_retention: bool,
+    erasure_finality: timedelta | None,
 ) -> None:
-    """Change KEY_ID's description, rotation schedule or decryption floor."""
+    """Change KEY_ID's description, rotation schedule, decryption floor, retention or erasure finality."""
     if no_rotation and rotation_period is not None:
         raise click.UsageError("--rotation-period and --no-rotation contradict each other")
-    changes: dict[str, object] = {}
+    changes: _Changes = {}
     if description is not None:
         changes["description"] = description
     if rotation_period is not None or no_rotation:
         changes["rotation_period"] = rotation_period
     if min_decryption_version is not None:
         changes["min_decryption_version"] = min_decryption_version
+    if no_retention and retention_period is not None:
+        raise click.UsageError("--retention-period and --no-retention contradict each other")
+    if retention_period is not None or no_retention:
+        changes["retention_period"] = retention_period
+    if erasure_finality is not None:
+        changes["erasure_finality"] = erasure_finality
     if not changes:
         raise click.UsageError("nothing to change")
     key = client.update_key(key_id, **changes)

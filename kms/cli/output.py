@@ -63,6 +63,12 @@ def show_key(key: Key) -> None:
     console.print(f"  next rotation           {_time(key.next_rotation_time)}")
     console.print(f"  created                 {_time(key.create_time)}")
     console.print(f"  storage of new versions {key.storage}")
+    console.print(f"  purpose                 {key.purpose}")
+    if key.subject_field:
+        console.print(f"  subject field           {key.subject_field}")
+        console.print(f"  erasure finality        {format_duration(key.erasure_finality)}")
+    if key.retention_period is not None:
+        console.print(f"  retention period        {format_duration(key.retention_period)}")
     table = Table(box=None, pad_edge=False)
     for column in (
         "VERSION",

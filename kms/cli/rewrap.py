@@ -19,7 +19,7 @@ from kms.cli.output import console, emit_json
 from kms.rewrap.checkpoint import CheckpointMismatch
 from kms.rewrap.job import JobOptions, RewrapJob, Source
 from kms.rewrap.report import Report
-from kms_client import KmsClient
+from kms_client import KmsClient, tls_credentials
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -47,6 +47,15 @@ def job_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 type=click.FloatRange(min=0, min_open=True),
                 default=None,
                 help="At most this many items per second.",
+            ),
+            click.option(
+                "--parallel",
+                default=4,
+                show_default=True,
+                type=click.IntRange(1, 64),
+                help="Batches processed at once, each over a connection of its own to the service (with "
+                "kms serve --workers, connections spread over its worker processes); memory holds two "
+                "batches per connection.",
             ),
             click.option("--destination-key-id", default="", help="Move the data keys to this key instead."),
             click.option(
@@ -149,13 +158,16 @@ def _run(
     *,
     batch_size: int,
     rate: float | None,
+    parallel: int,
     destination_key_id: str,
     checkpoint: Path | None,
     restart: bool,
     dry_run: bool,
     report_file: Path | None,
 ) -> None:
-    options = JobOptions(batch_size=batch_size, rate=rate, dry_run=dry_run, destination_key_id=destination_key_id)
+    options = JobOptions(
+        batch_size=batch_size, rate=rate, dry_run=dry_run, destination_key_id=destination_key_id, parallel=parallel
+    )
     job = RewrapJob(client, source, options)
     options.checkpoint = checkpoint or Path(f".kms-rewrap-{job.fingerprint()[:16]}.json")
     if restart:
@@ -178,14 +190,37 @@ def _run(
         job.on_progress = lambda count: progress.update(
             task, advance=count, rate=f"{progress.tasks[task].speed or 0:.0f}"
         )
+        job.lanes = _lane_clients(parallel) if parallel > 1 else ()
         try:
             report = job.run()
         except CheckpointMismatch as error:
             raise click.ClickException(f"{error} (--restart removes it and starts over)") from None
+        finally:
+            for lane in job.lanes:
+                lane.close()
     if report_file is not None:
         report_file.write_text(json.dumps(asdict(report), indent=2))
     emit_json(report) if as_json else _show(report)
     sys.exit(1 if report.failed else 0)
+
+
+def _lane_clients(count: int) -> list[KmsClient]:
+    """``count`` clients made as ``remote`` made the command's, each on a connection of its own:
+    gRPC lets channels to one target share a connection unless told not to, and with kms serve
+    --workers each connection is served by one worker process."""
+    params = click.get_current_context().params
+    files = (params.get("ca_file"), params.get("cert_file"), params.get("key_file"))
+    credentials = tls_credentials(*files) if any(files) else None
+    return [
+        KmsClient(
+            params["target"],
+            credentials=credentials,
+            insecure=params.get("insecure", False),
+            timeout=params.get("timeout"),
+            options=[("grpc.use_local_subchannel_pool", 1)],
+        )
+        for _ in range(count)
+    ]
 
 
 def _show(report: Report) -> None:
@@ -199,8 +234,9 @@ def _show(report: Report) -> None:
         console.print(f"  {count:>8}  {reason}")
     if report.refused:
         console.print(
-            f"of which refused     {report.refused}: left unchanged and counted as still on their versions "
-            "(to move an SDK ciphertext to another key, decrypt it and encrypt it again with the SDK)"
+            f"of which refused     {report.refused}: left unchanged and counted as still on their versions, for "
+            "the reasons listed above (to move an SDK ciphertext to another key, decrypt it and encrypt it again "
+            "with the SDK; a key with a retention_period is never re-wrapped)"
         )
     if report.unknown_version:
         console.print(

@@ -65,16 +65,25 @@ FIELD_LIMITS = {
     "detail": 512,
 }
 
+_LIMITS = tuple(FIELD_LIMITS.values())
+
 
 def clipped(entry: AuditEntry) -> AuditEntry:
     """``entry`` with every text field cut to its limit and NUL characters (which PostgreSQL
     text cannot hold) replaced; the entry itself when nothing needed changing."""
+    values = [getattr(entry, name) for name in FIELD_LIMITS]
+    # The common case, on every call's path: nothing to change, found with one scan for NUL.
+    if "\x00" not in "".join(values) and all(map(_within, values, _LIMITS)):
+        return entry
     changes = {}
-    for name, limit in FIELD_LIMITS.items():
-        value = getattr(entry, name)
+    for (name, limit), value in zip(FIELD_LIMITS.items(), values, strict=True):
         if len(value) > limit or "\x00" in value:
             changes[name] = value.replace("\x00", "\ufffd")[:limit]
-    return replace(entry, **changes) if changes else entry
+    return replace(entry, **changes)
+
+
+def _within(value: str, limit: int) -> bool:
+    return len(value) <= limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,31 @@ class AuditRecord:
     origin: str
     prev_hash: str
     hash: str
+
+
+# Where an entry sits in a replica's journal: (file name, line number from 1). Positions of one
+# journal sort in the order the entries were appended.
+JournalPosition = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class JournaledEntry:
+    """An entry as the audit writer reads it back from a journal."""
+
+    position: JournalPosition
+    origin: str
+    entry: AuditEntry
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProgress:
+    """What the audit writer reports after each batch: everything journaled up to ``through``
+    is in the chain (None: nothing yet); ``state`` is "ok", "failing" (the last batch could
+    not be written; it is retried) or "tampered" (the chain's head is not sealed: nothing is
+    written until it is)."""
+
+    through: JournalPosition | None
+    state: str = "ok"
 
 
 @dataclass(frozen=True, slots=True)

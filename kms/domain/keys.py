@@ -1,7 +1,8 @@
 """Keys, their versions, and which version may do what.
 
-Every check of "may this version wrap or unwrap" goes through ``Key.version_for_decrypt`` or
-``Key.primary_for_encrypt``, so the rules live in one place.
+Every check of "may this version wrap, unwrap or pseudonymize" goes through
+``Key.version_for_decrypt``, ``Key.primary_for_encrypt`` or ``Key.version_for_pseudonymize``, so
+the rules (the version's state, the key's floor, the key's purpose) live in one place.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from kms.errors import (
     KeyVersionDestroyScheduled,
     KeyVersionDisabled,
     KeyVersionNotFound,
+    WrongKeyPurpose,
 )
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -156,15 +158,34 @@ class Key:
         return max((v.version for v in self.versions), default=0)
 
     def primary_for_encrypt(self) -> KeyVersion:
-        """The version that wraps new data keys; raises if it may not."""
+        """The version that wraps new data keys; raises if it may not (WrongKeyPurpose for a
+        key that does not wrap data keys)."""
+        self._require_purpose(Purpose.ENCRYPT_DECRYPT)
         return self._usable(self.version(self.primary_version))
 
     def version_for_decrypt(self, number: int) -> KeyVersion:
         """The version ``number`` if it may unwrap, else raises naming the version and why."""
+        self._require_purpose(Purpose.ENCRYPT_DECRYPT)
+        return self._at_or_above_floor(number)
+
+    def version_for_pseudonymize(self, number: int | None = None) -> KeyVersion:
+        """The version that computes tokens: the primary, or ``number`` when the caller pins one
+        (so that tokens keep joining after a rotation). A pinned version obeys the rules of
+        decryption: ENABLED and not below min_decryption_version."""
+        self._require_purpose(Purpose.PSEUDONYMIZE)
+        if number is None:
+            return self._usable(self.version(self.primary_version))
+        return self._at_or_above_floor(number)
+
+    def _at_or_above_floor(self, number: int) -> KeyVersion:
         version = self.version(number)
         if number < self.min_decryption_version:
             raise KeyVersionBelowMinimum(self.key_id, number, self.min_decryption_version)
         return self._usable(version)
+
+    def _require_purpose(self, needed: Purpose) -> None:
+        if self.purpose is not needed:
+            raise WrongKeyPurpose(self.key_id, self.purpose.value, needed.value)
 
     def _usable(self, version: KeyVersion) -> KeyVersion:
         unusable = _UNUSABLE.get(version.state)
@@ -181,21 +202,37 @@ class Key:
             versions=(*self.versions, version),
             primary_version=version.version,
             update_time=now,
-            next_rotation_time=now + self.rotation_period if self.rotation_period else None,
+            next_rotation_time=now + cadence if (cadence := self.rotation_cadence) else None,
         )
 
     def is_rotation_due(self, now: datetime, max_wraps: int | None = None) -> bool:
         """Due by its schedule, or because its primary version has wrapped ``max_wraps`` data
         keys (the IV budget of random 96-bit GCM IVs, see docs/wrapped-key-format.md)."""
-        if self.rotation_period is not None and self.next_rotation_time is not None and self.next_rotation_time <= now:
+        if self.next_rotation_time is not None and self.next_rotation_time <= now:
             return True
         return max_wraps is not None and self.version(self.primary_version).usage.data_keys_issued >= max_wraps
+
+    @property
+    def rotation_cadence(self) -> timedelta | None:
+        """How often the scheduler rotates the key: its rotation_period, or half its
+        erasure_finality when that is sooner for a key with a subject_field, so that erasures
+        become final in backups in time (kms.domain.privacy)."""
+        periods = [self.rotation_period] if self.rotation_period else []
+        if self.subject_field and self.erasure_finality:
+            periods.append(self.erasure_finality / 2)
+        return min(periods) if periods else None
+
+    def rescheduled(self) -> Key:
+        """The next rotation time recomputed from the primary version's creation and the cadence
+        (after a change of rotation_period or erasure_finality)."""
+        cadence = self.rotation_cadence
+        next_rotation = self.version(self.primary_version).create_time + cadence if cadence else None
+        return replace(self, next_rotation_time=next_rotation)
 
     def with_rotation_period(self, period: timedelta | None, now: datetime) -> Key:
         """A new schedule counts from the primary version's creation, so shortening the period
         of a key whose primary is already older than the new period makes it due at once."""
-        next_rotation = self.version(self.primary_version).create_time + period if period else None
-        return replace(self, rotation_period=period, next_rotation_time=next_rotation, update_time=now)
+        return replace(self, rotation_period=period, update_time=now).rescheduled()
 
     def with_adopted_version(self, version: KeyVersion, now: datetime) -> Key:
         """Records an existing master key as the next version without changing the primary."""

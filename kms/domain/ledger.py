@@ -32,6 +32,12 @@ with microseconds and "Z", or "" for none):
     grant   "kms-grant-v1" || grant_id || principal || resource || permissions (sorted, joined
             by ",") || constraint (the canonical context encoding, hex) || created_by
     member  "kms-member-v1" || group || identity
+    erasure "kms-erasure-v1" || key_id || subject_digest || erase_time || erased_by ||
+            subject_known ("1" or "0") || final_after_version
+
+An erasure entry (name: key_id LF subject_digest, revision 1) never goes away: a subject the
+ledger names as erased is refused whatever its rows say, so restoring its deleted key row or
+deleting the erasure record gains nothing (kms.service.subjects).
 
 Entry hash: SHA-256("kms-ledger-v1" || uint64 seq || prev_hash (32 bytes) || kind || name ||
 uint64 revision || digest (32 bytes, or none for a removed row)). The head's seal: the HSM's
@@ -49,12 +55,14 @@ from datetime import UTC, datetime, timedelta
 from kms.crypto.context import encode_context
 from kms.domain.keys import Key
 from kms.domain.policy import Grant
+from kms.domain.privacy import Erasure
 
 GENESIS = "0" * 64
 KEY = "key"
 GRANT = "grant"
 MEMBER = "member"
-KINDS = (KEY, GRANT, MEMBER)
+ERASURE = "erasure"
+KINDS = (KEY, GRANT, MEMBER, ERASURE)
 
 _ENTRY_TAG = b"kms-ledger-v1"
 _HEAD_TAG = b"kms-ledger-head-v1"
@@ -137,6 +145,24 @@ def member_name(group: str, identity: str) -> str:
     return f"{group}\n{identity}"
 
 
+def erasure_bytes(erasure: Erasure) -> bytes:
+    return b"".join(
+        [
+            b"kms-erasure-v1",
+            _text(erasure.key_id),
+            _text(erasure.subject_digest),
+            _time(erasure.erase_time),
+            _text(erasure.erased_by),
+            _text("1" if erasure.subject_known else "0"),
+            _int(erasure.final_after_version),
+        ]
+    )
+
+
+def erasure_name(key_id: str, subject_digest: str) -> str:
+    return f"{key_id}\n{subject_digest}"
+
+
 def digest(canonical: bytes) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
@@ -151,6 +177,10 @@ def grant_digest(grant: Grant) -> str:
 
 def member_digest(group: str, identity: str) -> str:
     return digest(member_bytes(group, identity))
+
+
+def erasure_digest(erasure: Erasure) -> str:
+    return digest(erasure_bytes(erasure))
 
 
 # -- the chain -----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime, timedelta
+from enum import Enum
+from typing import Final
 
 from kms.domain.keys import Key, KeyVersion, VersionState
 from kms.errors import InvalidArgument, InvalidStateTransition
@@ -106,14 +108,26 @@ def _require(version: KeyVersion, allowed: set[VersionState], action: str, hint:
         )
 
 
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+_KEEP_DESTROY_TIME: Final = _Keep.KEEP  # destroy_time may be set to None, so None cannot mean "keep"
+
+
 def _with_state(
-    key: Key, number: int, state: VersionState, now: datetime, *, destroy_time: datetime | object | None = ...
+    key: Key,
+    number: int,
+    state: VersionState,
+    now: datetime,
+    *,
+    destroy_time: datetime | _Keep | None = _KEEP_DESTROY_TIME,
 ) -> Key:
     def changed(version: KeyVersion) -> KeyVersion:
         if version.version != number:
             return version
         updated = replace(version, state=state)
-        if destroy_time is not ...:
+        if destroy_time is not _KEEP_DESTROY_TIME:
             updated = replace(updated, destroy_time=destroy_time)
         return updated
 

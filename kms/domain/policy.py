@@ -45,6 +45,8 @@ class Permission(enum.Enum):
     REWRAP = "rewrap"  # ReWrap (of the source key, and of the destination key if another)
     ROTATE = "rotate"  # RotateKey
     AUDIT_READ = "audit-read"  # read and verify the audit log
+    PSEUDONYMIZE = "pseudonymize"  # Pseudonymize (tokens only: it grants no decrypt, nor anything else)
+    ERASE = "erase"  # EraseSubject: forget one data subject of a key for good
 
     @classmethod
     def parse(cls, name: str) -> Permission:

@@ -153,12 +153,12 @@ class Pkcs11AuditSealer:
 
     def seal(self, message: bytes) -> str:
         """HMAC-SHA256 of ``message`` under the seal key, in hex. Raises SealKeyUntrusted."""
-        return self._with_key(lambda key: bytes(key.sign(message, mechanism=Mechanism.SHA256_HMAC))).hex()
+        return self._with_key(lambda key: bytes(key.sign(message, mechanism=Mechanism.SHA256_HMAC))).hex()  # type: ignore[attr-defined]  # see _fingerprint
 
     def derive(self, purpose: bytes) -> bytes:
         # Its own prefix, so that no derived value is ever the MAC of a sealed message.
         message = _DERIVE_PREFIX + purpose
-        return self._with_key(lambda key: bytes(key.sign(message, mechanism=Mechanism.SHA256_HMAC)))
+        return self._with_key(lambda key: bytes(key.sign(message, mechanism=Mechanism.SHA256_HMAC)))  # type: ignore[attr-defined]
 
     def check(self, message: bytes, mac_hex: str) -> bool:
         """Whether ``mac_hex`` is the seal key's MAC of ``message``. Raises SealKeyUntrusted
@@ -171,7 +171,7 @@ class Pkcs11AuditSealer:
 
         def verify(key: pkcs11.SecretKey) -> bool:
             try:
-                return bool(key.verify(message, mac, mechanism=Mechanism.SHA256_HMAC))
+                return bool(key.verify(message, mac, mechanism=Mechanism.SHA256_HMAC))  # type: ignore[attr-defined]
             except p11.SignatureLenRange:
                 return False
 
@@ -188,10 +188,10 @@ class Pkcs11AuditSealer:
         with self._lock:
             found = self._search()
             pin = self._pin
-            if not found and pin is None:
-                self._lift_alarm()
-                return
             if not found:
+                if pin is None:
+                    self._lift_alarm()
+                    return
                 self._raise_alarm(f"the pinned key (CKA_ID {pin.object_id.hex()}) is gone from the HSM")
             vetted = self._pin_for(found)
             if pin is not None and vetted != pin:
@@ -349,7 +349,9 @@ class Pkcs11AuditSealer:
 
 
 def _fingerprint(key: pkcs11.Object) -> bytes:
-    mac = key.sign(_DERIVE_PREFIX + _FINGERPRINT_PURPOSE, mechanism=Mechanism.SHA256_HMAC)
+    # python-pkcs11 mixes sign and verify into a key's class at run time, by the key's
+    # capabilities; its type hints do not declare them on SecretKey or Object.
+    mac = key.sign(_DERIVE_PREFIX + _FINGERPRINT_PURPOSE, mechanism=Mechanism.SHA256_HMAC)  # type: ignore[attr-defined]
     return hashlib.sha256(bytes(mac)).digest()
 
 

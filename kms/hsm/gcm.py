@@ -17,7 +17,9 @@ def encrypt(key: pkcs11.SecretKey, iv: bytes, plaintext: bytes, associated_data:
     if len(iv) != IV_LENGTH:
         raise ValueError("GCM IVs are 96 bits here")
     # buffer_size: the exact output, instead of python-pkcs11's 8 KiB allocation per call.
-    return key.encrypt(
+    # python-pkcs11 mixes encrypt and decrypt into a key's class at run time; its type hints
+    # do not declare them on SecretKey.
+    return key.encrypt(  # type: ignore[attr-defined]
         plaintext,
         mechanism=Mechanism.AES_GCM,
         mechanism_param=GCMParams(iv, associated_data, TAG_BITS),
@@ -36,7 +38,7 @@ def decrypt(
     if len(iv) != IV_LENGTH or len(sealed) < TAG_BITS // 8:
         raise InvalidCiphertext()
     try:
-        return key.decrypt(
+        return key.decrypt(  # type: ignore[attr-defined]
             sealed,
             mechanism=Mechanism.AES_GCM,
             mechanism_param=GCMParams(iv, associated_data, TAG_BITS),

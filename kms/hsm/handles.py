@@ -124,7 +124,7 @@ class HandleCache:
             destroy, entry.destroy = entry.destroy, None
             try:
                 destroy(entry.handle)
-            except Exception as error:  # a session object left behind dies with its session anyway
+            except Exception as error:  # noqa: BLE001 - a session object left behind dies with its session anyway
                 log.warning("unwrapped key not destroyed", extra={"fields": {"error": type(error).__name__}})
 
     @contextmanager

@@ -34,6 +34,7 @@ import logging
 import secrets
 import struct
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -44,11 +45,15 @@ from kms.domain.keys import WrappedMaterial
 from kms.errors import KeyMaterialCorrupt, RootKeyUntrusted
 from kms.hsm import raw
 from kms.hsm.object_ids import new_object_id, object_id_time
-from kms.hsm.pool import PooledSession, SessionPool
+from kms.hsm.pool import PooledSession, SessionPool, object_handle
 from kms.hsm.quirks import quirks_for
 from kms.hsm.trust import unmet
 
 log = logging.getLogger(__name__)
+
+# How long a process trusts its list of root keys before searching the token again: the bound
+# on how late a server starts wrapping new versions under a root another process created.
+ROOT_REFRESH = 30.0
 
 AES = "aes"
 HMAC = "hmac"
@@ -132,6 +137,9 @@ class KeyHierarchy:
         mac: Callable[[bytes], str],
         check_mac: Callable[[bytes, str], bool],
         creation_lock: Callable[[], object],
+        *,
+        root_refresh: float = ROOT_REFRESH,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self._now = clock_now
@@ -143,6 +151,11 @@ class KeyHierarchy:
         # root CKA_ID (hex) -> handle, for the pool generation they were found in
         self._roots: dict[str, int] = {}
         self._roots_generation = -1
+        # Another process (kms hsm rotate-root, another replica) may add a root: the list is
+        # searched again this often, and at once when a stored version names a root not in it.
+        self._root_refresh = root_refresh
+        self._monotonic = monotonic
+        self._roots_found = 0.0
 
     # -- roots -----------------------------------------------------------------------------
 
@@ -203,11 +216,11 @@ class KeyHierarchy:
 
         def generate_and_wrap(pooled: PooledSession) -> bytes:
             calls = pooled.raw
-            handle = calls.generate_secret(pooled.session.handle, _GENERATE[kind], attributes)
+            handle = calls.generate_secret(pooled.handle, _GENERATE[kind], attributes)
             try:
-                return calls.wrap(pooled.session.handle, root, handle)
+                return calls.wrap(pooled.handle, root, handle)
             finally:
-                calls.destroy(pooled.session.handle, handle)
+                calls.destroy(pooled.handle, handle)
 
         with self._pool.objects.exclusive():  # see SessionPool.objects
             blob = self._pool.run(generate_and_wrap)
@@ -224,7 +237,7 @@ class KeyHierarchy:
         to destroy it. Raises KeyMaterialCorrupt when the binding or the blob does not verify."""
         if not self._check_mac(binding_message(key_id, version, material.root_key_id, material.blob), mac):
             raise KeyMaterialCorrupt(key_id, version, "its wrapped key is not bound to this key and version")
-        root = self._root_handles().get(material.root_key_id)
+        root = self._root_handle(material.root_key_id)
         if root is None:
             raise KeyMaterialCorrupt(key_id, version, f"its root key {material.root_key_id} is not in the HSM")
         attributes = {
@@ -241,7 +254,7 @@ class KeyHierarchy:
 
         def unwrap(pooled: PooledSession) -> int:
             try:
-                return pooled.raw.unwrap(pooled.session.handle, root, material.blob, attributes)
+                return pooled.raw.unwrap(pooled.handle, root, material.blob, attributes)
             except pkcs11.PKCS11Error as error:
                 if isinstance(error, quirks_for(self._pool.module.lib.manufacturer_id).unwrap_failures):
                     raise KeyMaterialCorrupt(key_id, version, "its wrapped key does not unwrap") from None
@@ -258,8 +271,7 @@ class KeyHierarchy:
         as an extractable session object of this call only, wrapped again, and destroyed."""
         if not self._check_mac(binding_message(key_id, version, material.root_key_id, material.blob), mac):
             raise KeyMaterialCorrupt(key_id, version, "its wrapped key is not bound to this key and version")
-        handles = self._root_handles()
-        source, destination = handles.get(material.root_key_id), handles.get(to_root)
+        source, destination = self._root_handle(material.root_key_id), self._root_handle(to_root)
         if source is None or destination is None:
             raise KeyMaterialCorrupt(key_id, version, "a root key is not in the HSM")
         attributes = {
@@ -273,11 +285,11 @@ class KeyHierarchy:
 
         def move(pooled: PooledSession) -> bytes:
             calls = pooled.raw
-            handle = calls.unwrap(pooled.session.handle, source, material.blob, attributes)
+            handle = calls.unwrap(pooled.handle, source, material.blob, attributes)
             try:
-                return calls.wrap(pooled.session.handle, destination, handle)
+                return calls.wrap(pooled.handle, destination, handle)
             finally:
-                calls.destroy(pooled.session.handle, handle)
+                calls.destroy(pooled.handle, handle)
 
         with self._pool.objects.exclusive():
             blob = self._pool.run(move)
@@ -288,14 +300,15 @@ class KeyHierarchy:
     def _destroyer(self) -> Callable[[int], None]:
         def destroy(handle: int) -> None:
             with self._pool.objects.exclusive():
-                self._pool.run_holder(lambda pooled: pooled.raw.destroy(pooled.session.handle, handle))
+                self._pool.run_holder(lambda pooled: pooled.raw.destroy(pooled.handle, handle))
 
         return destroy
 
     def _root_handles(self) -> dict[str, int]:
         generation = self._pool.generation
         with self._lock:
-            if self._roots_generation == generation and self._roots:
+            fresh = self._monotonic() - self._roots_found < self._root_refresh
+            if self._roots_generation == generation and self._roots and fresh:
                 return dict(self._roots)
 
         def search(pooled: PooledSession) -> tuple[dict[str, int], int]:
@@ -313,7 +326,7 @@ class KeyHierarchy:
                         extra={"fields": {"root_key_id": object_id, "unmet": list(problems)}},
                     )
                     continue
-                sound[object_id] = found.handle
+                sound[object_id] = object_handle(found)
             return sound, unsound
 
         with self._pool.objects.shared():
@@ -322,7 +335,15 @@ class KeyHierarchy:
             raise RootKeyUntrusted(self.root_label)  # never create another over them
         with self._lock:
             self._roots, self._roots_generation = roots, generation
+            self._roots_found = self._monotonic()
         return dict(roots)
+
+    def _root_handle(self, root_key_id: str) -> int | None:
+        handle = self._root_handles().get(root_key_id)
+        if handle is None:
+            self._forget_roots()  # made since the last search, by another process?
+            handle = self._root_handles().get(root_key_id)
+        return handle
 
     def _forget_roots(self) -> None:
         with self._lock:

@@ -16,9 +16,11 @@ A module's state is global to the process, so there is one ``Pkcs11Module`` per 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pkcs11
 from pkcs11 import _pkcs11
@@ -98,7 +100,7 @@ class _Library(_pkcs11.lib):
 class Pkcs11Module:
     """A loaded PKCS#11 module: python-pkcs11's ``lib`` plus the few raw calls it lacks."""
 
-    _loaded: dict[str, Pkcs11Module] = {}
+    _loaded: ClassVar[dict[str, Pkcs11Module]] = {}
     _loaded_lock = threading.Lock()
 
     @classmethod
@@ -162,10 +164,8 @@ class Pkcs11Module:
 
     def finalize(self) -> None:
         if not self.shared_instance:
-            try:
+            with contextlib.suppress(pkcs11.PKCS11Error):
                 self.lib.finalize()
-            except pkcs11.PKCS11Error:
-                pass
         if self._initialized:
             self._function(_C_FINALIZE, _VOID_FN)(None)
             self._initialized = False

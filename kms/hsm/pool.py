@@ -14,23 +14,40 @@ when no traffic arrives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pkcs11
 import pkcs11.exceptions as p11
 from pkcs11 import Attribute, ObjectClass
 
 from kms.errors import HsmOperationFailed, HsmUnavailable
+from kms.hsm import outage
 from kms.hsm.faults import Fault, classify
 from kms.hsm.gate import Gate
 from kms.hsm.module import ModuleUnusable, Pkcs11Module
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def session_handle(session: pkcs11.Session) -> int:
+    # python-pkcs11's Cython Session has the handle; its typed Session class does not declare it.
+    handle: int = session.handle  # type: ignore[attr-defined]
+    return handle
+
+
+def object_handle(found: pkcs11.Object) -> int:
+    # python-pkcs11 types handles as optional for the sake of domain parameters that were never
+    # stored; an object found on a token always has one.
+    handle = found.handle
+    if handle is None:
+        raise TypeError(f"{type(found).__name__} is not a token object")
+    return handle
 
 
 class LoginLost(p11.UserNotLoggedIn):
@@ -49,6 +66,11 @@ class PooledSession:
         self._module = module
         self._keys: dict[bytes, pkcs11.SecretKey] = {}
 
+    @property
+    def handle(self) -> int:
+        """The PKCS#11 session handle, for the calls of kms.hsm.raw."""
+        return session_handle(self.session)
+
     def cached_key(self, object_id: bytes) -> pkcs11.SecretKey | None:
         return self._keys.get(object_id)
 
@@ -62,11 +84,12 @@ class PooledSession:
         Raises LoginLost rather than report a key missing that is only hidden by a lost login,
         and MultipleObjectsReturned when the id is ambiguous (never guess which key to use).
         """
-        found = self._keys.get(object_id)
-        if found is not None:
-            return found
+        cached = self._keys.get(object_id)
+        if cached is not None:
+            return cached
         try:
-            found = self.session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id)
+            # Asked for CKO_SECRET_KEY, so python-pkcs11 returns a SecretKey.
+            found = cast(pkcs11.SecretKey, self.session.get_key(object_class=ObjectClass.SECRET_KEY, id=object_id))
         except p11.NoSuchKey:
             self.require_login()
             return None
@@ -84,7 +107,7 @@ class PooledSession:
         return found
 
     def require_login(self) -> None:
-        if self._module.session_logged_in(self.session.handle) is False:
+        if self._module.session_logged_in(self.handle) is False:
             raise LoginLost()
 
     def forget(self, object_id: bytes) -> None:
@@ -174,7 +197,10 @@ class SessionPool:
             except pkcs11.PKCS11Error as exc:
                 self._lose(None, classify(exc) or Fault.DEVICE, type(exc).__name__, generation)
                 raise HsmUnavailable(self._last_problem) from None
-            self._holder_epoch += 1
+            # No new epoch here: losing a holder (above) or reconnecting already made one, and
+            # moving it on the first open would orphan the keys unwrapped by that very call
+            # (their cache entries carry the epoch read before it; an entry from an older epoch
+            # is dropped without destroying its object).
         return self._holder
 
     @property
@@ -216,6 +242,9 @@ class SessionPool:
 
     def check(self) -> None:
         """Returns when a session can be opened and used; otherwise raises HsmUnavailable."""
+        if outage.injected():
+            with self._lock:
+                self._login_session, self._pending_fault = None, Fault.DEVICE
         self.run(lambda pooled: pooled.session.generate_random(64))
 
     def close(self) -> None:
@@ -289,7 +318,7 @@ class SessionPool:
     def _still_logged_in(self, login: pkcs11.Session) -> bool:
         assert self._module is not None
         with self._gate.shared():
-            return self._module.session_logged_in(login.handle) is True
+            return self._module.session_logged_in(session_handle(login)) is True
 
     def _ensure_connected(self) -> None:
         if self._login_session is not None:
@@ -314,6 +343,8 @@ class SessionPool:
         elif self._pending_fault is Fault.DEVICE:
             with self._gate.exclusive():
                 self._module.reinitialize()
+        if outage.injected():
+            raise ModuleUnusable("HSM unreachable (injected outage)")
         token = _find_token(self._module, self._token_label)
         with self._gate.shared():
             login = _log_in(token, self._pin)
@@ -354,7 +385,5 @@ def _log_in(token: pkcs11.Token, pin: str) -> pkcs11.Session:
 
 
 def _close_quietly(session: pkcs11.Session) -> None:
-    try:
+    with contextlib.suppress(pkcs11.PKCS11Error):
         session.close()
-    except pkcs11.PKCS11Error:
-        pass

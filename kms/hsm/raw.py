@@ -18,7 +18,7 @@ session pool classifies them as it classifies python-pkcs11's own (kms.hsm.fault
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pkcs11.exceptions as p11
 
@@ -58,6 +58,9 @@ CKO_SECRET_KEY = 4
 CKK_GENERIC_SECRET, CKK_AES = 0x10, 0x1F
 
 _TAG_BITS = 128
+# The largest input of the batch GCM loops: a wrapped key's sealed part is bounded well below it
+# (kms.service.data_keys.MAX_WRAPPED_KEY_BYTES); a longer one is refused before the HSM.
+MAX_GCM_INPUT = 1024
 
 # The CKR values (pkcs11t.h) the session pool and the GCM quirks care about, as python-pkcs11's
 # classes; any other is a plain PKCS11Error naming its code.
@@ -111,12 +114,33 @@ class GcmParams(ctypes.Structure):
     ]
 
 
+class GcmParamsBytes(ctypes.Structure):
+    """CK_GCM_PARAMS laid out as GcmParams, with char pointers: a bytes object assigned to pIv
+    or pAAD is passed as it is, without a copy (the batch loops reuse one structure)."""
+
+    _fields_ = [
+        ("pIv", ctypes.c_char_p),
+        ("ulIvLen", CK_ULONG),
+        ("ulIvBits", CK_ULONG),
+        ("pAAD", ctypes.c_char_p),
+        ("ulAADLen", CK_ULONG),
+        ("ulTagBits", CK_ULONG),
+    ]
+
+
 class Attribute(ctypes.Structure):
     _fields_ = [("type", CK_ULONG), ("pValue", ctypes.c_void_p), ("ulValueLen", CK_ULONG)]
 
 
 _INIT = ctypes.CFUNCTYPE(CK_ULONG, CK_ULONG, ctypes.POINTER(Mechanism), CK_ULONG)
 _ONE_SHOT = ctypes.CFUNCTYPE(CK_ULONG, CK_ULONG, CK_BYTE_P, CK_ULONG, CK_BYTE_P, ctypes.POINTER(CK_ULONG))
+# C_Sign with the data as a char pointer: bytes objects are passed without a copy.
+_SIGN_BYTES = ctypes.CFUNCTYPE(CK_ULONG, CK_ULONG, ctypes.c_char_p, CK_ULONG, CK_BYTE_P, ctypes.POINTER(CK_ULONG))
+# C_Encrypt and C_Decrypt with input and output as char pointers: the input a bytes object or a
+# buffer made once per batch, passed without a copy, the output a buffer made once per batch.
+_ONE_SHOT_BYTES = ctypes.CFUNCTYPE(
+    CK_ULONG, CK_ULONG, ctypes.c_char_p, CK_ULONG, ctypes.c_char_p, ctypes.POINTER(CK_ULONG)
+)
 _VERIFY = ctypes.CFUNCTYPE(CK_ULONG, CK_ULONG, CK_BYTE_P, CK_ULONG, CK_BYTE_P, CK_ULONG)
 _DESTROY = ctypes.CFUNCTYPE(CK_ULONG, CK_ULONG, CK_ULONG)
 _GENERATE = ctypes.CFUNCTYPE(
@@ -136,6 +160,10 @@ _UNWRAP = ctypes.CFUNCTYPE(
     CK_ULONG,
     ctypes.POINTER(CK_ULONG),
 )
+
+
+def _error_of(rv: int) -> type[p11.PKCS11Error]:
+    return _ERRORS.get(rv, p11.PKCS11Error)
 
 
 def check(rv: int) -> None:
@@ -175,22 +203,32 @@ def template(values: Mapping[int, bool | int | bytes]) -> tuple[ctypes.Array[Att
     return attributes, keep
 
 
+def _entry(functions: ctypes.Array[ctypes.c_void_p], index: int) -> int:
+    address = functions[index]
+    if not address:  # a module that leaves out a function this package calls cannot serve
+        raise p11.FunctionNotSupported()
+    return address
+
+
 class RawCalls:
     """The functions of one loaded module (its CK_FUNCTION_LIST), called with explicit handles."""
 
     def __init__(self, functions: ctypes.Array[ctypes.c_void_p]) -> None:
-        self._encrypt_init = _INIT(functions[C_ENCRYPT_INIT])
-        self._encrypt = _ONE_SHOT(functions[C_ENCRYPT])
-        self._decrypt_init = _INIT(functions[C_DECRYPT_INIT])
-        self._decrypt = _ONE_SHOT(functions[C_DECRYPT])
-        self._sign_init = _INIT(functions[C_SIGN_INIT])
-        self._sign = _ONE_SHOT(functions[C_SIGN])
-        self._verify_init = _INIT(functions[C_VERIFY_INIT])
-        self._verify = _VERIFY(functions[C_VERIFY])
-        self._destroy = _DESTROY(functions[C_DESTROY_OBJECT])
-        self._generate = _GENERATE(functions[C_GENERATE_KEY])
-        self._wrap = _WRAP(functions[C_WRAP_KEY])
-        self._unwrap = _UNWRAP(functions[C_UNWRAP_KEY])
+        self._encrypt_init = _INIT(_entry(functions, C_ENCRYPT_INIT))
+        self._encrypt = _ONE_SHOT(_entry(functions, C_ENCRYPT))
+        self._decrypt_init = _INIT(_entry(functions, C_DECRYPT_INIT))
+        self._decrypt = _ONE_SHOT(_entry(functions, C_DECRYPT))
+        self._sign_init = _INIT(_entry(functions, C_SIGN_INIT))
+        self._sign = _ONE_SHOT(_entry(functions, C_SIGN))
+        self._sign_bytes = _SIGN_BYTES(_entry(functions, C_SIGN))
+        self._encrypt_bytes = _ONE_SHOT_BYTES(_entry(functions, C_ENCRYPT))
+        self._decrypt_bytes = _ONE_SHOT_BYTES(_entry(functions, C_DECRYPT))
+        self._verify_init = _INIT(_entry(functions, C_VERIFY_INIT))
+        self._verify = _VERIFY(_entry(functions, C_VERIFY))
+        self._destroy = _DESTROY(_entry(functions, C_DESTROY_OBJECT))
+        self._generate = _GENERATE(_entry(functions, C_GENERATE_KEY))
+        self._wrap = _WRAP(_entry(functions, C_WRAP_KEY))
+        self._unwrap = _UNWRAP(_entry(functions, C_UNWRAP_KEY))
 
     def gcm_encrypt(self, session: int, key: int, iv: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
         """AES-GCM with a 128-bit tag: ciphertext followed by the tag."""
@@ -212,6 +250,87 @@ class RawCalls:
         check(self._decrypt(session, data, size, out, ctypes.byref(length)))
         return bytes(out[: length.value])
 
+    def gcm_rewrap_many(
+        self,
+        session: int,
+        source: int,
+        destination: int,
+        items: Sequence[tuple[bytes, bytes, bytes, bytes, bytes]],
+        auth_failures: tuple[type[p11.PKCS11Error], ...],
+    ) -> list[bytes | None]:
+        """For each (iv, sealed, associated data, new iv, new associated data): opens ``sealed``
+        under ``source`` and seals what it holds under ``destination``; the result is the new
+        ciphertext-and-tag, or None where the tag did not verify (an error in ``auth_failures``).
+
+        The loop a re-wrap batch costs, with nothing per item but the four PKCS#11 calls: the
+        mechanisms and buffers are made once. The opened data key stays in a C buffer of this
+        call, never a Python object, and the buffer is zeroed before returning."""
+        opening, opening_ref = _gcm_template()
+        sealing, sealing_ref = _gcm_template()
+        clear = ctypes.create_string_buffer(MAX_GCM_INPUT)
+        out = ctypes.create_string_buffer(MAX_GCM_INPUT + _TAG_BITS // 8)
+        length = CK_ULONG()
+        length_ref = ctypes.byref(length)
+        decrypt_init, decrypt = self._decrypt_init, self._decrypt_bytes
+        encrypt_init, encrypt = self._encrypt_init, self._encrypt_bytes
+        results: list[bytes | None] = []
+        try:
+            for iv, sealed, associated_data, new_iv, new_associated_data in items:
+                opening.pIv, opening.ulIvLen, opening.ulIvBits = iv, len(iv), 8 * len(iv)
+                opening.pAAD, opening.ulAADLen = associated_data, len(associated_data)
+                check(decrypt_init(session, opening_ref, source))
+                length.value = MAX_GCM_INPUT
+                rv = decrypt(session, sealed, len(sealed), clear, length_ref)
+                if rv:
+                    if _error_of(rv) in auth_failures:
+                        results.append(None)
+                        continue
+                    check(rv)
+                sealing.pIv, sealing.ulIvLen, sealing.ulIvBits = new_iv, len(new_iv), 8 * len(new_iv)
+                sealing.pAAD, sealing.ulAADLen = new_associated_data, len(new_associated_data)
+                check(encrypt_init(session, sealing_ref, destination))
+                size = length.value
+                length.value = len(out)
+                check(encrypt(session, clear, size, out, length_ref))
+                results.append(ctypes.string_at(out, length.value))
+        finally:
+            ctypes.memset(clear, 0, len(clear))
+        return results
+
+    def gcm_open_lengths(
+        self,
+        session: int,
+        key: int,
+        items: Sequence[tuple[bytes, bytes, bytes]],
+        auth_failures: tuple[type[p11.PKCS11Error], ...],
+    ) -> list[int | None]:
+        """For each (iv, sealed, associated data): whether ``sealed`` opens under ``key``, as the
+        length of what it holds, or None where the tag did not verify (an error in
+        ``auth_failures``). What is opened stays in a C buffer, zeroed before returning: a
+        check that a wrapped key opens needs no key material in Python."""
+        opening, opening_ref = _gcm_template()
+        clear = ctypes.create_string_buffer(MAX_GCM_INPUT)
+        length = CK_ULONG()
+        length_ref = ctypes.byref(length)
+        decrypt_init, decrypt = self._decrypt_init, self._decrypt_bytes
+        results: list[int | None] = []
+        try:
+            for iv, sealed, associated_data in items:
+                opening.pIv, opening.ulIvLen, opening.ulIvBits = iv, len(iv), 8 * len(iv)
+                opening.pAAD, opening.ulAADLen = associated_data, len(associated_data)
+                check(decrypt_init(session, opening_ref, key))
+                length.value = MAX_GCM_INPUT
+                rv = decrypt(session, sealed, len(sealed), clear, length_ref)
+                if rv:
+                    if _error_of(rv) in auth_failures:
+                        results.append(None)
+                        continue
+                    check(rv)
+                results.append(length.value)
+        finally:
+            ctypes.memset(clear, 0, len(clear))
+        return results
+
     def hmac_sha256(self, session: int, key: int, message: bytes) -> bytes:
         mechanism = Mechanism(CKM_SHA256_HMAC, None, 0)
         check(self._sign_init(session, ctypes.byref(mechanism), key))
@@ -220,6 +339,26 @@ class RawCalls:
         length = CK_ULONG(32)
         check(self._sign(session, data, size, out, ctypes.byref(length)))
         return bytes(out[: length.value])
+
+    def hmac_sha256_many(self, session: int, key: int, messages: Sequence[bytes]) -> list[bytes]:
+        """HMAC-SHA256 of each message, in order, on one session with one key handle: the loop a
+        pseudonymization batch costs, with nothing per message but C_SignInit and C_Sign (the
+        mechanism, the output buffer and its length are made once)."""
+        mechanism = Mechanism(CKM_SHA256_HMAC, None, 0)
+        mechanism_ref = ctypes.byref(mechanism)
+        out = _out(32)
+        length = CK_ULONG(32)
+        length_ref = ctypes.byref(length)
+        sign_init, sign = self._sign_init, self._sign_bytes
+        macs = []
+        for message in messages:
+            check(sign_init(session, mechanism_ref, key))
+            length.value = 32
+            check(sign(session, message, len(message), out, length_ref))
+            if length.value != 32:
+                raise p11.GeneralError()
+            macs.append(bytes(out))
+        return macs
 
     def hmac_sha256_verify(self, session: int, key: int, message: bytes, mac: bytes) -> bool:
         mechanism = Mechanism(CKM_SHA256_HMAC, None, 0)
@@ -273,6 +412,15 @@ class RawCalls:
 
     def destroy(self, session: int, handle: int) -> None:
         check(self._destroy(session, handle))
+
+
+def _gcm_template() -> tuple[GcmParamsBytes, object]:
+    """A CKM_AES_GCM mechanism with a 128-bit tag whose IV and associated data are set per item,
+    and a reference to pass it by. The mechanism holds the parameters' address; the returned
+    parameters keep the memory alive, the reference keeps the mechanism."""
+    params = GcmParamsBytes(None, 0, 0, None, 0, _TAG_BITS)
+    mechanism = Mechanism(CKM_AES_GCM, ctypes.cast(ctypes.pointer(params), ctypes.c_void_p), ctypes.sizeof(params))
+    return params, ctypes.byref(mechanism)
 
 
 def _gcm(iv: bytes, associated_data: bytes) -> tuple[Mechanism, list[object]]:

@@ -4,8 +4,8 @@ A label or a CKA_ID is only a name, and anyone who ever held the user PIN could 
 objects under any name: imported with a value they know (C_CreateObject with CKA_VALUE),
 generated extractable, or allowed to do more than we ask of it. Finding an object where our key
 should be therefore proves nothing. Before a key object is used, its attributes are read and
-compared with a table of what this service's own objects show (``_SOUND`` in
-kms.hsm.master_keys and in kms.hsm.audit_seal):
+compared with a table of what this service's own objects show (``_SOUND`` and ``_SOUND_HMAC``
+in kms.hsm.master_keys, ``_SOUND`` in kms.hsm.audit_seal):
 
     CKA_LOCAL                    true: generated inside the token by C_GenerateKey; never
                                  imported, unwrapped or derived (no template can set it)
@@ -35,13 +35,13 @@ sessions' handle cache (kms.hsm.pool) as much as this one.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import pkcs11
 import pkcs11.exceptions as p11
 from pkcs11 import Attribute
 
-from kms.hsm.pool import PooledSession
+from kms.hsm.pool import PooledSession, object_handle
 
 Requirements = Mapping[Attribute, object]
 
@@ -64,6 +64,19 @@ def unmet(found: pkcs11.Object, requirements: Requirements) -> tuple[str, ...]:
     )
 
 
+def unmet_any(found: pkcs11.Object, alternatives: Sequence[Requirements]) -> tuple[str, ...]:
+    """Empty when ``found`` meets one of the ``alternatives`` (a kind of key some tokens make
+    with either of two key types), else the problems of the alternative it comes closest to."""
+    closest: tuple[str, ...] | None = None
+    for requirements in alternatives:
+        problems = unmet(found, requirements)
+        if not problems:
+            return ()
+        if closest is None or len(problems) < len(closest):
+            closest = problems
+    return closest if closest is not None else ("no requirements given",)
+
+
 class Verdicts:
     """What vetting found for each object, remembered for the current connection (see above)."""
 
@@ -81,7 +94,7 @@ class Verdicts:
     ) -> tuple[tuple[str, ...], bool]:
         """(problems, first): the problems ``vet`` finds with ``found`` (empty when it may be
         used), and whether this is the first verdict on that object, for alarms raised once."""
-        key = (object_id, found.handle)
+        key = (object_id, object_handle(found))
         with self._lock:
             if pooled.generation == self._generation and key in self._problems:
                 return self._problems[key], False

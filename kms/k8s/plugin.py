@@ -241,7 +241,7 @@ class KeyManagementServicer(api_pb2_grpc.KeyManagementServiceServicer):
     def Status(self, request: api_pb2.StatusRequest, context: grpc.ServicerContext) -> api_pb2.StatusResponse:
         try:
             report = self._plugin.report()
-        except Exception:  # a bug: gRPC would send the exception's text to the caller
+        except Exception:  # noqa: BLE001 - a bug: gRPC would send the exception's text to the caller
             _fail(context, "Status", "")
         return api_pb2.StatusResponse(version=API_VERSION, healthz=report.healthz, key_id=report.key_id)
 
@@ -250,7 +250,7 @@ class KeyManagementServicer(api_pb2_grpc.KeyManagementServiceServicer):
             sealed = self._plugin.encrypt(request.plaintext)
         except KmsError as error:
             _refuse(context, "Encrypt", request.uid, error)
-        except Exception:  # as in Status
+        except Exception:  # noqa: BLE001 - as in Status
             _fail(context, "Encrypt", request.uid)
         log.debug(
             "k8s encrypt",
@@ -269,7 +269,7 @@ class KeyManagementServicer(api_pb2_grpc.KeyManagementServiceServicer):
             plaintext = self._plugin.decrypt(request.ciphertext)
         except KmsError as error:
             _refuse(context, "Decrypt", request.uid, error)
-        except Exception:  # as in Status
+        except Exception:  # noqa: BLE001 - as in Status
             _fail(context, "Decrypt", request.uid)
         log.debug("k8s decrypt", extra={"fields": {"uid": request.uid[:_MAX_UID], "key_id": request.key_id[:_MAX_UID]}})
         return api_pb2.DecryptResponse(plaintext=plaintext)

@@ -17,6 +17,15 @@ For each batch:
 5. Write with compare-and-set: a value the application changed meanwhile is left alone.
 6. Save the checkpoint, then report progress.
 
+Steps 2 to 5 of ``parallel`` batches run at once, each on a lane of its own (a thread, and a
+client of its own when ``RewrapJob.lanes`` gives several: with ``kms serve --workers``, each
+connection is served by one worker process, so lanes on several connections use several of the
+server's cores). Reading stays in order, one batch ahead per lane, and step 6 happens in order
+too: the checkpoint only ever moves past a batch once it and every batch before it are written,
+and each batch's counts are added to the report then. A crash therefore repeats at most the
+batches that were in flight (up to twice ``parallel``), which is harmless: a value already
+re-wrapped is current, counted as such, and left alone.
+
 A failure of one item (a value that does not open, a key that does not exist) is counted with
 its reason and never stops the run; a failure of the service (UNAVAILABLE after retries) stops
 it, and the next run resumes from the checkpoint. Every item the run leaves under its version is
@@ -26,12 +35,18 @@ counted there in the report, so ``kms keys retire --rewrap-report`` refuses that
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from kms.crypto import subject_key
 from kms.crypto import wrapped_key as wrapped_key_format
 from kms.errors import InvalidCiphertext
 from kms.rewrap import verify
@@ -108,6 +123,7 @@ class JobOptions:
     dry_run: bool = False
     destination_key_id: str = ""
     checkpoint: Path | None = None
+    parallel: int = 1  # batches processed at once (see the module docstring)
 
 
 @dataclass
@@ -116,6 +132,9 @@ class RewrapJob:
     source: Source
     options: JobOptions = field(default_factory=JobOptions)
     on_progress: Callable[[int], None] = lambda count: None
+    # Clients for the lanes, each on a connection of its own; lane i uses lanes[i % len(lanes)].
+    # Empty: every lane uses ``client``.
+    lanes: Sequence[KmsClient] = ()
 
     def fingerprint(self) -> str:
         described = f"v{ENGINE_VERSION}|{self.source.describe()}|dest={self.options.destination_key_id}"
@@ -132,25 +151,61 @@ class RewrapJob:
             self.on_progress(report.scanned)
         limiter = RateLimit(self.options.rate)
         primaries = _Primaries(self.client)
-        for batch in self.source.batches(checkpoint.position, self.options.batch_size):
-            limiter.take(len(batch))
-            self._process(batch, report, primaries)
-            checkpoint.position = batch[-1].position
-            if not self.options.dry_run and self.options.checkpoint is not None:
-                checkpoint.save(self.options.checkpoint)
-            self.on_progress(len(batch))
+        width = max(1, self.options.parallel)
+        clients = list(self.lanes) or [self.client]
+        free: queue.SimpleQueue[KmsClient] = queue.SimpleQueue()
+        for lane in range(width):
+            free.put(clients[lane % len(clients)])
+        in_flight: deque[tuple[Sequence[Item | Unreadable], Future[Report]]] = deque()
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="rewrap-lane") as lanes:
+            try:
+                for batch in self.source.batches(checkpoint.position, self.options.batch_size):
+                    limiter.take(len(batch))
+                    while len(in_flight) >= 2 * width:  # read ahead at most one batch per lane
+                        self._commit(*in_flight.popleft(), checkpoint)
+                    in_flight.append((batch, lanes.submit(self._on_lane, batch, primaries, free)))
+                while in_flight:
+                    self._commit(*in_flight.popleft(), checkpoint)
+            except BaseException:
+                # The checkpoint stays after the last batch committed; batches still queued are
+                # dropped, those running finish (their values are verified and written or not).
+                lanes.shutdown(wait=True, cancel_futures=True)
+                raise
         report.complete = True
         checkpoint.complete = True
         if not self.options.dry_run and self.options.checkpoint is not None:
             checkpoint.save(self.options.checkpoint)
         return report
 
-    def _process(self, batch: Sequence[Item | Unreadable], report: Report, primaries: _Primaries) -> None:
+    def _on_lane(
+        self, batch: Sequence[Item | Unreadable], primaries: _Primaries, free: queue.SimpleQueue[KmsClient]
+    ) -> Report:
+        """Processes one batch on a free lane's client; its counts go into a report of its own."""
+        client = free.get()
+        try:
+            counted = Report()
+            self._process(batch, counted, primaries, client)
+            return counted
+        finally:
+            free.put(client)
+
+    def _commit(self, batch: Sequence[Item | Unreadable], done: Future[Report], checkpoint: Checkpoint) -> None:
+        """The next batch in order is done (or raises what stopped it): its counts join the
+        report and the checkpoint moves past it."""
+        checkpoint.report.add(done.result())
+        checkpoint.position = batch[-1].position
+        if not self.options.dry_run and self.options.checkpoint is not None:
+            checkpoint.save(self.options.checkpoint)
+        self.on_progress(len(batch))
+
+    def _process(
+        self, batch: Sequence[Item | Unreadable], report: Report, primaries: _Primaries, client: KmsClient
+    ) -> None:
         report.scanned += len(batch)
         pending = [taken for item in batch if (taken := self._classify(item, report, primaries)) is not None]
         if not pending:
             return
-        results = self.client.rewrap_data_keys(
+        results = client.rewrap_data_keys(
             [(item.wrapped_key, dict(item.context)) for item, _ in pending],
             destination_key_id=self.options.destination_key_id,
         )
@@ -162,7 +217,7 @@ class RewrapJob:
                 report.already_current += 1
             elif (replacement := self._rebuilt(item, named, result, report)) is not None:
                 changed.append(replacement)
-        verified = self._verify(changed, report)
+        verified = self._verify(changed, report, client)
         if self.options.dry_run:
             report.rewrapped += len(verified)
             return
@@ -183,19 +238,33 @@ class RewrapJob:
             return None
         try:
             header = wrapped_key_format.parse(item.wrapped_key).header
+            named = (header.key_id, header.key_version)
         except InvalidCiphertext:
-            report.fail("not a wrapped key")
-            return None
-        named = (header.key_id, header.key_version)
+            try:  # format 2: a data subject's data key, which names its key but no version
+                named = (subject_key.parse(item.wrapped_key).key_id, 0)
+            except InvalidCiphertext:
+                report.fail("not a wrapped key")
+                return None
+            if not self.options.destination_key_id:
+                report.already_current += 1  # its subject's key moves onto each new version by itself
+                return None
         report.saw(*named)
-        if (broken := _sdk_key_mismatch(item, header.key_id)) is not None:
+        if (broken := _sdk_key_mismatch(item, named[0])) is not None:
             report.fail_on(broken, *named)
             return None
         if (refusal := self._refusal(item)) is not None:
             report.refuse(refusal, *named)
             return None
-        destination = self.options.destination_key_id or header.key_id
-        if destination == header.key_id and primaries.get(header.key_id) == header.key_version:
+        if (retention := primaries.retention(named[0])) is not None:
+            report.refuse(
+                f"refused: key {named[0]} has a retention_period of {retention.total_seconds() / 86400:g} days; "
+                "re-wrapping onto a newer version "
+                "would keep the data readable beyond it (RewrapDefeatsRetention), so it is left to expire",
+                *named,
+            )
+            return None
+        destination = self.options.destination_key_id or named[0]
+        if destination == named[0] and primaries.get(named[0]) == named[1]:
             report.already_current += 1
             return None
         return item, named
@@ -219,7 +288,7 @@ class RewrapJob:
             return None
         return Replacement(item, result.wrapped_key, result.key_id, result.key_version, named, value)
 
-    def _verify(self, changed: list[Replacement], report: Report) -> list[Replacement]:
+    def _verify(self, changed: list[Replacement], report: Report, client: KmsClient) -> list[Replacement]:
         """The replacements whose new values open as the application will open them
         (kms.rewrap.verify); every other one is counted as failed and left on its version."""
         readable: list[tuple[Replacement, verify.Reading]] = []
@@ -228,7 +297,7 @@ class RewrapJob:
                 readable.append((replacement, self._reading(replacement)))
             except verify.Unopenable as refused_by_reader:
                 report.fail_on(f"verification failed: {refused_by_reader}", *replacement.old)
-        problems = verify.confirm(self.client, [reading for _, reading in readable])
+        problems = verify.confirm(client, [reading for _, reading in readable])
         verified = []
         for (replacement, _), problem in zip(readable, problems, strict=True):
             if problem is None:
@@ -263,15 +332,31 @@ class _Primaries:
 
     def __init__(self, client: KmsClient) -> None:
         self._client = client
-        self._known: dict[str, tuple[float, int | None]] = {}
+        self._known: dict[str, tuple[float, int | None, timedelta | None]] = {}
+        self._lock = threading.Lock()  # lanes share it: one GetKey per key and refresh, not one per lane
 
     def get(self, key_id: str) -> int | None:
+        return self._read(key_id)[1]
+
+    def retention(self, key_id: str) -> timedelta | None:
+        """The key's retention_period, if it has one (keys with one are never re-wrapped)."""
+        return self._read(key_id)[2]
+
+    def _read(self, key_id: str) -> tuple[float, int | None, timedelta | None]:
+        known = self._known.get(key_id)
+        if known is not None and time.monotonic() - known[0] <= PRIMARY_REFRESH_SECONDS:
+            return known
+        with self._lock:
+            return self._refreshed(key_id)
+
+    def _refreshed(self, key_id: str) -> tuple[float, int | None, timedelta | None]:
         now = time.monotonic()
         known = self._known.get(key_id)
         if known is None or now - known[0] > PRIMARY_REFRESH_SECONDS:
             try:
-                primary: int | None = self._client.get_key(key_id).primary_version
+                key = self._client.get_key(key_id)
+                known = (now, key.primary_version, key.retention_period)
             except (KeyNotFound, PermissionDenied):
-                primary = None
-            known = self._known[key_id] = (now, primary)
-        return known[1]
+                known = (now, None, None)
+            self._known[key_id] = known
+        return known

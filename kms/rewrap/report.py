@@ -58,6 +58,25 @@ class Report:
         self.unknown_version += 1
         self.fail(reason)
 
+    def add(self, other: Report) -> None:
+        """Counts ``other``, the report of one batch, into this one (batches done in parallel
+        each count into a report of their own, added here in order)."""
+        self.scanned += other.scanned
+        self.rewrapped += other.rewrapped
+        self.already_current += other.already_current
+        self.changed_concurrently += other.changed_concurrently
+        self.failed += other.failed
+        self.refused += other.refused
+        self.unknown_version += other.unknown_version
+        failures = Counter(self.failures)
+        failures.update(other.failures)
+        self.failures = dict(failures)
+        for mine, theirs in ((self.found, other.found), (self.remaining, other.remaining)):
+            for key_id, versions in theirs.items():
+                counted = mine.setdefault(key_id, {})
+                for version, count in versions.items():
+                    counted[version] = counted.get(version, 0) + count
+
     def remaining_on(self, key_id: str, version: int) -> int:
         return self.remaining.get(key_id, {}).get(str(version), 0)
 

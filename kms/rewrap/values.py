@@ -12,6 +12,7 @@ import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from kms.crypto import subject_key
 from kms.crypto import wrapped_key as wrapped_key_format
 from kms.errors import InvalidCiphertext
 from kms_client import KmsError as KmsClientError
@@ -56,11 +57,13 @@ def read_value(data: bytes) -> StoredValue:
     """Recognizes ``data``, a whole stored value. Raises Unrecognized or UnreadableHeader."""
     if data.startswith(envelope.MAGIC):
         return StoredValue(bytes(data), read_sdk_ciphertext(io.BytesIO(data).read).sdk_header)
-    try:
-        wrapped_key_format.parse(data)
-    except InvalidCiphertext:
-        raise Unrecognized("neither a wrapped key nor an SDK ciphertext") from None
-    return StoredValue(bytes(data))
+    for parse in (wrapped_key_format.parse, subject_key.parse):  # formats 1 and 2
+        try:
+            parse(data)
+        except InvalidCiphertext:
+            continue
+        return StoredValue(bytes(data))
+    raise Unrecognized("neither a wrapped key nor an SDK ciphertext")
 
 
 def read_sdk_ciphertext(read: Callable[[int], bytes]) -> StoredValue:

@@ -3,16 +3,13 @@
 Each call's records are first appended to this replica's journal (a copy into a memory-mapped
 file, so they survive the process being killed the instant after the call returns), and only
 then is the result released; if the journal cannot be written the call fails with UNAVAILABLE
-(fail closed). A writer thread moves journaled records into the hash-chained, HSM-sealed log in
-batches. Calls fail closed too while the oldest record not yet in the chain has waited longer
-than ``max_lag`` seconds, whatever the cause: a database that refuses writes, or one whose
-writes hang on a lock, a slow disk or a dead connection. Nothing journaled is lost meanwhile.
-
-A batch whose commit may have happened although the writer saw an error (a lost
-acknowledgement) is re-sent only after asking which of its records the chain already holds,
-so replaying is idempotent whatever failed. At start, records a killed process had journaled
-but not chained are replayed the same way (every record carries its journal origin, unique in
-the chain).
+(fail closed). The audit writer, a process of its own (kms.audit_writer), moves journaled
+records into the hash-chained, HSM-sealed log in batches and reports how far it got; this
+process pays for a call's records with one copy into the journal and nothing else. Calls fail
+closed too while the oldest record not yet in the chain has waited longer than ``max_lag``
+seconds, whatever the cause: a database that refuses writes, one whose writes hang on a lock, a
+slow disk or a dead connection, a writer that died and is being started again. Nothing
+journaled is lost meanwhile, and nothing is chained twice (kms.service.audit_chainer).
 
 With ``fail_open`` a record that cannot be journaled is written to the service log instead and
 the call proceeds.
@@ -24,79 +21,64 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime
+from typing import Any
 
-from kms.crashpoints import crash_point
 from kms.crypto.context import encode_context
-from kms.domain.audit import FIELD_LIMITS, AuditEntry, AuditRecord, Verification, context_digest, verify
+from kms.domain.audit import (
+    FIELD_LIMITS,
+    AuditEntry,
+    AuditRecord,
+    ChainProgress,
+    JournalPosition,
+    Verification,
+    context_digest,
+    verify,
+)
 from kms.domain.keys import validate_key_id
 from kms.domain.policy import Permission
 from kms.domain.text import validate_text
-from kms.errors import AuditTampered, AuditUnavailable, KmsError
-from kms.ports import AuditJournal, AuditRepository, AuditSeal, Clock
+from kms.errors import AuditUnavailable, RateLimited
+from kms.ports import AuditJournal, AuditRepository, AuditSeal, AuditWriter
 from kms.service.authz import Authorizer
 from kms.service.calls import Call
+from kms.service.pacing import Pacer
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_START, _BACKOFF_MAX = 0.05, 2.0
-# Calls never wait for chaining, so the writer lets records gather: one sealed transaction per
-# interval costs little per record, where one per record would cost a commit and a seal each.
-CHAIN_INTERVAL = 0.05
-
-
-@dataclass(slots=True)
-class _Pending:
-    origin: str
-    entry: AuditEntry
-    # The chain may hold it already: replayed from the journal after a restart, or part of a
-    # batch whose commit outcome is unknown. Such records are checked by origin before sending.
-    maybe_chained: bool
-    journaled: float  # time.monotonic() when it was journaled
+VERIFY_RETRY_AFTER = 5.0  # seconds a refused verification is told to wait
 
 
 class AuditLog:
     def __init__(
         self,
-        repository: AuditRepository,
-        seal: AuditSeal,
-        clock: Clock,
         journal: AuditJournal,
+        writer: AuditWriter,
         *,
         fail_open: bool = False,
         max_lag: float = 5.0,
         max_backlog: int = 200_000,
-        max_batch: int = 2000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._repository = repository
-        self._seal = seal
-        self._clock = clock
+        """Starts ``writer`` on ``journal`` (waiting briefly for it to be ready)."""
         self._journal = journal
+        self._writer = writer
         self._fail_open = fail_open
         self._max_lag = max_lag
         self._max_backlog = max_backlog
-        self._max_batch = max_batch
         self._monotonic = monotonic
-        # Records journaled but not yet in the chain, in order.
-        self._pending: deque[_Pending] = deque()
-        self._in_flight: list[_Pending] = []
-        self._condition = threading.Condition()
-        self._failing_since: float | None = None
-        self._tampered = False
-        self._stopping = False
-        self._flushing = 0
-        recovered = journal.recover()
-        started = monotonic()
-        self._pending.extend(_Pending(origin, entry, True, started) for origin, entry in recovered)
-        if recovered:
-            log.warning(
-                "replaying audit records journaled before a restart", extra={"fields": {"records": len(recovered)}}
-            )
-        self._thread = threading.Thread(target=self._write_loop, name="kms-audit", daemon=True)
-        self._thread.start()
+        # What was journaled and is not known to be chained yet, in journal order:
+        # (position of the append's last record, its records, when it was journaled).
+        self._pending: deque[tuple[JournalPosition, int, float]] = deque()
+        self._backlog = 0  # records in _pending
+        self._lock = threading.Lock()  # appends and their place in _pending, in one order
+        self._reported = threading.Condition()
+        self._state = "ok"
+        if journal.backlog is not None:  # an earlier process's records: they count from now
+            self._pending.append((journal.backlog, 0, monotonic()))
+        writer.start(self._on_progress)
 
     def record(self, entries: Sequence[AuditEntry], *, fail_open: bool = False) -> None:
         """Returns once ``entries`` are journaled; raises AuditUnavailable if they cannot be
@@ -108,10 +90,13 @@ class AuditLog:
         if not entries:
             return
         try:
-            if self._tampered or not self._thread.is_alive():
+            if self._state == "tampered":
                 raise AuditUnavailable()
-            origins = self._journal.append(list(entries))
-        except Exception as error:  # whatever stops the journal, the call must not go on unrecorded
+            with self._lock:
+                position = self._journal.append(entries)
+                self._pending.append((position, len(entries), self._monotonic()))
+                self._backlog += len(entries)
+        except Exception as error:  # noqa: BLE001 - whatever stops the journal, the call must not go on unrecorded
             if not isinstance(error, AuditUnavailable):
                 log.error("audit journal cannot be written", extra={"fields": {"error": _describe(error)}})
             if self._fail_open or fail_open:
@@ -119,9 +104,6 @@ class AuditLog:
                     log.error("audit record not stored (fail-open)", extra={"fields": asdict(entry)})
                 return
             raise AuditUnavailable() from None
-        now = self._monotonic()
-        # deque.extend is atomic: no lock on the hot path; the writer polls at CHAIN_INTERVAL.
-        self._pending.extend(_Pending(o, e, False, now) for o, e in zip(origins, entries, strict=True))
 
     @property
     def fail_open(self) -> bool:
@@ -131,21 +113,18 @@ class AuditLog:
         """Raises AuditUnavailable while the oldest record not yet chained is older than
         ``max_lag``, while the backlog is too long, and at once when the chain turned out to be
         tampered with."""
-        if self._tampered or not self._thread.is_alive():
+        if self._state == "tampered":
             raise AuditUnavailable()
         oldest = self.oldest_unchained()
         if oldest is not None and self._monotonic() - oldest > self._max_lag:
             raise AuditUnavailable()
-        if len(self._pending) + len(self._in_flight) > self._max_backlog:
+        if self._backlog > self._max_backlog:
             raise AuditUnavailable()
 
     def oldest_unchained(self) -> float | None:
         """When the oldest record that is not in the chain yet was journaled (monotonic)."""
-        in_flight = self._in_flight
-        if in_flight:
-            return in_flight[0].journaled
         try:
-            return self._pending[0].journaled
+            return self._pending[0][2]
         except IndexError:
             return None
 
@@ -153,94 +132,33 @@ class AuditLog:
         """Waits until every record journaled so far is in the chain; False on timeout, and at
         once while the chain cannot be written."""
         deadline = time.monotonic() + timeout
-        with self._condition:
-            self._flushing += 1
-            self._condition.notify_all()
-            try:
-                while (self._pending or self._in_flight) and self._failing_since is None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._condition.wait(min(remaining, 0.05))
-            finally:
-                self._flushing -= 1
-        return not (self._pending or self._in_flight)
+        self._writer.hurry()
+        with self._reported:
+            while self._pending and self._state == "ok":
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._reported.wait(min(remaining, 0.05))
+        return not self._pending
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Chains what is pending (within ``timeout``), then ends the writer."""
+        """Chains what is pending (within ``timeout``), then stops the writer."""
         self.flush(timeout)
-        with self._condition:
-            self._stopping = True
-            self._condition.notify_all()
-        self._thread.join(timeout=5)
+        self._writer.stop(timeout)
         self._journal.close()
 
-    def _write_loop(self) -> None:
-        backoff = _BACKOFF_START
-        while True:
-            with self._condition:
-                if len(self._pending) < self._max_batch and not self._flushing and not self._stopping:
-                    self._condition.wait(CHAIN_INTERVAL)  # let a batch gather (woken early by flush)
-                if self._stopping:
-                    return
-            batch: list[_Pending] = []
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._pending.popleft())  # atomic, as the callers' appends are
-                except IndexError:
-                    break
-            if not batch:
-                continue
-            self._in_flight = batch
-            written = self._write(batch)
-            if not written:
-                for pending in batch:
-                    pending.maybe_chained = True  # the commit may have happened all the same
-                self._pending.extendleft(reversed(batch))  # back in front, in order
-            self._in_flight = []
-            with self._condition:
-                self._condition.notify_all()
-            if written:
-                backoff = _BACKOFF_START
-            else:
-                time.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX)
-
-    def _write(self, batch: list[_Pending]) -> bool:
-        items = [(pending.origin, pending.entry) for pending in batch]
-        try:
-            if any(pending.maybe_chained for pending in batch):
-                done = self._repository.recorded_origins([origin for origin, _ in items])
-                items = [item for item in items if item[0] not in done]
-            crash_point("audit.before_chain")
-            if items:
-                self._repository.append(items, self._seal, self._clock.now())
-            crash_point("audit.after_chain")
-        except AuditTampered as error:
-            self._tampered = True
-            self._failing(logging.CRITICAL, "audit log tampered; refusing to extend it", error.message)
-            return False
-        except KmsError as error:
-            self._failing(logging.ERROR, "audit records not chained yet", error.message)
-            return False
-        except Exception:
-            log.exception("audit records not chained yet")
-            self._failing_since = self._failing_since or time.monotonic()
-            return False
-        try:
-            self._journal.committed([pending.origin for pending in batch])
-        except OSError as error:  # a journal file that cannot be deleted only costs disk space
-            log.warning("chained audit journal file not removed", extra={"fields": {"error": _describe(error)}})
-        if self._failing_since is not None:
-            log.info("audit chain caught up", extra={"fields": {"records": len(batch)}})
-        self._failing_since = None
-        self._tampered = False
-        return True
-
-    def _failing(self, level: int, event: str, detail: str) -> None:
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.log(level, event, extra={"fields": {"error": detail, "pending": len(self._pending)}})
+    def _on_progress(self, progress: ChainProgress) -> None:
+        if progress.state != self._state:
+            level = logging.CRITICAL if progress.state == "tampered" else logging.INFO
+            log.log(level, "audit writer state", extra={"fields": {"state": progress.state, "was": self._state}})
+        self._state = progress.state
+        through = progress.through
+        with self._reported:
+            if through is not None:
+                pending = self._pending
+                while pending and pending[0][0] <= through:
+                    self._backlog -= pending.popleft()[1]
+            self._reported.notify_all()
 
 
 def _describe(error: Exception) -> str:
@@ -250,7 +168,13 @@ def _describe(error: Exception) -> str:
 class AuditService:
     """Reading and verifying the log (the audit-read permission: on "*" for the whole log, on a
     key for that key's records). Both first wait briefly for this replica's journaled records to
-    reach the chain, so that they include every call made so far."""
+    reach the chain, so that they include every call made so far.
+
+    Verifying walks the whole log, which may take minutes of hashing and HSM checks; inside the
+    serving process that time would come out of every other call's. So one verification runs
+    at a time per process (another is RateLimited), and it is paced to ``verify_share`` of one
+    core (kms.service.pacing). ``kms audit verify --local`` does the same work in the
+    operator's process, reading the database and asking the HSM directly."""
 
     def __init__(
         self,
@@ -259,12 +183,18 @@ class AuditService:
         log: AuditLog,
         authorizer: Authorizer,
         digests: ContextDigests,
+        *,
+        verify_share: float = 0.1,
+        pacer: Callable[[float], Pacer] = Pacer,
     ) -> None:
         self._repository = repository
         self._seal = seal
         self._log = log
         self._authorizer = authorizer
         self._digests = digests
+        self._verify_share = verify_share
+        self._pacer = pacer
+        self._verifying = threading.Lock()
 
     def events(
         self,
@@ -298,8 +228,28 @@ class AuditService:
 
     def verify(self, call: Call) -> Verification:
         self._authorizer.require(call, Permission.AUDIT_READ, "*")
-        self._log.flush(timeout=5)
-        return verify(self._repository.records(), self._repository.checkpoints(), self._seal.check)
+        if not self._verifying.acquire(blocking=False):
+            raise RateLimited("audit verification (one at a time)", VERIFY_RETRY_AFTER)
+        try:
+            self._log.flush(timeout=5)
+            return verify_log(self._repository, self._seal, self._pacer(self._verify_share).paced)
+        finally:
+            self._verifying.release()
+
+
+def verify_log(
+    repository: AuditRepository,
+    seal: AuditSeal,
+    paced: Callable[[Iterable[Any]], Iterable[Any]] = lambda items: items,
+) -> Verification:
+    """Walks the whole log as it stood when called: the records and checkpoints up to the highest
+    seq either held then. Appends that commit during the walk (the writer does not stop for it)
+    are left out: seen by one reader and not the other, they would look like records appended,
+    or cut off, outside the service. ``paced`` wraps both streams (kms.service.pacing)."""
+    through = repository.last_seq()
+    return verify(
+        paced(repository.records(through_seq=through)), paced(repository.checkpoints(through_seq=through)), seal.check
+    )
 
 
 class ContextDigests:
@@ -307,20 +257,31 @@ class ContextDigests:
     inside the HSM from the seal key once, on first use (kms.domain.audit.context_digest)."""
 
     PURPOSE = b"audit-context-digest"
+    # Most calls repeat a few contexts (a tenant, a purpose), and every call records one digest:
+    # remembered digests save an HMAC per call. Bounded; cleared whole when full.
+    REMEMBERED = 4096
 
     def __init__(self, seal: AuditSeal) -> None:
         self._seal = seal
         self._key: bytes | None = None
         self._lock = threading.Lock()
+        self._remembered: dict[bytes, str] = {}
 
     def __repr__(self) -> str:
         return "ContextDigests()"
 
     def of(self, encoded_context: bytes) -> str:
+        digest = self._remembered.get(encoded_context)
+        if digest is not None:
+            return digest
         key = self._key
         if key is None:
             with self._lock:
                 if self._key is None:
                     self._key = self._seal.derive(self.PURPOSE)
                 key = self._key
-        return context_digest(key, encoded_context)
+        digest = context_digest(key, encoded_context)
+        if len(self._remembered) >= self.REMEMBERED:
+            self._remembered.clear()
+        self._remembered[encoded_context] = digest
+        return digest

@@ -42,6 +42,9 @@ from kms.service.calls import SYSTEM_PREFIX, Call
 
 log = logging.getLogger(__name__)
 
+# Positions of the ledger a policy load tries before it keeps what verifies without reporting.
+_LOAD_ATTEMPTS = 10
+
 
 class PolicyVerifier(Protocol):
     """Which stored grants and memberships the metadata ledger vouches for
@@ -55,9 +58,9 @@ class PolicyVerifier(Protocol):
 
     def refresh(self) -> None: ...
 
-    def grant_verified(self, grant: Grant) -> bool: ...
+    def grant_verified(self, grant: Grant, *, report: bool = True) -> bool: ...
 
-    def member_verified(self, group: str, identity: str) -> bool: ...
+    def member_verified(self, group: str, identity: str, *, report: bool = True) -> bool: ...
 
 
 class PolicyCache:
@@ -76,17 +79,27 @@ class PolicyCache:
         self._warned: set[str] = set()
 
     def refresh(self, force: bool = True) -> None:
-        if self._verifier.problem is not None:
-            self._policy = ({}, {})  # nothing in the database can be believed
-            return
-        with self._loading:
-            snapshot = self._repository.snapshot()
-            caught_up = snapshot.revision <= self._verifier.seq
-            if caught_up:
-                self._load(snapshot)
-        if not caught_up:
-            # Rows newer than the ledger this replica has read: catch up first (which reloads
-            # the policy through the ledger's listener), or they would look forged.
+        """Loads the rows the ledger vouches for, judged against the ledger as this replica has
+        read it and at the same position: rows read at a later position are caught up with
+        first (they would look forged), and rows judged while this replica read further are
+        judged again (a grant revoked meanwhile would look restored). Other replicas and
+        workers append entries (of keys, too) all the time, so a position is tried several
+        times; the last try keeps what verifies and reports nothing."""
+        for attempt in range(_LOAD_ATTEMPTS):
+            if self._verifier.problem is not None:
+                self._policy = ({}, {})  # nothing in the database can be believed
+                return
+            with self._loading:
+                before = self._verifier.seq
+                snapshot = self._repository.snapshot()
+                if snapshot.revision <= before:
+                    refused = self._load(snapshot)
+                    if snapshot.revision == before == self._verifier.seq:
+                        self._report(refused)
+                        return
+                    if attempt == _LOAD_ATTEMPTS - 1:
+                        return
+                    continue
             self._verifier.refresh()
 
     def check_trusted(self) -> None:
@@ -111,17 +124,31 @@ class PolicyCache:
     def members(self) -> list[tuple[str, str]]:
         return sorted((group, identity) for identity, groups in self._policy[1].items() for group in groups)
 
-    def _load(self, snapshot: PolicySnapshot) -> None:
+    def _load(self, snapshot: PolicySnapshot) -> list[Grant | tuple[str, str]]:
+        """Keeps the rows that verify; returns the others, not yet reported."""
+        refused: list[Grant | tuple[str, str]] = []
         by_principal: dict[str, list[Grant]] = defaultdict(list)
         for grant in snapshot.grants:
-            if self._verifier.grant_verified(grant):
+            if self._verifier.grant_verified(grant, report=False):
                 self._warn_if_inert(grant)
                 by_principal[grant.principal].append(grant)
+            else:
+                refused.append(grant)
         groups: dict[str, set[str]] = defaultdict(set)
         for group, identity in snapshot.members:
-            if self._verifier.member_verified(group, identity):
+            if self._verifier.member_verified(group, identity, report=False):
                 groups[identity].add(group)
+            else:
+                refused.append((group, identity))
         self._policy = (dict(by_principal), {identity: frozenset(names) for identity, names in groups.items()})
+        return refused
+
+    def _report(self, refused: list[Grant | tuple[str, str]]) -> None:
+        for row in refused:
+            if isinstance(row, Grant):
+                self._verifier.grant_verified(row)
+            else:
+                self._verifier.member_verified(*row)
 
     def _warn_if_inert(self, grant: Grant) -> None:
         """Grants stored by an older version under rules since tightened (a prefix that does not
@@ -163,7 +190,12 @@ class QuotaBook:
             return
         now = self._monotonic()
         with self._lock:
-            wait = self._bucket(identity, permission, limit, now).take(count, now)
+            bucket = self._bucket(identity, permission, limit, now)
+            # A call of more items than the burst could never be served: it waits for a full
+            # bucket instead and leaves the bucket in debt for the rest (as far as -burst).
+            wait = bucket.take(min(count, limit.burst), now)
+            if not wait and count > limit.burst:
+                bucket.charge(count - limit.burst, now)
         if wait:
             raise RateLimited(permission.value, wait)
 
@@ -223,15 +255,22 @@ class Authorizer:
             self._quotas.charge_failures(call.identity, count)
 
     def require(
-        self, call: Call, permission: Permission, key_id: str, context: Mapping[str, str] | None = None
+        self,
+        call: Call,
+        permission: Permission,
+        key_id: str,
+        context: Mapping[str, str] | None = None,
+        *,
+        uses: int = 1,
     ) -> None:
         """Raises PermissionDenied (or Unauthenticated for a caller without identity) unless a
-        grant allows ``permission`` on ``key_id`` with ``context``; then takes one quota token."""
+        grant allows ``permission`` on ``key_id`` with ``context``; then takes ``uses`` quota
+        tokens (one per item the call does, as for batches)."""
         if not self.is_superuser(call):
             decision = decide(self._policies.grants(call.identity, call.groups), permission, key_id, context)
             if not decision.allowed:
                 raise self._denial(call, permission, f"key {key_id!r}", decision)
-        self._quotas.take(call.identity, permission)
+        self._quotas.take(call.identity, permission, uses)
 
     def holds_anywhere(self, call: Call, permission: Permission) -> bool:
         """Whether some grant gives ``permission`` on some key (streams are opened only by

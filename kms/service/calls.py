@@ -4,7 +4,7 @@ arguments."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from kms.errors import DeadlineExceeded, KmsError
 
@@ -90,7 +90,17 @@ class Call:
 
     def for_item(self) -> Call:
         """The same caller and deadline with a trail of its own, for one item of a batch."""
-        return replace(self, trail=Trail())
+        # Built field by field (every field but the trail): dataclasses.replace costs several
+        # times more, and this runs once per item of every batch and stream.
+        return Call(
+            identity=self.identity,
+            request_id=self.request_id,
+            peer=self.peer,
+            method=self.method,
+            deadline=self.deadline,
+            groups=self.groups,
+            trail=Trail(),
+        )
 
 
 SYSTEM_PREFIX = "kms:"

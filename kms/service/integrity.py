@@ -36,6 +36,7 @@ from prometheus_client import Gauge
 
 from kms.domain.keys import Key
 from kms.domain.ledger import (
+    ERASURE,
     GRANT,
     KEY,
     MEMBER,
@@ -44,6 +45,8 @@ from kms.domain.ledger import (
     LedgerEntry,
     LedgerHead,
     LedgerState,
+    erasure_digest,
+    erasure_name,
     grant_digest,
     head_message,
     key_digest,
@@ -51,6 +54,7 @@ from kms.domain.ledger import (
     member_name,
 )
 from kms.domain.policy import Grant, PolicySnapshot
+from kms.domain.privacy import Erasure
 from kms.errors import (
     DatabaseUnavailable,
     HsmUnavailable,
@@ -63,7 +67,20 @@ from kms.ports import AuditSeal
 
 log = logging.getLogger(__name__)
 
-REJECTED = Gauge("kms_metadata_rows_rejected", "Protected rows whose content the ledger does not vouch for", ["kind"])
+# Under kms serve --workers every worker follows the ledger and reports the same rows: the
+# highest count among live workers. The position read is per worker (a pid label), so that a
+# worker that lags behind the others shows.
+REJECTED = Gauge(
+    "kms_metadata_rows_rejected",
+    "Protected rows whose content the ledger does not vouch for",
+    ["kind"],
+    multiprocess_mode="livemax",
+)
+LEDGER_SEQ = Gauge(
+    "kms_metadata_ledger_seq",
+    "The newest metadata ledger entry this process has applied to its caches",
+    multiprocess_mode="liveall",
+)
 
 
 class LedgerReader(Protocol):
@@ -112,12 +129,20 @@ class MetadataIntegrity:
         self._state = LedgerState()
         self._lock = threading.Lock()  # one reader of the ledger at a time
         self._last_read: float | None = None
+        self._read_began: float | None = None  # when the last completed read started
+        # Changes read and not yet handed to the caches, in ledger order. Whoever reads the
+        # ledger, every caller of refresh or observe hands over all of them before it returns,
+        # so that a change another thread has just read is never missing from the caches when
+        # this one acts on what it read (kms.service.key_cache, the policy cache).
+        self._pending: list[Change] = []
+        self._delivering = threading.RLock()  # reentrant: a cache may read the ledger as it is told
         self._anchored = (0, "")
         self._last_anchor = 0.0
         self._lost: str | None = None
         self._rejected: dict[tuple[str, str], str] = {}
         self._key_listeners: list[Callable[[Iterable[str]], None]] = []
         self._policy_listeners: list[Callable[[], None]] = []
+        self._erasure_listeners: list[Callable[[Iterable[str]], None]] = []
         self._reporter: Reporter | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="kms-ledger", daemon=True)
@@ -129,6 +154,10 @@ class MetadataIntegrity:
 
     def on_policy_changed(self, listener: Callable[[], None]) -> None:
         self._policy_listeners.append(listener)
+
+    def on_erasures(self, listener: Callable[[Iterable[str]], None]) -> None:
+        """``listener`` receives the names ("key id LF subject digest") of erasures appended."""
+        self._erasure_listeners.append(listener)
 
     def report_to(self, reporter: Reporter) -> None:
         self._reporter = reporter
@@ -159,26 +188,65 @@ class MetadataIntegrity:
                     self._reporter.integrity_event("LedgerAdopted", "ledger", "", f"{sealed} rows sealed as found")
         self.anchor_now()
 
-    def refresh(self) -> None:
+    def refresh(self, *, unless_read_since: float | None = None) -> None:
         """Reads and checks the entries appended since the last read, then tells the caches
         what changed. Raises DatabaseUnavailable when the ledger cannot be read; a ledger that
-        does not verify is not raised but recorded (every later check then refuses)."""
+        does not verify is not raised but recorded (every later check then refuses).
+        ``unless_read_since``: no read if one that began at or after that moment
+        (time.monotonic()) has completed meanwhile; what it found is delivered all the same."""
         with self._lock:
-            changes: list[Change] = []
-            while True:
-                entries, head = self._ledger.read(self._state.seq)
-                try:
-                    changes += self._check(entries, head)
-                except (BrokenChain, LedgerTampered) as problem:
-                    self._lose(str(problem))
-                    return
-                except HsmAnswer as unanswered:
-                    raise HsmUnavailable(str(unanswered)) from None
-                if self._state.seq >= head.seq:
-                    break
-            self._last_read = self._monotonic()
-        self._notify(changes)
+            due = unless_read_since is None or (self._read_began or -1.0) < unless_read_since
+            if due and not self._read():
+                return
+        self._deliver()
         self._advance_anchor_lazily()
+
+    def _read(self) -> bool:
+        """The read itself, with the lock held: the changes go to ``_pending``. False when the
+        ledger was refused as a whole (the caches have been told)."""
+        began = self._monotonic()
+        changes: list[Change] = []
+        anchored: tuple[int, str] | None = None
+        while True:
+            entries, head = self._ledger.read(self._state.seq)
+            try:
+                changes += self._check(entries, head, anchored)
+            except _AnchorAhead as ahead:
+                if anchored is not None:
+                    self._lose(str(ahead))
+                    return False
+                # The anchor was read after the ledger, and another replica may have
+                # appended and anchored in between: judge a newer read of the ledger against
+                # that anchor, which was read before it. A rolled-back database stays behind.
+                anchored = ahead.anchored
+                continue
+            except (BrokenChain, LedgerTampered) as problem:
+                self._lose(str(problem))
+                return False
+            except HsmAnswer as unanswered:
+                raise HsmUnavailable(str(unanswered)) from None
+            if self._state.seq >= head.seq:
+                break
+        self._last_read = self._monotonic()
+        self._read_began = began
+        self._pending += changes
+        return True
+
+    def _deliver(self) -> None:
+        """Hands every change read so far, by any thread, to the caches."""
+        with self._delivering:
+            with self._lock:
+                changes, self._pending = self._pending, []
+            self._notify(changes)
+            LEDGER_SEQ.set(self._state.seq)
+
+    def refresh_now(self) -> None:
+        """A read of the ledger that begins after this call does, shared: callers that ask
+        while one read is under way wait for it and then share the next one, so that however
+        many ask at once, at most two reads run one after the other. A read that merely ended
+        after a change committed elsewhere may have begun before it, and is not enough to say
+        the change does not exist (kms.service.key_cache.KeyCache.caught_up)."""
+        self.refresh(unless_read_since=self._monotonic())
 
     def observe(self, entries: list[LedgerEntry]) -> None:
         """Entries this process appended in a transaction that has committed: applied at once
@@ -193,12 +261,17 @@ class MetadataIntegrity:
                     changes = self._state.apply(entries)
                 except BrokenChain:
                     changes = None
+            if changes is not None:
+                self._pending += changes
         if changes is None:
             self.refresh()
         else:
-            self._notify(changes)  # other caches of this process drop what they held
+            self._deliver()  # other caches of this process drop what they held
 
-    def _check(self, entries: list[LedgerEntry], head: LedgerHead) -> list[Change]:
+    def _check(
+        self, entries: list[LedgerEntry], head: LedgerHead, anchored: tuple[int, str] | None = None
+    ) -> list[Change]:
+        """``anchored``: the anchor as read before this read of the ledger (else read now)."""
         if head.seq < self._state.seq:
             raise LedgerTampered(
                 f"the metadata ledger went back from entry {self._state.seq} to {head.seq} (rolled back)"
@@ -210,11 +283,12 @@ class MetadataIntegrity:
                 raise LedgerTampered(f"the metadata ledger's head does not match entry {head.seq}")
             if head.seq and not self._sealed(head):
                 raise LedgerTampered(f"the metadata ledger's head (entry {head.seq}) is not sealed by the HSM")
-            anchored_seq, anchored_hash = self._anchor.read()
+            anchored_seq, anchored_hash = anchored or self._anchor.read()
             if head.seq < anchored_seq or (head.seq == anchored_seq and anchored_hash and head.hash != anchored_hash):
-                raise LedgerTampered(
+                raise _AnchorAhead(
                     f"the metadata ledger ends at entry {head.seq} but the HSM anchor vouches for entry "
-                    f"{anchored_seq}: the database was rolled back"
+                    f"{anchored_seq}: the database was rolled back",
+                    (anchored_seq, anchored_hash),
                 )
             self._anchored = max(self._anchored, (anchored_seq, anchored_hash))
         return self._state.apply(entries)
@@ -240,8 +314,12 @@ class MetadataIntegrity:
             for listener in self._key_listeners:
                 listener(keys)
         if any(change.kind in (GRANT, MEMBER) for change in changes):
-            for listener in self._policy_listeners:
-                listener()
+            for policy_listener in self._policy_listeners:
+                policy_listener()
+        erased = [change.name for change in changes if change.kind == ERASURE]
+        if erased:
+            for erasure_listener in self._erasure_listeners:
+                erasure_listener(erased)
 
     def _notify_everything(self) -> None:
         for policy_listener in self._policy_listeners:
@@ -256,11 +334,22 @@ class MetadataIntegrity:
 
     # -- checking everything (kms db verify, kms db accept-restore) -----------------------
 
-    def verify_rows(self, keys: Iterable[Key], snapshot: PolicySnapshot) -> list[RowProblem]:
+    def verify_rows(
+        self, keys: Iterable[Key], snapshot: PolicySnapshot, erasures: Iterable[Erasure] | None = None
+    ) -> list[RowProblem]:
         """Every protected row against the ledger: rows it does not vouch for, and rows it names
-        that are missing. The ledger itself must have been read (catch_up)."""
+        that are missing (erasure receipts only when ``erasures`` are given). The ledger itself
+        must have been read (catch_up)."""
         problems = [RowProblem("ledger", "", self._lost)] if self._lost else []
-        seen: dict[str, set[str]] = {KEY: set(), GRANT: set(), MEMBER: set()}
+        seen: dict[str, set[str]] = {KEY: set(), GRANT: set(), MEMBER: set(), ERASURE: set()}
+        for erasure in erasures or ():
+            name = erasure_name(erasure.key_id, erasure.subject_digest)
+            seen[ERASURE].add(name)
+            expected = self._state.expected(ERASURE, name)
+            if expected is None:
+                problems.append(RowProblem(ERASURE, name, "erasure record without a ledger entry"))
+            elif expected[1] != erasure_digest(erasure):
+                problems.append(RowProblem(ERASURE, name, "erasure record changed outside the service"))
         for key in keys:
             seen[KEY].add(key.key_id)
             try:
@@ -276,9 +365,11 @@ class MetadataIntegrity:
             seen[MEMBER].add(name)
             if not self.member_verified(group, identity):
                 problems.append(RowProblem(MEMBER, name, self._rejected.get((MEMBER, name), "")))
-        for kind in (KEY, GRANT, MEMBER):
-            for name in sorted(set(self._state.live(kind)) - seen[kind]):
-                problems.append(RowProblem(kind, name, "row missing (deleted outside the service)"))
+        for kind in (KEY, GRANT, MEMBER) + ((ERASURE,) if erasures is not None else ()):
+            problems.extend(
+                RowProblem(kind, name, "row missing (deleted outside the service)")
+                for name in sorted(set(self._state.live(kind)) - seen[kind])
+            )
         return problems
 
     def accept_restore(self, anchor: ResettableAnchor) -> tuple[int, int]:
@@ -356,6 +447,11 @@ class MetadataIntegrity:
         if self._lost is not None:
             raise MetadataIntegrityLost(self._lost)
         if self._last_read is None or self._monotonic() - self._last_read > self._max_stale:
+            if not self._thread.is_alive():
+                # No poller (a command-line process): read the ledger now, as the poller would.
+                self.refresh()
+                if self._lost is None and self._last_read is not None:
+                    return
             raise DatabaseUnavailable("metadata cannot be checked: the ledger has not been read recently")
 
     def key_known(self, key_id: str) -> bool:
@@ -363,6 +459,16 @@ class MetadataIntegrity:
         self.check_usable()
         expected = self._state.expected(KEY, key_id)
         return expected is not None and bool(expected[1])
+
+    def erased(self, key_id: str, subject_digest: str) -> bool:
+        """Whether the ledger records an erasure of that subject of ``key_id``: its key is then
+        refused whatever the database holds (a row restored, a receipt deleted)."""
+        return self._state.expected(ERASURE, erasure_name(key_id, subject_digest)) is not None
+
+    def verified_erasure(self, erasure: Erasure) -> bool:
+        """Whether a stored receipt is the one the ledger recorded."""
+        expected = self._state.expected(ERASURE, erasure_name(erasure.key_id, erasure.subject_digest))
+        return expected is not None and expected[1] == erasure_digest(erasure)
 
     def expected_revision(self, key_id: str) -> int | None:
         expected = self._state.expected(KEY, key_id)
@@ -391,7 +497,8 @@ class MetadataIntegrity:
         """Reports a key the ledger has and the database does not."""
         self._reject(KEY, key_id, "row missing (deleted outside the service)")
 
-    def grant_verified(self, grant: Grant) -> bool:
+    def grant_verified(self, grant: Grant, *, report: bool = True) -> bool:
+        """Whether the ledger vouches for ``grant``; when not and ``report``, it is reported."""
         expected = self._state.expected(GRANT, grant.grant_id)
         if self._lost is None and expected is not None and expected[1] and expected[1] == grant_digest(grant):
             return True
@@ -401,17 +508,19 @@ class MetadataIntegrity:
             problem = "revoked grant restored"
         else:
             problem = "grant changed outside the service"
-        self._reject(GRANT, grant.grant_id, problem)
+        if report:
+            self._reject(GRANT, grant.grant_id, problem)
         return False
 
-    def member_verified(self, group: str, identity: str) -> bool:
+    def member_verified(self, group: str, identity: str, *, report: bool = True) -> bool:
         name = member_name(group, identity)
         expected = self._state.expected(MEMBER, name)
         if self._lost is None and expected is not None and expected[1] == member_digest(group, identity):
             return True
-        self._reject(
-            MEMBER, name, "membership without a ledger entry" if not expected else "removed membership restored"
-        )
+        if report:
+            self._reject(
+                MEMBER, name, "membership without a ledger entry" if not expected else "removed membership restored"
+            )
         return False
 
     def _reject(self, kind: str, name: str, problem: str) -> None:
@@ -452,3 +561,12 @@ class ResettableAnchor(Anchor, Protocol):
 
 class HsmAnswer(Exception):
     """The HSM did not answer a seal check (not a verdict on the ledger)."""
+
+
+class _AnchorAhead(Exception):
+    """The ledger read ends before the anchor (or at it with another hash): a rollback, unless
+    the anchor moved after the ledger was read."""
+
+    def __init__(self, detail: str, anchored: tuple[int, str]) -> None:
+        super().__init__(detail)
+        self.anchored = anchored

@@ -4,8 +4,12 @@ A key is read from the database once, checked against the metadata ledger (a row
 does not vouch for is never used, kms.service.integrity), and then kept until the ledger names
 a newer revision of it. The ledger is polled every KMS_POLICY_POLL_INTERVAL, so a change made by
 another replica (a rotation, a disabled version) is seen here within one poll, however many
-versions the key has; changes made through this process apply at once. A key the ledger does
-not know is reported missing without asking the database.
+versions the key has; changes made through this process apply at once. A key or version this
+process does not know makes it read the ledger once more, in a read that begins after the call
+asked, before it is reported missing: it may have been made elsewhere (another replica, another
+worker of ``kms serve --workers``) since the last poll, and a caller that was told of it must
+find it. Callers that miss at once share one read. The key's row is read only if the ledger
+knows the key.
 
 If the database cannot be reached, cached keys keep serving until the ledger has gone unread
 for ``max_stale`` seconds (KMS_METADATA_MAX_STALE), so a short outage does not stop
@@ -45,9 +49,16 @@ class KeyVerifier(Protocol):
 
     def refresh(self) -> None: ...
 
+    def refresh_now(self) -> None: ...
+
     def row_missing(self, key_id: str) -> None: ...
 
     def observe(self, entries: list[LedgerEntry]) -> None: ...
+
+
+# How many times a key's row and the ledger are read again while their revisions differ (changed
+# between the two reads) before the row is judged.
+SETTLE_ATTEMPTS = 3
 
 
 class KeyCache:
@@ -102,6 +113,17 @@ class KeyCache:
             self._verifier.refresh()
             return self._verifier.check_key(stored)
 
+    def caught_up(self, key_id: str) -> Key:
+        """The key after reading the ledger once more: for a key, or a version of it, that this
+        process does not know yet but that another replica (another worker of this server) may
+        have made since the last poll, so that it is not reported missing, or a wrapped key
+        under it invalid, once its maker has answered. Callers that miss at once share one
+        read of the ledger (an indexed read of its head when nothing changed); a caller that
+        keeps naming versions that do not exist is answered InvalidCiphertext each time, and so
+        spends its budget of refused calls (KMS_QUOTA_FAILURES)."""
+        self._verifier.refresh_now()
+        return self.get(key_id)
+
     def read_through(self, key_id: str) -> Key:
         """The key read from the database now (fresh usage counts), checked like any read."""
         self._verifier.check_usable()
@@ -121,7 +143,9 @@ class KeyCache:
 
     def _load(self, key_id: str) -> Key:
         if not self._verifier.key_known(key_id):
-            raise KeyNotFound(key_id)
+            self._verifier.refresh_now()  # created elsewhere a moment ago?
+            if not self._verifier.key_known(key_id):
+                raise KeyNotFound(key_id)
         try:
             key = self._repository.get(key_id)
         except KeyNotFound:
@@ -133,12 +157,24 @@ class KeyCache:
         try:
             key = self._verifier.check_key(key, final=False)
         except KeyMetadataUnverified:
-            # The row and this replica's view of the ledger may simply not be of the same moment
-            # (a change committed between the two reads): catch up, read again, then judge.
-            self._verifier.refresh()
-            key = self._verifier.check_key(self._repository.get(key_id))
+            key = self._settled(key_id)
         self._store(key)
         return key
+
+    def _settled(self, key_id: str) -> Key:
+        """The key's row read again after the ledger, and judged. The row and this replica's
+        view of the ledger may simply not be of the same moment: a change committed between the
+        two reads (the row is newer), or the ledger's follower reading a newer entry meanwhile
+        (the row is older). While their revisions differ, both are read again, a few times,
+        before a mismatch counts; a row that matches the ledger's revision is judged at once."""
+        attempts = 1
+        while True:
+            self._verifier.refresh()
+            key = self._repository.get(key_id)
+            expected = self._verifier.expected_revision(key_id)
+            if expected is None or expected == key.revision or attempts == SETTLE_ATTEMPTS:
+                return self._verifier.check_key(key)
+            attempts += 1
 
     def _store(self, key: Key) -> None:
         with self._lock:

@@ -29,9 +29,20 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from kms.crashpoints import crash_point
-from kms.domain.keys import Key, KeyVersion, Storage, VersionState, WrappedMaterial, new_key, validate_key_id
+from kms.domain import privacy
+from kms.domain.keys import (
+    Key,
+    KeyVersion,
+    Purpose,
+    Storage,
+    VersionState,
+    WrappedMaterial,
+    new_key,
+    validate_key_id,
+)
 from kms.domain.ledger import LedgerEntry
 from kms.domain.policy import Permission
+from kms.domain.privacy import PrivacyRules
 from kms.domain.text import validate_text
 from kms.errors import (
     ConcurrentCreation,
@@ -42,7 +53,7 @@ from kms.errors import (
     KeyNotFound,
     KmsError,
 )
-from kms.ports import Clock, KeyRepository, KeyTransaction, MasterKeyStore
+from kms.ports import Clock, KeyRepository, KeyTransaction, MasterKeyInventory
 from kms.service.authz import Authorizer
 from kms.service.calls import Call
 from kms.service.key_cache import KeyCache
@@ -62,7 +73,7 @@ class KeyService:
     def __init__(
         self,
         repository: KeyRepository,
-        master_keys: MasterKeyStore,
+        master_keys: MasterKeyInventory,
         cache: KeyCache,
         clock: Clock,
         usage: UsageRecorder,
@@ -71,7 +82,9 @@ class KeyService:
         *,
         min_rotation_period: timedelta,
         default_storage: Storage = Storage.WRAPPED,
+        privacy_rules: PrivacyRules | None = None,
     ) -> None:
+        self._privacy_rules = privacy_rules or PrivacyRules(min_rotation_period, timedelta(hours=24))
         self._default_storage = default_storage
         self._anchor = anchor
         self._authorizer = authorizer
@@ -90,17 +103,26 @@ class KeyService:
         rotation_period: timedelta | None = None,
         *,
         storage: Storage | None = None,
+        purpose: Purpose = Purpose.ENCRYPT_DECRYPT,
+        subject_field: str = "",
+        retention_period: timedelta | None = None,
+        erasure_finality: timedelta | None = None,
     ) -> Key:
+        """A new key with version 1. Privacy settings (kms.domain.privacy): ``subject_field``
+        (fixed for the key's life), ``retention_period``, ``erasure_finality``."""
         call.trail.note(key_id=key_id)
         validate_key_id(key_id)
         validate_description(description)
         self.validate_rotation_period(rotation_period)
+        storage, erasure_finality = privacy.settle_new_key(
+            subject_field, retention_period, erasure_finality, storage, purpose, self._privacy_rules
+        )
         self._authorizer.require(call, Permission.ADMIN, key_id)
         storage = storage or self._default_storage
         call.check_deadline()
         for _attempt in range(_SLOT_ATTEMPTS):
             with self._serialized(key_id, storage):
-                prepared = self._prepare(key_id, 1, storage)
+                prepared = self._prepare(key_id, 1, storage, _kind(purpose))
                 crash_point("create_key.after_hsm_create")
                 with self._repository.transaction(key_id) as transaction:
                     if transaction.key is not None or self._cache.locked(key_id, None) is not None:
@@ -109,8 +131,13 @@ class KeyService:
                     first = self._version_for(key_id, 1, prepared)
                     key = transaction.save(
                         replace(
-                            new_key(key_id, description, first, self._clock.now(), rotation_period), storage=storage
-                        )
+                            new_key(key_id, description, first, first.create_time, rotation_period),
+                            storage=storage,
+                            purpose=purpose,
+                            subject_field=subject_field,
+                            retention_period=retention_period,
+                            erasure_finality=erasure_finality,
+                        ).rescheduled()
                     )
                     crash_point("create_key.before_commit")
             break
@@ -182,24 +209,22 @@ class KeyService:
             return None
         for _attempt in range(_SLOT_ATTEMPTS):
             with self._serialized(key_id, cached.storage):
-                prepared = self._prepare(key_id, self._next_slot(key_id, cached), cached.storage)
+                prepared = self._prepare(key_id, self._next_slot(key_id, cached), cached.storage, _kind(cached.purpose))
                 crash_point("scheduled_rotation.after_hsm_create")
                 with self._repository.try_transaction(key_id) as transaction:
                     current = None if transaction is None else self._cache.locked(key_id, transaction.key)
-                    if current is None or not current.is_rotation_due(now, max_wraps):
+                    if transaction is None or current is None or not current.is_rotation_due(now, max_wraps):
                         self._discard(prepared)
                         return None  # another replica holds it, has rotated it, or it is gone
                     if not self._fits(prepared, current):
                         self._discard(prepared)
                         cached = current
                         continue
+                    wraps = current.version(current.primary_version).usage.data_keys_issued
                     why = (
-                        "rotation period passed"
-                        if current.rotation_period is not None
-                        and current.next_rotation_time is not None
-                        and current.next_rotation_time <= now
-                        else f"primary version wrapped {current.version(current.primary_version).usage.data_keys_issued}"
-                        " data keys"
+                        "rotation cadence passed"
+                        if current.next_rotation_time is not None and current.next_rotation_time <= now
+                        else f"primary version wrapped {wraps} data keys"
                     )
                     rotated = self._save_rotation(transaction, current, prepared, "scheduled_rotation")
             crash_point("scheduled_rotation.after_commit")
@@ -214,8 +239,9 @@ class KeyService:
             cached = None
         for _attempt in range(_SLOT_ATTEMPTS):
             storage = cached.storage if cached is not None else self._default_storage
+            kind = _kind(cached.purpose if cached is not None else Purpose.ENCRYPT_DECRYPT)
             with self._serialized(key_id, storage):
-                prepared = self._prepare(key_id, self._next_slot(key_id, cached), storage)
+                prepared = self._prepare(key_id, self._next_slot(key_id, cached), storage, kind)
                 crash_point(f"{step}.after_hsm_create")
                 with self._repository.transaction(key_id) as transaction:
                     current = self._cache.locked(key_id, transaction.key)
@@ -260,18 +286,19 @@ class KeyService:
 
     # -- making a version's key before the transaction --------------------------------------
 
-    def _prepare(self, key_id: str, slot: int, storage: Storage) -> _Prepared:
-        """The key for a new version, made in the HSM with no database lock held."""
+    def _prepare(self, key_id: str, slot: int, storage: Storage, kind: str) -> _Prepared:
+        """The key for a new version, of ``kind`` ("aes" or "hmac"), made in the HSM with no
+        database lock held."""
         if storage is Storage.WRAPPED:
-            return _Prepared(storage, slot, material=self._master_keys.generate_material())
-        version, created = self._master_key_for(key_id, slot)
-        return _Prepared(storage, slot, version=version, created=created)
+            return _Prepared(storage, slot, material=self._master_keys.generate_material(kind), kind=kind)
+        version, created = self._master_key_for(key_id, slot, kind)
+        return _Prepared(storage, slot, version=version, created=created, kind=kind)
 
     @staticmethod
     def _fits(prepared: _Prepared, current: Key) -> bool:
         """Whether what was prepared can be the key's next version: wrapped material fits any
         slot of a key stored that way; a token object only the slot it is labelled for."""
-        if prepared.storage is not current.storage:
+        if prepared.storage is not current.storage or prepared.kind != _kind(current.purpose):
             return False
         return prepared.storage is Storage.WRAPPED or prepared.slot == current.latest_version + 1
 
@@ -311,19 +338,19 @@ class KeyService:
         if period > MAX_ROTATION_PERIOD:
             raise InvalidRotationPeriod("rotation_period must be at most 100 years")
 
-    def _master_key_for(self, key_id: str, version: int) -> tuple[KeyVersion, bool]:
-        """A token object for a version slot, and whether this call created it.
+    def _master_key_for(self, key_id: str, version: int, kind: str) -> tuple[KeyVersion, bool]:
+        """A token object of ``kind`` for a version slot, and whether this call created it.
 
         Called with the key's preparation lock held, so no other request is making this slot:
-        a sound object already labelled for it is a leftover of an attempt that did not commit,
-        and it is adopted rather than another one made.
+        a sound object of that kind already labelled for it is a leftover of an attempt that did
+        not commit, and it is adopted rather than another one made.
         """
         leftovers = sorted(
-            (found for found in self._master_keys.find(key_id, version) if found.sound),
+            (found for found in self._master_keys.find(key_id, version) if found.sound and found.kind == kind),
             key=lambda found: found.create_time,
         )
         if not leftovers:
-            return self._master_keys.create(key_id, version), True
+            return self._master_keys.create(key_id, version, kind), True
         chosen = leftovers[-1]
         log.warning(
             "adopting leftover master key",
@@ -346,9 +373,16 @@ class _Prepared:
     material: WrappedMaterial | None = None
     version: KeyVersion | None = None
     created: bool = False
+    kind: str = "aes"
 
 
 _SLOT_ATTEMPTS = 3
+
+
+def _kind(purpose: Purpose) -> str:
+    """The kind of HSM key a purpose's versions are: AES-256 to wrap data keys, an HMAC key to
+    pseudonymize."""
+    return "hmac" if purpose is Purpose.PSEUDONYMIZE else "aes"
 
 
 def validate_description(description: str) -> None:

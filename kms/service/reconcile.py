@@ -25,9 +25,9 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from kms.domain.keys import Key, KeyVersion, Storage, VersionState, new_key
+from kms.domain.keys import Key, KeyVersion, Purpose, Storage, VersionState, new_key
 from kms.errors import KeyMetadataUnverified
-from kms.ports import Clock, KeyRepository, MasterKeyObject, MasterKeyStore
+from kms.ports import Clock, KeyRepository, MasterKeyInventory, MasterKeyObject
 from kms.service.calls import internal
 from kms.service.key_cache import KeyCache
 from kms.service.recording import CallRecorder
@@ -52,7 +52,7 @@ class Reconciler:
     def __init__(
         self,
         repository: KeyRepository,
-        master_keys: MasterKeyStore,
+        master_keys: MasterKeyInventory,
         cache: KeyCache,
         clock: Clock,
         recorder: CallRecorder,
@@ -84,14 +84,14 @@ class Reconciler:
         for found in objects:
             if found.master_key_id not in referenced:
                 leftovers[found.key_id].append(found)
-        for key_id, found in sorted(leftovers.items()):
+        for key_id, strays in sorted(leftovers.items()):
             try:
                 adopted = self._adopt(key_id) if repair else []
             except KeyMetadataUnverified:
                 adopted = []  # reported by the ledger check; its leftovers stay unresolved
             report.adopted += adopted
             taken = {version.master_key_id for version in adopted}
-            report.unresolved += [leftover for leftover in found if leftover.master_key_id not in taken]
+            report.unresolved += [leftover for leftover in strays if leftover.master_key_id not in taken]
         self._log(report)
         self._record(report)
         return report
@@ -106,9 +106,16 @@ class Reconciler:
             recovering = key is None
             known = {version.master_key_id for version in key.versions} if key else set()
             slot = (key.latest_version if key else 0) + 1
+            # A leftover is adopted only as the kind of key the key's purpose uses (a recovered
+            # key is an ENCRYPT_DECRYPT one: HMAC leftovers of a lost key stay for an operator).
+            kind = "hmac" if key is not None and key.purpose is Purpose.PSEUDONYMIZE else "aes"
             while True:
                 candidates = sorted(
-                    (c for c in self._master_keys.find(key_id, slot) if c.sound and c.master_key_id not in known),
+                    (
+                        c
+                        for c in self._master_keys.find(key_id, slot)
+                        if c.sound and c.kind == kind and c.master_key_id not in known
+                    ),
                     key=lambda c: c.create_time,
                 )
                 if not candidates:

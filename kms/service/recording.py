@@ -84,7 +84,7 @@ class CallRecorder:
         """Journals the call's records (its items not yet written, then the call itself) and
         returns the call's outcome: ``error``, or AuditUnavailable when the records could not
         be written, in which case the result must be withheld."""
-        entries = self._items(call, action) + [self._entry(call, action, call.trail, error, -1)]
+        entries = [*self._items(call, action), self._entry(call, action, call.trail, error, -1)]
         try:
             self._write(entries, fail_open)
         except AuditUnavailable as unavailable:

@@ -17,6 +17,7 @@ root: they open as long as that root exists, and never after it is retired.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -41,11 +42,28 @@ class RootRotation:
 
 
 class RootKeys:
-    def __init__(self, repository: KeyRepository, roots: RootKeyStore, cache: KeyCache, recorder: CallRecorder) -> None:
+    def __init__(
+        self,
+        repository: KeyRepository,
+        roots: RootKeyStore,
+        cache: KeyCache,
+        recorder: CallRecorder,
+        *,
+        settle: float,
+        read_ledger: Callable[[], None],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._repository = repository
         self._roots = roots
         self._cache = cache
         self._recorder = recorder
+        # Serving processes search for roots again at this interval (KMS_HSM_ROOT_REFRESH): once
+        # it has passed, none wraps a new version under the old root any more.
+        self._settle = settle
+        self._sleep = sleep
+        # Keys other processes created since this one last read the ledger are found by the
+        # scan of the database; the ledger must know them before they can be believed.
+        self._read_ledger = read_ledger
 
     def rotate(self, *, batch: int = 200, on_progress: Callable[[int], None] = lambda versions: None) -> RootRotation:
         """Re-wraps every version key under the newest root, making a new root first unless
@@ -58,20 +76,23 @@ class RootKeys:
             report = RootRotation(self._roots.create_root(), created=True)
             crash_point("root_rotation.after_root_created")
             self._audit("RootKeyCreated", "", f"root key {report.root_key_id} is the active root")
-        after: str | None = None
-        while True:
-            key_ids = self._repository.keys_wrapped_outside(report.root_key_id, batch, after)
-            if not key_ids:
-                break
-            for key_id in key_ids:
-                moved = self._rewrap_key(key_id, report.root_key_id)
-                if moved is None:
-                    report.skipped.append(key_id)
-                else:
-                    report.keys += 1
-                    report.versions += moved
-                    on_progress(moved)
-            after = key_ids[-1]
+        self._sleep(self._settle)
+        # A version a server prepared under the old root just before it saw the new one may be
+        # committed behind the scan: a second pass from the start finds it.
+        for _pass in range(2):
+            report.skipped = []  # what the last pass could not move is what a rerun must
+            self._read_ledger()
+            after: str | None = None
+            while key_ids := self._repository.keys_wrapped_outside(report.root_key_id, batch, after):
+                for key_id in key_ids:
+                    moved = self._rewrap_key(key_id, report.root_key_id)
+                    if moved is None:
+                        report.skipped.append(key_id)
+                    else:
+                        report.keys += 1
+                        report.versions += moved
+                        on_progress(moved)
+                after = key_ids[-1]
         self._audit(
             "RootRotation",
             "",
@@ -98,7 +119,7 @@ class RootKeys:
         try:
             current = self._cache.read_through(key_id)
         except KeyNotFound:
-            return 0
+            return None  # created after this pass read the ledger: the next pass or a rerun
         kind = "hmac" if current.purpose is Purpose.PSEUDONYMIZE else "aes"
         moved: dict[int, KeyVersion] = {}
         for version in current.versions:

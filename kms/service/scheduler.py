@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from kms.errors import KmsError
 from kms.ports import Clock, KeyRepository
+from kms.service.cadence import CadencePass, PrivacyCadence
 from kms.service.calls import internal
 from kms.service.keys import KeyService
 from kms.service.lifecycle import LifecycleService
@@ -37,6 +38,8 @@ class SchedulerPass:
     rotated: list[tuple[str, int]] = field(default_factory=list)
     destroyed: list[tuple[str, int]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    # Carrying subjects and destructions scheduled by retention and erasure finality.
+    cadence: CadencePass = field(default_factory=CadencePass)
 
 
 class Scheduler:
@@ -51,7 +54,9 @@ class Scheduler:
         *,
         batch: int = 100,
         max_wraps_per_version: int | None = None,
+        cadence: PrivacyCadence | None = None,
     ) -> None:
+        self._cadence = cadence
         self._repository = repository
         self._keys = keys
         self._lifecycle = lifecycle
@@ -89,6 +94,9 @@ class Scheduler:
             if rotated is not None:
                 done.rotated.append((key_id, rotated.primary_version))
                 self._recorder.finish(call, None, action="ScheduledRotation", fail_open=True)
+        if self._cadence is not None:
+            done.cadence = self._cadence.run_once(now)
+            done.failed += done.cadence.failed
         for key_id, version in self._repository.due_for_destruction(now, self._batch):
             call = internal("scheduler")
             try:

@@ -56,6 +56,16 @@ class UsageRecorder:
     def unwrapped(self, version: KeyVersion) -> None:
         self._uses.append((version.key_id, version.version, 0, 1, self._clock.now()))
 
+    def count(self, version: KeyVersion, *, wraps: int = 0, unwraps: int = 0) -> None:
+        """Several uses at once, as many calls of ``wrapped`` and ``unwrapped`` would count them:
+        what a batch did with the version in one pass through the HSM."""
+        self._uses.append((version.key_id, version.version, wraps, unwraps, self._clock.now()))
+
+    def used(self, version: KeyVersion) -> None:
+        """A use that wraps and unwraps nothing (a Pseudonymize call): only the last use moves,
+        which is what retiring a version asks about."""
+        self._uses.append((version.key_id, version.version, 0, 0, self._clock.now()))
+
     def flush(self) -> None:
         """Writes what was counted since the last flush. On failure the counts are kept for the
         next attempt."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from kms.domain.audit import AuditEntry, AuditRecord, Checkpoint, checkpoint_message, clipped, extend
 from kms.errors import AuditTampered
@@ -127,11 +127,14 @@ class SqlAuditRepository:
         key_id: str | None = None,
         identity: str | None = None,
         context_digest: str | None = None,
+        through_seq: int | None = None,
     ) -> Iterator[AuditRecord]:
         """Records in seq order, read in pages so any size streams in bounded memory."""
         table = AuditRecordRow.__table__
         while True:
             query = select(table).where(table.c.seq > after_seq).order_by(table.c.seq).limit(_PAGE)
+            if through_seq is not None:
+                query = query.where(table.c.seq <= through_seq)
             if since is not None:
                 query = query.where(table.c.time >= since)
             if until is not None:
@@ -160,19 +163,31 @@ class SqlAuditRepository:
                 found.update(connection.execute(select(table.c.origin).where(table.c.origin.in_(chunk))).scalars())
         return found
 
-    def checkpoints(self) -> Iterator[Checkpoint]:
+    def checkpoints(self, *, through_seq: int | None = None) -> Iterator[Checkpoint]:
         table = AuditCheckpointRow.__table__
         after = -1
         while True:
+            query = select(table).where(table.c.seq > after).order_by(table.c.seq).limit(_PAGE)
+            if through_seq is not None:
+                query = query.where(table.c.seq <= through_seq)
             with database_errors(), self._engine.connect() as connection:
-                rows = connection.execute(
-                    select(table).where(table.c.seq > after).order_by(table.c.seq).limit(_PAGE)
-                ).all()
+                rows = connection.execute(query).all()
             for row in rows:
                 yield Checkpoint(row.seq, row.hash, row.time, row.mac)
             if len(rows) < _PAGE:
                 return
             after = rows[-1].seq
+
+    def last_seq(self) -> int:
+        # One statement, so both maxima are of one instant: an append commits its records and
+        # their checkpoint together, and a walk bounded here sees all of an append or none of it.
+        records, checkpoints = AuditRecordRow.__table__, AuditCheckpointRow.__table__
+        query = select(
+            select(func.max(records.c.seq)).scalar_subquery(), select(func.max(checkpoints.c.seq)).scalar_subquery()
+        )
+        with database_errors(), self._engine.connect() as connection:
+            highest_record, highest_checkpoint = connection.execute(query).one()
+        return max(highest_record or 0, highest_checkpoint or 0)
 
 
 def _record(row) -> AuditRecord:  # noqa: ANN001 - a SQLAlchemy Row

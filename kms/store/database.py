@@ -2,14 +2,17 @@
 
 SQLite runs in WAL mode with full synchronous commits, so a committed key version survives a
 kill -9 of the process (and power loss). Write transactions on SQLite begin IMMEDIATE, taking
-the database write lock up front: that is SQLite's form of SELECT ... FOR UPDATE.
+the database write lock up front: that is SQLite's form of SELECT ... FOR UPDATE. Within a
+process, writers queue for that lock in arrival order first (kms.store.sqlite_writers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +20,11 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from kms.errors import DatabaseUnavailable
+from kms.store import sqlite_writers
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # pg_advisory_xact_lock key that serializes migrations of replicas starting together.
@@ -30,7 +38,11 @@ def sqlite_url(data_dir: Path) -> str:
 
 def make_engine(url: str, pool_size: int = 8) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        connect_args: dict[str, object] = {"check_same_thread": False, "timeout": 30}
+        database = make_url(url).database
+        if database and database != ":memory:":
+            connect_args["factory"] = sqlite_writers.connection_class(os.path.realpath(database))
+        engine = create_engine(url, connect_args=connect_args)
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800)
@@ -50,7 +62,19 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection):  # noqa: ANN001, ANN202
         immediate = connection.get_execution_options().get(WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        raw = connection.connection.dbapi_connection
+        if not (immediate and hasattr(raw, "queue_for_write")):
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            return
+        # Behind this process's other writers first (kms.store.sqlite_writers).
+        if not raw.queue_for_write():
+            locked = sqlite3.OperationalError("database is locked")
+            raise sa_exc.OperationalError("BEGIN IMMEDIATE", None, locked)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            raw.write_not_begun()
+            raise
 
 
 @contextmanager
@@ -61,13 +85,22 @@ def exclusive(engine: Engine, name: str) -> Iterator[None]:
     file beside the database."""
     if engine.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.blake2b(b"kms-lock:" + name.encode(), digest_size=8).digest(), "big", signed=True)
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            connection = engine.connect()
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            raise DatabaseUnavailable(f"database is unavailable ({type(exc).__name__})") from None
+        with connection:
+            try:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            except sa_exc.DBAPIError as exc:
+                raise DatabaseUnavailable(f"database is unavailable ({type(exc).__name__})") from None
             try:
                 yield
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                connection.commit()
+                # A connection lost meanwhile (a database restart) took its session's lock along.
+                with contextlib.suppress(sa_exc.DBAPIError):
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    connection.commit()
         return
     database = engine.url.database
     path = Path(f"{database}.{name}.lock") if database and database != ":memory:" else None

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, bindparam, case, or_, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    case,
+    insert,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from kms.domain.keys import Key, KeyVersion, Purpose, Storage, VersionState, VersionUsage
 from kms.domain.ledger import KEY, Change, LedgerEntry, key_digest
@@ -22,6 +38,9 @@ from kms.store.tables import KeyRow, KeyVersionRow
 
 if TYPE_CHECKING:
     from kms.store.ledger import SqlLedger
+
+_KEYS = KeyRow.__table__
+_VERSIONS = KeyVersionRow.__table__
 
 
 @contextmanager
@@ -48,18 +67,16 @@ class SqlKeyRepository:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def get(self, key_id: str) -> Key:
-        with database_errors(), self._sessions() as session:
-            row = session.get(KeyRow, key_id)
-            if row is None:
-                raise KeyNotFound(key_id)
-            return _to_key(row)
+        with database_errors(), self._engine.connect() as connection:
+            found = _read_keys(connection, _KEYS.c.key_id == key_id)
+        if not found:
+            raise KeyNotFound(key_id)
+        return found[0]
 
     def list_keys(self, limit: int, after_key_id: str | None) -> Sequence[Key]:
-        query = select(KeyRow).order_by(KeyRow.key_id).limit(limit)
-        if after_key_id is not None:
-            query = query.where(KeyRow.key_id > after_key_id)
-        with database_errors(), self._sessions() as session:
-            return [_to_key(row) for row in session.scalars(query)]
+        after = _KEYS.c.key_id > after_key_id if after_key_id is not None else true()
+        with database_errors(), self._engine.connect() as connection:
+            return _read_keys(connection, after, limit)
 
     @contextmanager
     def transaction(self, key_id: str) -> Iterator[_KeyTransaction]:
@@ -87,14 +104,16 @@ class SqlKeyRepository:
 
     @contextmanager
     def _transaction(self, key_id: str, wait: bool) -> Iterator[_KeyTransaction | None]:
-        with database_errors(), self._sessions.begin() as session:
-            session.connection(execution_options={WRITE_OPTION: True})
-            yield _KeyTransaction(session, key_id, self._ledger) if _lock_key(session, key_id, wait) else None
+        with database_errors(), self._engine.connect() as connection:
+            connection = connection.execution_options(**{WRITE_OPTION: True})
+            with connection.begin():
+                locked = _lock_key(connection, key_id, wait)
+                yield _KeyTransaction(connection, key_id, self._ledger) if locked else None
 
     def due_for_rotation(self, now: datetime, limit: int, max_wraps: int | None = None) -> list[str]:
         scheduled = (
             select(KeyRow.key_id)
-            .where(KeyRow.next_rotation_time <= now, KeyRow.rotation_period_seconds.is_not(None))
+            .where(KeyRow.next_rotation_time <= now)  # set by a rotation period or an erasure cadence
             .order_by(KeyRow.next_rotation_time)
             .limit(limit)
         )
@@ -221,24 +240,27 @@ def _advisory_lock_id(key_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(b"kms-key:" + key_id.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-def _lock_key(session: Session, key_id: str, wait: bool) -> bool:
+def _lock_key(connection: Connection, key_id: str, wait: bool) -> bool:
     """Takes the key's write lock for the transaction; without ``wait``, gives up (False) when
     another transaction holds it. On SQLite, BEGIN IMMEDIATE has already locked the database."""
-    if session.get_bind().dialect.name != "postgresql":
+    if connection.dialect.name != "postgresql":
         return True
     # Row locks cannot cover a key that does not exist yet; a transaction-scoped advisory lock on
     # the id serializes creation too, and SELECT ... FOR UPDATE below then never waits.
     function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
-    acquired = session.execute(text(f"SELECT {function}(:id)"), {"id": _advisory_lock_id(key_id)}).scalar()
+    acquired = connection.execute(text(f"SELECT {function}(:id)"), {"id": _advisory_lock_id(key_id)}).scalar()
     return wait or bool(acquired)
 
 
 class _KeyTransaction:
-    def __init__(self, session: Session, key_id: str, ledger: SqlLedger) -> None:
-        self._session = session
+    """Reads the key under its lock and writes only what a save changed, with SQLAlchemy Core:
+    the ORM's unit of work cost more than the rest of a CreateKey together."""
+
+    def __init__(self, connection: Connection, key_id: str, ledger: SqlLedger) -> None:
+        self._connection = connection
         self._ledger = ledger
-        self._row = session.scalars(select(KeyRow).where(KeyRow.key_id == key_id).with_for_update()).one_or_none()
-        self._key = _to_key(self._row) if self._row is not None else None
+        found = _read_keys(connection, _KEYS.c.key_id == key_id, for_update=True)
+        self._key = found[0] if found else None
         # The ledger entries this transaction appended (valid once it has committed).
         self.appended: list[LedgerEntry] = []
 
@@ -247,28 +269,65 @@ class _KeyTransaction:
         return self._key
 
     def save(self, key: Key) -> Key:
-        stored = replace(key, revision=(self._row.revision if self._row is not None else 0) + 1)
-        if self._row is None:
-            self._row = KeyRow(key_id=key.key_id)
-            self._session.add(self._row)
-        _apply(self._row, stored)
+        before = self._key
+        stored = replace(key, revision=(before.revision if before is not None else 0) + 1)
+        existing = {v.version: _version_values(v) for v in before.versions} if before is not None else {}
+        added = []
         try:
-            self._session.flush()
+            if before is None:
+                self._connection.execute(insert(_KEYS).values(key_id=stored.key_id, **_key_values(stored)))
+            else:
+                self._connection.execute(
+                    update(_KEYS).where(_KEYS.c.key_id == stored.key_id).values(**_key_values(stored))
+                )
+            for version in stored.versions:
+                values = _version_values(version)
+                if version.version not in existing:
+                    added.append({"key_id": stored.key_id, "version": version.version, **values})
+                elif values != existing[version.version]:
+                    self._connection.execute(
+                        update(_VERSIONS)
+                        .where(_VERSIONS.c.key_id == stored.key_id, _VERSIONS.c.version == version.version)
+                        .values(**values)
+                    )
+            if added:
+                self._connection.execute(insert(_VERSIONS), added)
         except sa_exc.IntegrityError:
             raise KeyAlreadyExists(key.key_id) from None
         self.appended += self._ledger.append(
-            self._session.connection(), [Change(KEY, stored.key_id, stored.revision, key_digest(stored))]
+            self._connection, [Change(KEY, stored.key_id, stored.revision, key_digest(stored))]
         )
         self._key = stored
         return stored
 
 
-def _to_key(row: KeyRow) -> Key:
+def _read_keys(
+    connection: Connection, where: ColumnElement[bool], limit: int | None = None, *, for_update: bool = False
+) -> list[Key]:
+    """The keys matching ``where`` in id order (at most ``limit``), each with its versions."""
+    query = select(_KEYS).where(where).order_by(_KEYS.c.key_id)
+    if limit is not None:
+        query = query.limit(limit)
+    if for_update:
+        query = query.with_for_update()
+    rows = connection.execute(query).all()
+    if not rows:
+        return []
+    versions: dict[str, list[KeyVersion]] = defaultdict(list)
+    in_range = _VERSIONS.c.key_id.between(rows[0].key_id, rows[-1].key_id)
+    for version_row in connection.execute(
+        select(_VERSIONS).where(in_range).order_by(_VERSIONS.c.key_id, _VERSIONS.c.version)
+    ):
+        versions[version_row.key_id].append(_to_version(version_row))
+    return [_to_key(row, versions.get(row.key_id, [])) for row in rows]
+
+
+def _to_key(row: Row[Any], versions: Sequence[KeyVersion]) -> Key:
     return Key(
         key_id=row.key_id,
         description=row.description,
         primary_version=row.primary_version,
-        versions=tuple(_to_version(v) for v in row.versions),
+        versions=tuple(versions),
         create_time=row.create_time,
         update_time=row.update_time,
         rotation_period=(
@@ -289,7 +348,7 @@ def _seconds(value: int | None) -> timedelta | None:
     return None if value is None else timedelta(seconds=value)
 
 
-def _to_version(row: KeyVersionRow) -> KeyVersion:
+def _to_version(row: Row[Any]) -> KeyVersion:
     return KeyVersion(
         key_id=row.key_id,
         version=row.version,
@@ -306,32 +365,36 @@ def _to_version(row: KeyVersionRow) -> KeyVersion:
     )
 
 
-def _apply(row: KeyRow, key: Key) -> None:
-    row.description = key.description
-    row.primary_version = key.primary_version
-    row.min_decryption_version = key.min_decryption_version
-    row.rotation_period_seconds = int(key.rotation_period.total_seconds()) if key.rotation_period else None
-    row.next_rotation_time = key.next_rotation_time
-    row.create_time = key.create_time
-    row.update_time = key.update_time
-    row.revision = key.revision
-    row.storage = key.storage.value
-    row.purpose = key.purpose.value
-    row.subject_field = key.subject_field
-    row.retention_period_seconds = int(key.retention_period.total_seconds()) if key.retention_period else None
-    row.erasure_finality_seconds = int(key.erasure_finality.total_seconds()) if key.erasure_finality else None
-    existing = {v.version: v for v in row.versions}
-    for version in key.versions:
-        version_row = existing.get(version.version)
-        if version_row is None:
-            version_row = KeyVersionRow(key_id=key.key_id, version=version.version)
-            row.versions.append(version_row)
-        version_row.state = version.state.value
-        version_row.master_key_id = version.master_key_id
-        version_row.master_key_label = version.master_key_label
-        version_row.create_time = version.create_time
-        version_row.destroy_time = version.destroy_time
-        version_row.storage = version.storage.value
-        version_row.wrapped_material = version.wrapped_material or None
-        version_row.root_key_id = version.root_key_id
-        version_row.material_mac = version.material_mac
+def _key_values(key: Key) -> dict[str, object]:
+    """The keys row of ``key`` (but its id)."""
+    return {
+        "description": key.description,
+        "primary_version": key.primary_version,
+        "min_decryption_version": key.min_decryption_version,
+        "rotation_period_seconds": int(key.rotation_period.total_seconds()) if key.rotation_period else None,
+        "next_rotation_time": key.next_rotation_time,
+        "create_time": key.create_time,
+        "update_time": key.update_time,
+        "revision": key.revision,
+        "storage": key.storage.value,
+        "purpose": key.purpose.value,
+        "subject_field": key.subject_field,
+        "retention_period_seconds": int(key.retention_period.total_seconds()) if key.retention_period else None,
+        "erasure_finality_seconds": int(key.erasure_finality.total_seconds()) if key.erasure_finality else None,
+    }
+
+
+def _version_values(version: KeyVersion) -> dict[str, object]:
+    """The key_versions row of ``version`` (but its key id and number) as a save writes it:
+    usage counts are only ever added to (SqlKeyRepository.add_usage), never written here."""
+    return {
+        "state": version.state.value,
+        "master_key_id": version.master_key_id,
+        "master_key_label": version.master_key_label,
+        "create_time": version.create_time,
+        "destroy_time": version.destroy_time,
+        "storage": version.storage.value,
+        "wrapped_material": version.wrapped_material or None,
+        "root_key_id": version.root_key_id,
+        "material_mac": version.material_mac,
+    }

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Table, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from kms.store.types import UtcDateTime
@@ -20,6 +21,9 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Every model here maps one Table (DeclarativeBase allows any FromClause); the Core
+    # statements in this package (insert, update, delete) take a Table.
+    __table__: ClassVar[Table]
 
 
 class KeyRow(Base):
@@ -180,3 +184,37 @@ class LedgerHeadRow(Base):
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
     mac: Mapped[str] = mapped_column(String(64))
+
+
+# --- data subjects (kms.domain.privacy) --------------------------------------------------
+
+
+class SubjectKeyRow(Base):
+    """One data subject's key, wrapped by master key version ``version`` in the HSM (12-byte IV,
+    then ciphertext and tag): never the subject, only its keyed digest (32 bytes)."""
+
+    __tablename__ = "subject_keys"
+
+    key_id: Mapped[str] = mapped_column(ForeignKey("keys.key_id"), primary_key=True)
+    subject_digest: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary(60))
+    create_time: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    # Carrying finds what an old version still wraps; destruction waits until nothing is left.
+    __table_args__ = (Index(None, "key_id", "version", "subject_digest"),)
+
+
+class ErasureRow(Base):
+    """The receipt of an erasure; the metadata ledger holds its digest (kind "erasure")."""
+
+    __tablename__ = "erasures"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erase_time: Mapped[datetime] = mapped_column(UtcDateTime)
+    erased_by: Mapped[str] = mapped_column(String(520))
+    subject_known: Mapped[bool]
+    final_after_version: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index(None, "key_id", "erase_time"),)

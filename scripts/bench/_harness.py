@@ -16,6 +16,7 @@ finish inside the measured window count, for the rate and for the latencies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -66,19 +67,28 @@ class TlsFiles:
         return grpc.ssl_channel_credentials(self.ca.read_bytes(), self.key.read_bytes(), self.cert.read_bytes())
 
 
-def open_channel(target: str, tls: TlsFiles | None, aio: bool = False):
+def open_channel(target: str, tls: TlsFiles | None, aio: bool = False, own_connection: bool = False):
+    """``own_connection``: a TCP connection of its own, not shared with other channels to
+    ``target`` of this process (gRPC shares them by default)."""
     module = grpc.aio if aio else grpc
+    options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
     if tls is None:
-        return module.insecure_channel(target)
-    return module.secure_channel(target, tls.credentials())
+        return module.insecure_channel(target, options=options)
+    return module.secure_channel(target, tls.credentials(), options=options)
 
 
 @dataclass(frozen=True)
 class Rpc:
-    """A unary method (``/package.Service/Method``) and serialized requests, sent in turn."""
+    """A unary method (``/package.Service/Method``) and serialized requests, sent in turn.
+
+    Caller number ``c`` starts at request ``c * stride`` and goes on in order. With the default
+    stride of 1, neighbouring callers walk the same requests a step apart; a stride of
+    ``len(requests) // concurrency`` gives each caller a stretch of its own (requests naming
+    many keys, each caller on other keys than the rest)."""
 
     method: str
     requests: tuple[bytes, ...]
+    stride: int = 1
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ class Measurement:
         def mean(values: list[float | None]) -> float | None:
             if any(value is None for value in values):
                 return None
-            return sum(v * s for v, s in zip(values, seconds)) / sum(seconds)  # type: ignore[operator]
+            return sum(v * s for v, s in zip(values, seconds, strict=True)) / sum(seconds)  # type: ignore[operator]
 
         return cls(
             parts[0].name,
@@ -218,9 +228,12 @@ class CpuProbe:
     cores on average over the window, or None where /proc could not tell.
     """
 
-    def __init__(self, pids: Sequence[int], window: Window) -> None:
+    def __init__(self, pids: Sequence[int], window: Window, *, descendants: bool = False) -> None:
+        """``descendants``: count each process's live descendants with it (a server of several
+        processes as one)."""
         self._pids = list(pids)
         self._window = window
+        self._descendants = descendants
         self._cores: list[float | None] = [None] * len(self._pids)
         self._thread = threading.Thread(target=self._watch, name="cpu-probe", daemon=True)
         self._thread.start()
@@ -231,21 +244,41 @@ class CpuProbe:
 
     def _watch(self) -> None:
         time.sleep(max(0.0, self._window.measure_from - time.monotonic()))
-        before = [_cpu_seconds(pid) for pid in self._pids]
+        before = [_cpu_seconds(pid, self._descendants) for pid in self._pids]
         time.sleep(max(0.0, self._window.measure_until - time.monotonic()))
-        after = [_cpu_seconds(pid) for pid in self._pids]
+        after = [_cpu_seconds(pid, self._descendants) for pid in self._pids]
         self._cores = [
-            None if a is None or b is None else (b - a) / self._window.duration for a, b in zip(before, after)
+            None if a is None or b is None else (b - a) / self._window.duration
+            for a, b in zip(before, after, strict=True)
         ]
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU seconds of all the process's threads so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
+def _cpu_seconds(pid: int, descendants: bool = False) -> float | None:
+    """User plus system CPU seconds so far of all the threads of the process, and with
+    ``descendants`` of its live descendants too."""
+    stats = _process_stats()
+    if pid not in stats:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, added = {pid}, descendants
+    while added:
+        children = {child for child, (parent, _) in stats.items() if parent in tree} - tree
+        tree |= children
+        added = bool(children)
+    return sum(stats[member][1] for member in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, user + system clock ticks) of every process /proc shows."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return stats
 
 
 def _total(values: Sequence[float | None]) -> float | None:
@@ -285,6 +318,7 @@ class BenchServer:
         self.database_url = ""
         self.target = ""
         self.process: subprocess.Popen[bytes] | None = None
+        self.startup_seconds = 0.0  # from launching the process to SERVING, for the last start
 
     @property
     def pid(self) -> int:
@@ -307,12 +341,34 @@ class BenchServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def restart(self) -> float:
+        """Stops the server and starts it again on the same data directory and database (a new
+        port: read ``target`` again); returns the start-up seconds."""
+        self._stop_process()
+        self._launch()
+        return self.startup_seconds
+
+    def rss_bytes(self) -> int | None:
+        """The server process's resident set size now (Linux), or None when /proc cannot tell."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return None
+
     def _start(self) -> None:
         prefix = self._database_prefix
         if prefix and prefix.startswith("postgresql"):
             self.database_url = _create_postgres_database(prefix)
         else:
             self.database_url = prefix or f"sqlite:///{self.data_dir / 'kms.db'}"
+        self._launch()
+
+    def _launch(self) -> None:
+        launched = time.monotonic()
         env = {name: value for name, value in os.environ.items() if not name.startswith("KMS_")}
         env.update(
             KMS_DATA_DIR=str(self.data_dir),
@@ -336,6 +392,16 @@ class BenchServer:
         if not self.target:
             raise RuntimeError(f"bench server did not start:\n{self.log.read_text()}")
         self._wait_serving()
+        self.startup_seconds = time.monotonic() - launched
+
+    def _stop_process(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
     def _wait_serving(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -354,13 +420,7 @@ class BenchServer:
         raise TimeoutError(f"bench server not SERVING after {timeout:.0f}s:\n{self.log.read_text()}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self._stop_process()
         if self.database_url.startswith("postgresql"):
             _drop_postgres_database(self.database_url)
             self.database_url = ""
@@ -416,15 +476,24 @@ class LoadGenerator:
     """
 
     def __init__(
-        self, target: str, processes: int = 2, *, server_pid: int | None = None, tls: TlsFiles | None = None
+        self,
+        target: str,
+        processes: int = 2,
+        *,
+        server_pid: int | None = None,
+        tls: TlsFiles | None = None,
+        connections: int = 1,
     ) -> None:
+        """``connections``: TCP connections per client process, callers spread over them. A
+        server of several processes on one port (SO_REUSEPORT) gets each connection in one of
+        them, chosen by a hash of its addresses: a few connections could all land on one."""
         self._server_pid = server_pid
         context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
         try:
             for _ in range(processes):
                 mine, theirs = context.Pipe()
-                worker = context.Process(target=_client_process, args=(target, theirs, tls), daemon=True)
+                worker = context.Process(target=_client_process, args=(target, theirs, tls, connections), daemon=True)
                 worker.start()
                 self._workers.append((worker, mine))
             for _, connection in self._workers:
@@ -459,7 +528,7 @@ class LoadGenerator:
                 busy.append((worker, connection))
                 first += callers
         clients = [worker.pid for worker, _ in busy if worker.pid is not None]
-        probe = CpuProbe([self._server_pid, *clients], window) if self._server_pid else None
+        probe = CpuProbe([self._server_pid, *clients], window, descendants=True) if self._server_pid else None
         tallies = [tally for _, connection in busy for tally in connection.recv()]
         measurement = Measurement.merge(name, concurrency, window, tallies)
         if probe is not None:
@@ -469,30 +538,37 @@ class LoadGenerator:
 
     def close(self) -> None:
         for worker, connection in self._workers:
-            try:
+            with contextlib.suppress(OSError):
                 connection.send(None)
-            except OSError:
-                pass
             worker.join(timeout=10)
             if worker.is_alive():
                 worker.kill()
         self._workers = []
 
 
-def _client_process(target: str, connection: Connection, tls: TlsFiles | None = None) -> None:
-    asyncio.run(_serve_jobs(target, connection, tls))
+def _client_process(target: str, connection: Connection, tls: TlsFiles | None = None, connections: int = 1) -> None:
+    asyncio.run(_serve_jobs(target, connection, tls, connections))
 
 
-async def _serve_jobs(target: str, connection: Connection, tls: TlsFiles | None) -> None:
+async def _serve_jobs(target: str, connection: Connection, tls: TlsFiles | None, connections: int = 1) -> None:
     loop = asyncio.get_running_loop()
-    async with open_channel(target, tls, aio=True) as channel:
-        await channel.channel_ready()
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(open_channel(target, tls, aio=True, own_connection=connections > 1))
+            for _ in range(connections)
+        ]
+        for channel in channels:
+            await channel.channel_ready()
         connection.send("ready")
         while (job := await loop.run_in_executor(None, connection.recv)) is not None:
-            send = channel.unary_unary(job.rpc.method)  # no serializers: bytes in, bytes out
+            # No serializers: bytes in, bytes out. Caller i uses connection i mod connections.
+            sends = [channel.unary_unary(job.rpc.method) for channel in channels]
             tallies = [Tally(job.window) for _ in range(job.callers)]
             await asyncio.gather(
-                *(_call_in_loop(send, job, job.first_caller + i, tally) for i, tally in enumerate(tallies))
+                *(
+                    _call_in_loop(sends[i % len(sends)], job, job.first_caller + i, tally)
+                    for i, tally in enumerate(tallies)
+                )
             )
             connection.send(tallies)
 
@@ -500,7 +576,7 @@ async def _serve_jobs(target: str, connection: Connection, tls: TlsFiles | None)
 async def _call_in_loop(send: grpc.aio.UnaryUnaryMultiCallable, job: _Job, caller: int, tally: Tally) -> None:
     requests, window = job.rpc.requests, job.window
     await asyncio.sleep(max(0.0, window.start - time.monotonic()))
-    index = caller
+    index = caller * job.rpc.stride
     while window.open():
         request = requests[index % len(requests)]
         index += 1
@@ -536,7 +612,7 @@ def run_threads(
             else:
                 tally.add(started, time.monotonic())
 
-    threads = [threading.Thread(target=call_in_loop, args=pair) for pair in zip(operations, tallies)]
+    threads = [threading.Thread(target=call_in_loop, args=pair) for pair in zip(operations, tallies, strict=True)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -574,10 +650,8 @@ def _working_tree_digest() -> str:
     digest = hashlib.sha256(_git("diff", "HEAD", "--binary").encode())
     for name in sorted(_git("ls-files", "--others", "--exclude-standard").splitlines()):
         digest.update(name.encode())
-        try:
+        with contextlib.suppress(OSError):
             digest.update((REPOSITORY / name).read_bytes())
-        except OSError:
-            pass
     return digest.hexdigest()[:16]
 
 
@@ -601,7 +675,7 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[obje
     def line(row: Sequence[str]) -> str:
         return "  ".join(
             value.ljust(width) if column == 0 else value.rjust(width)
-            for column, (value, width) in enumerate(zip(row, widths))
+            for column, (value, width) in enumerate(zip(row, widths, strict=False))  # extra cells: unshown
         )
 
     print(f"\n{title}")

@@ -22,11 +22,13 @@ from _harness import Measurement, run_threads
 
 DATA_KEY = bytes(32)
 GCM_TAG_BITS = 128
+# unwrap_from for a source key generated as a session object, as a WRAPPED version's key is.
+SESSION_KEY = ""
 
 
 def measure_wrap(
     data_dir: Path,
-    object_id: str,
+    object_id: str | None,
     associated_data: bytes,
     thread_counts: Sequence[int],
     duration: float,
@@ -35,9 +37,12 @@ def measure_wrap(
     unwrap_from: str | None = None,
 ) -> list[Measurement]:
     """One measurement per thread count, named ``raw HSM wrap``. ``object_id`` is the master
-    key's CKA_ID in hexadecimal (KeyVersion.hsm_object_id). With ``unwrap_from`` (another
-    master key's CKA_ID), each call first unwraps a data key under that key, then wraps it
-    under ``object_id``: a re-wrap as the HSM sees it, named ``raw HSM unwrap+wrap``."""
+    key's CKA_ID in hexadecimal (KeyVersion.hsm_object_id); None wraps with an AES-256 session
+    key generated in the child, as a WRAPPED version's key is a session object in the server.
+    With ``unwrap_from`` (another
+    master key's CKA_ID, or SESSION_KEY for another generated session key), each call first
+    unwraps a data key under that key, then wraps it under ``object_id``: a re-wrap as the HSM
+    sees it, named ``raw HSM unwrap+wrap``."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
         return child.submit(
             _measure_in_child,
@@ -53,7 +58,7 @@ def measure_wrap(
 
 def _measure_in_child(
     data_dir: Path,
-    object_id: str,
+    object_id: str | None,
     associated_data: bytes,
     thread_counts: tuple[int, ...],
     duration: float,
@@ -61,7 +66,7 @@ def _measure_in_child(
     unwrap_from: str | None,
 ) -> list[Measurement]:
     import pkcs11
-    from pkcs11 import Mechanism, ObjectClass
+    from pkcs11 import KeyType, Mechanism, ObjectClass
     from pkcs11.mechanisms import GCMParams
 
     from kms.hsm import softhsm
@@ -72,7 +77,10 @@ def _measure_in_child(
     sessions: list[pkcs11.Session] = []
 
     def wrapper(session: pkcs11.Session) -> Callable[[], bytes]:
-        key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=bytes.fromhex(object_id))
+        if object_id is None:
+            key = session.generate_key(KeyType.AES, 256, store=False)
+        else:
+            key = session.get_key(object_class=ObjectClass.SECRET_KEY, id=bytes.fromhex(object_id))
 
         def wrap() -> bytes:
             parameters = GCMParams(os.urandom(12), associated_data, GCM_TAG_BITS)
@@ -80,7 +88,10 @@ def _measure_in_child(
 
         if unwrap_from is None:
             return wrap
-        source = session.get_key(object_class=ObjectClass.SECRET_KEY, id=bytes.fromhex(unwrap_from))
+        if unwrap_from == SESSION_KEY:
+            source = session.generate_key(KeyType.AES, 256, store=False)
+        else:
+            source = session.get_key(object_class=ObjectClass.SECRET_KEY, id=bytes.fromhex(unwrap_from))
         iv = os.urandom(12)
         sealed = source.encrypt(DATA_KEY, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, associated_data))
 

@@ -395,7 +395,8 @@ def main() -> None:
     if ours[1] is not None:
         verdicts = [
             f"encrypt {ours[1] / ceiling[1]:.0%} and decrypt {ours[2] / ceiling[2]:.0%} of raw AESGCM (target 80%)",
-            f"encrypt {ours[1] / rows[1][1]:.0%} and decrypt {ours[2] / rows[1][2]:.0%} of raw AESGCM with encrypt_into",
+            f"encrypt {ours[1] / rows[1][1]:.0%} and decrypt {ours[2] / rows[1][2]:.0%}"
+            " of raw AESGCM with encrypt_into",
             *(f"vs {name}: encrypt x{ours[1] / e:.1f}, decrypt x{ours[2] / d:.1f}" for name, e, d in peers),
         ]
         print("\n" + "\n".join(verdicts))

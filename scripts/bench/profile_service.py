@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_DIR.mkdir(exist_ok=True)
     stacks_path = RESULTS_DIR / f"{name}.collapsed.partial"
     with BenchServer() as server:
-        _, rpcs = prepare(server.target)
+        rpcs = prepare(server.target)
         rpc = rpcs[args.method]
         with LoadGenerator(server.target, processes=args.client_processes) as load:
             load.run(args.method, rpc, args.concurrency, duration=args.warmup, warmup=0)

@@ -71,6 +71,20 @@ def _version(rpc: str, message_type, **fields):
     return _call("keys", rpc, message_type(key_id="orders", version=1, **fields))
 
 
+def _pseudonymize(w: Walk):
+    """Pseudonymize on a key of its purpose, made first (CreateKey's own record is walked above)."""
+    w.admin.keys.CreateKey(pb.CreateKeyRequest(key_id="emails", purpose="PSEUDONYMIZE"), timeout=30)
+    request = pb.PseudonymizeRequest(key_id="emails", values=[b"ada@example.com"])
+    return w.admin.keys.Pseudonymize(request, metadata=w.metadata("Pseudonymize"), timeout=30)
+
+
+def _erase(w: Walk):
+    """EraseSubject on a key that keeps a key per data subject, made first."""
+    w.admin.keys.CreateKey(pb.CreateKeyRequest(key_id="people", subject_field="user_id"), timeout=30)
+    request = pb.EraseSubjectRequest(key_id="people", subject="alice")
+    return w.admin.keys.EraseSubject(request, metadata=w.metadata("EraseSubject"), timeout=30)
+
+
 TWO_DAYS, NO_IDLE = _duration(2 * DAY), _duration(timedelta(0))
 ORDERS = pb.GetKeyRequest(key_id="orders")
 
@@ -123,6 +137,10 @@ STEPS: dict[str, tuple[Callable[[Walk], object], tuple[str, int]]] = {
     "BatchDecrypt": (_call("keys", "BatchDecrypt", pb.BatchDecryptRequest()), ("", 0)),
     "BatchReWrap": (_call("keys", "BatchReWrap", pb.BatchReWrapRequest()), ("", 0)),
     "StreamReWrap": (_call("keys", "StreamReWrap", lambda w: iter(()), streamed=True), ("", 0)),
+    "Pseudonymize": (_pseudonymize, ("emails", 1)),
+    # The erasure's record names the version after whose destruction it is final.
+    "EraseSubject": (_erase, ("people", 1)),
+    "ListErasures": (_call("keys", "ListErasures", pb.ListErasuresRequest(key_id="people")), ("people", 0)),
     # A grant on one key is found among that key's records.
     "GrantPermissions": (
         _keep(
@@ -204,7 +222,7 @@ def test_every_rpc_leaves_its_record_with_the_right_key_version_and_identity(aud
             pytest.fail(f"{rpc} failed: {error.code()} {error.details()}")
     by_request = {(e.request_id, e.item): e for e in _records(admin)}
     found = {}
-    for rpc, (_, expected) in STEPS.items():
+    for rpc in STEPS:
         record = by_request.get((walk.request_ids[rpc], -1))
         found[rpc] = record and (record.rpc, record.identity, record.outcome, record.key_id, record.key_version)
     assert found == {rpc: (rpc, ADMIN, "OK", *expected) for rpc, (_, expected) in STEPS.items()}

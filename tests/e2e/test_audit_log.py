@@ -43,7 +43,7 @@ def _sql(app, statement: str, **params) -> None:
 
 
 def test_every_call_and_every_batch_item_is_recorded_without_secrets(audited):
-    app, client, issued = audited
+    _app, client, issued = audited
     events = list(client.audit_events())
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     rpcs = [(e.rpc, e.item, e.outcome) for e in events]
@@ -74,7 +74,7 @@ def test_every_call_and_every_batch_item_is_recorded_without_secrets(audited):
 
 
 def test_stream_items_are_recorded_and_a_stream_without_items_still_leaves_a_record(audited):
-    app, client, issued = audited
+    _app, client, issued = audited
     results = list(client.stream_rewrap([(issued[1].wrapped_key, CONTEXT), (b"junk", {})]))
     assert len(results) == 2
     assert list(client.stream_rewrap([])) == []
@@ -338,7 +338,8 @@ def _make_audit_unwritable(app, dialect: str) -> None:
     else:
         _sql(
             app,
-            "CREATE FUNCTION audit_full() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql",
+            "CREATE FUNCTION audit_full() RETURNS trigger AS"
+            " $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql",
         )
         _sql(app, "CREATE TRIGGER audit_full BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION audit_full()")
 

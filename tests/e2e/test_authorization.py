@@ -223,9 +223,11 @@ def test_a_caller_without_a_certificate_is_unauthenticated(hsm_token, tmp_path, 
     )
     try:
         credentials = kms_client.tls_credentials(str(dev_certs / "ca.crt"))
-        with kms_client.KmsClient(app.target, credentials=credentials, timeout=10) as anonymous:
-            with pytest.raises(kms_client.Unauthenticated):
-                anonymous.generate_data_key("orders", {})
+        with (
+            kms_client.KmsClient(app.target, credentials=credentials, timeout=10) as anonymous,
+            pytest.raises(kms_client.Unauthenticated),
+        ):
+            anonymous.generate_data_key("orders", {})
     finally:
         app.stop(grace=1)
 
@@ -250,7 +252,9 @@ def test_a_policy_change_reaches_another_replica_within_a_second_of_its_poll(
         bootstrap_admin=ADMIN,
     )
     promised = settings.policy_poll_interval.total_seconds() + 1.0
-    first, second = _running(settings), _running(settings.model_copy(update={"listen": "127.0.0.1:0"}))
+    first = _running(settings)
+    # A replica's audit journal is its own (one process appends to a journal directory).
+    second = _running(settings.model_copy(update={"audit_journal_dir": tmp_path / "second-journal"}))
     try:
         admin, app_on_second = connect(first, "admin"), connect(second, "app")
         admin.create_key("orders")

@@ -184,9 +184,9 @@ def test_a_cn_identity_holds_exactly_the_grants_made_to_it(zoo_server, admin, pr
     admin.grant_permissions("cn:cn-only", "orders", ["encrypt"])
     caller = present(zoo_server, ZOO["cn-only"])
     wrapped = caller.generate_data_key("orders", {"tenant": "acme"}).wrapped_key
-    with pytest.raises(kms_client.PermissionDenied, match="^cn:cn-only lacks the decrypt permission"):
+    with pytest.raises(kms_client.PermissionDenied, match=r"^cn:cn-only lacks the decrypt permission"):
         caller.decrypt_data_key(wrapped, {"tenant": "acme"})
-    with pytest.raises(kms_client.PermissionDenied, match="^cn:cn-only lacks the encrypt permission"):
+    with pytest.raises(kms_client.PermissionDenied, match=r"^cn:cn-only lacks the encrypt permission"):
         caller.generate_data_key("orders-archive", {})
     events = [e for e in admin.audit_events() if e.rpc == "GenerateDataKey" and e.key_id == "orders"]
     assert [(e.identity, e.outcome) for e in events] == [("cn:cn-only", "OK")]

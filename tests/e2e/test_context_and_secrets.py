@@ -259,9 +259,11 @@ def test_a_wrong_pin_is_reported_without_being_shown(hsm_token, tmp_path, sqlite
     )
     app = _running(settings)
     try:
-        with kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client:
-            with pytest.raises(kms_client.Unavailable) as refused_:
-                client.create_key("orders")
+        with (
+            kms_client.KmsClient(app.target, retry=kms_client.RetryPolicy(max_attempts=1)) as client,
+            pytest.raises(kms_client.Unavailable) as refused_,
+        ):
+            client.create_key("orders")
         assert not app.health.serving
         problems = repr(app.health.problems)
     finally:

@@ -220,7 +220,7 @@ def test_an_old_key_row_restored_is_refused(world):
 
 
 def test_a_version_pointed_at_another_master_key_is_refused(world):
-    app, replica, connect, admin, wrapped = world
+    app, replica, connect, _admin, _wrapped = world
     versions = {r["version"]: r for r in _rows(app, "key_versions") if r["key_id"] == "orders"}
     _sql(app, "UPDATE key_versions SET master_key_id = :m WHERE key_id = 'orders' AND version = 2", m="00" * 16)
     second = replica()
@@ -234,7 +234,7 @@ def test_a_forged_ledger_entry_is_refused_and_nothing_is_believed(world):
     the whole ledger untrusted (denial of service), and grants nothing."""
     from kms.domain.ledger import GRANT, Change, entry_hash
 
-    app, replica, connect, admin, wrapped = world
+    app, replica, connect, _admin, _wrapped = world
     head = _rows(app, "ledger_head")[0]
     forged = Change(GRANT, "forged0000000000000000000000001", 1, "ab" * 32)
     digest = entry_hash(head["seq"] + 1, forged, head["hash"])
@@ -285,7 +285,7 @@ def test_a_rolled_back_database_is_refused_until_an_operator_accepts_it(world):
 
 
 def test_an_emptied_ledger_is_a_rollback_not_a_fresh_start(world):
-    app, replica, connect, admin, wrapped = world
+    app, replica, connect, _admin, wrapped = world
     _sql(app, "DELETE FROM ledger_entries")
     _sql(app, "UPDATE ledger_head SET seq = 0, hash = :h, mac = ''", h="0" * 64)
     _sql(
@@ -303,7 +303,7 @@ def test_an_emptied_ledger_is_a_rollback_not_a_fresh_start(world):
 
 
 def test_a_deleted_key_is_a_denial_of_service_and_is_reported(world):
-    app, replica, connect, admin, wrapped = world
+    app, replica, connect, _admin, wrapped = world
     _sql(app, "DELETE FROM key_versions WHERE key_id = 'orders'")
     _sql(app, "DELETE FROM keys WHERE key_id = 'orders'")
     second = replica()

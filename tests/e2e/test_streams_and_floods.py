@@ -187,8 +187,8 @@ def test_an_identity_without_the_permission_never_holds_a_stream_slot(server, st
     for _ in range(3):
         for caller, expected in ((auditor, "lacks"), (other, "holds no grant")):
             for attempt in (
-                lambda: caller.keys.StreamReWrap(iter([pb.BatchReWrapRequest()]), timeout=10),
-                lambda: caller.audit.ListAuditEvents(pb.ListAuditEventsRequest(), timeout=10),
+                lambda caller=caller: caller.keys.StreamReWrap(iter([pb.BatchReWrapRequest()]), timeout=10),
+                lambda caller=caller: caller.audit.ListAuditEvents(pb.ListAuditEventsRequest(), timeout=10),
             ):
                 error = refused(attempt)
                 assert error.code() == grpc.StatusCode.PERMISSION_DENIED and expected in error.details()
@@ -234,8 +234,8 @@ def test_streams_cancelled_while_waiting_for_requests_all_end_cancelled_and_leav
         else:
             monotonic.advance(IDLE + 1)
             server.streams.cancel_idle()
-        server.streams.wait_for(lambda: server.streams.released == attempt + 1)
-        assert refused(lambda: list(call)).code() == grpc.StatusCode.CANCELLED
+        server.streams.wait_for(lambda attempt=attempt: server.streams.released == attempt + 1)
+        assert refused(lambda call=call: list(call)).code() == grpc.StatusCode.CANCELLED
 
     ended = [e.outcome for e in _events(admin, identity=APP) if e.rpc == "StreamReWrap" and e.item == -1]
     assert len(ended) == 40 and set(ended) <= {"CANCELLED", "OK"}

@@ -39,9 +39,11 @@ def test_a_client_that_does_not_trust_the_server_is_refused(mtls_server, connect
 
 
 def test_plaintext_clients_cannot_talk_to_a_tls_server(mtls_server):
-    with kms_client.KmsClient(mtls_server.target, retry=kms_client.RetryPolicy(max_attempts=1), timeout=5) as client:
-        with pytest.raises(kms_client.Unavailable):
-            client.list_keys()
+    with (
+        kms_client.KmsClient(mtls_server.target, retry=kms_client.RetryPolicy(max_attempts=1), timeout=5) as client,
+        pytest.raises(kms_client.Unavailable),
+    ):
+        client.list_keys()
 
 
 def test_certificate_replaced_on_disk_is_used_for_new_connections_without_dropping_open_ones(

@@ -19,6 +19,8 @@ def server_env(hsm_env, database_url):
             "KMS_PKCS11_LABEL_PREFIX": "f" + uuid.uuid4().hex[:10],
             "KMS_DATABASE_URL": database_url,
             "KMS_MIN_ROTATION_PERIOD": "1s",
+            # Servers here are killed and restarted, never left running beside kms hsm rotate-root.
+            "KMS_HSM_ROOT_REFRESH": "1s",
         }
     )
 

@@ -58,7 +58,8 @@ def _all_open(target: str, engine, table) -> list[int]:
     with kms_client.KmsClient(target) as client:
         for start in range(0, len(rows), 1000):
             chunk = rows[start : start + 1000]
-            for row, opened in zip(chunk, client.decrypt_data_keys([(r.wrapped, {"tenant": r.tenant}) for r in chunk])):
+            opened_all = client.decrypt_data_keys([(r.wrapped, {"tenant": r.tenant}) for r in chunk])
+            for row, opened in zip(chunk, opened_all, strict=True):
                 assert not isinstance(opened, Exception), (row.id, opened)
                 versions.append(opened.key_version)
     return versions

@@ -1,9 +1,17 @@
 """kill -9 while answered calls' audit records exist only in the journal (the database refuses
-them): after a restart every one of them is in the chain, exactly once, and the chain verifies."""
+them): after a restart every one of them is in the chain, exactly once, and the chain verifies.
+
+The killed server's audit writer outlives it briefly: its input ends, it goes on chaining what it
+can for a few seconds and exits (kms.audit_writer). Here the database refuses the records until
+that writer has gone, so the replay is the restarted server's, and is seen in its log."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from collections import Counter
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
@@ -24,7 +32,8 @@ def _refuse_audit_records(url: str, refuse: bool) -> None:
         elif refuse:
             connection.execute(
                 text(
-                    "CREATE FUNCTION full_() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'full'; END $$ LANGUAGE plpgsql"
+                    "CREATE FUNCTION full_() RETURNS trigger AS"
+                    " $$ BEGIN RAISE EXCEPTION 'full'; END $$ LANGUAGE plpgsql"
                 )
             )
             connection.execute(
@@ -34,6 +43,23 @@ def _refuse_audit_records(url: str, refuse: bool) -> None:
             connection.execute(text("DROP TRIGGER full_ ON audit_records"))
             connection.execute(text("DROP FUNCTION full_()"))
     engine.dispose()
+
+
+def _wait_for_the_killed_servers_writer(data_dir: Path, attempts: int = 1200) -> None:
+    """Until the killed server's audit writer has exited: it holds the journal's writer.lock
+    while it runs (kms.store.audit_journal)."""
+    descriptor = os.open(data_dir / "audit-journal" / "writer.lock", os.O_RDWR)
+    pause = threading.Event()
+    try:
+        for _ in range(attempts):
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return  # closing the descriptor lets it go again
+            except BlockingIOError:
+                pause.wait(0.05)
+        raise AssertionError("the killed server's audit writer never exited")
+    finally:
+        os.close(descriptor)
 
 
 def test_journaled_records_survive_kill_9(server_process, server_env):
@@ -49,6 +75,7 @@ def test_journaled_records_survive_kill_9(server_process, server_env):
             issued = client.generate_data_key("orders", {"n": str(n)})
             assert issued.key_id == "orders"  # answered: its record is in the journal
     server.kill()
+    _wait_for_the_killed_servers_writer(server.data_dir)
     _refuse_audit_records(url, False)
 
     server.start()

@@ -172,6 +172,72 @@ def test_batches_report_each_item_on_its_own(data_keys):
         data_keys.decrypt_many(Call(), [UnwrapRequest(b"x", {})] * 1001)
 
 
+def test_a_mixed_rewrap_batch_answers_and_records_each_item_as_it_would_alone(data_keys, sqlite_services):
+    """BatchReWrap does its HSM work per pass (items sharing source and destination versions
+    together): items of every kind, interleaved, still get their own result and audit trail,
+    in order, and the usage counts add up."""
+    sqlite_services.keys.create_key(Call(), "archive")
+    old = data_keys.generate_data_keys(Call(), [DataKeyRequest("orders", CONTEXT)] * 4)
+    other = data_keys.generate_data_key(Call(), "archive", CONTEXT)
+    sqlite_services.keys.rotate_key(Call(), "orders")
+    current = data_keys.generate_data_key(Call(), "orders", CONTEXT)
+    flipped = bytearray(old[1].wrapped_key)
+    flipped[-1] ^= 1
+    sqlite_services.usage.flush()
+    before = {v.version: v.usage for v in sqlite_services.cache.read_through("orders").versions}
+    requests = [
+        UnwrapRequest(old[0].wrapped_key, CONTEXT),  # moves to orders v2
+        UnwrapRequest(current.wrapped_key, CONTEXT),  # current: opened, returned unchanged
+        UnwrapRequest(bytes(flipped), CONTEXT),  # does not open
+        UnwrapRequest(old[2].wrapped_key, CONTEXT, "archive"),  # moves to another key
+        UnwrapRequest(old[3].wrapped_key, {"tenant": "evil"}),  # the wrong context
+        UnwrapRequest(b"junk", CONTEXT),
+        UnwrapRequest(other.wrapped_key, CONTEXT),  # another key, current
+        UnwrapRequest(old[1].wrapped_key, CONTEXT),  # moves, after a failure in its own pass
+        UnwrapRequest(current.wrapped_key, CONTEXT, "nowhere"),
+    ]
+    call = Call()
+    results = data_keys.rewrap_many(call, requests)
+    sqlite_services.usage.flush()
+    after = {v.version: v.usage for v in sqlite_services.cache.read_through("orders").versions}
+    assert after[1].decrypts - before[1].decrypts == 3  # the three moved away from version 1
+    assert after[2].data_keys_issued - before[2].data_keys_issued == 2  # two moved onto version 2
+    assert after[2].decrypts - before[2].decrypts == 1  # the current one, opened
+
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == [
+        "Rewrapped",
+        "Rewrapped",
+        "InvalidCiphertext",
+        "Rewrapped",
+        "InvalidCiphertext",
+        "InvalidCiphertext",
+        "Rewrapped",
+        "Rewrapped",
+        "KeyNotFound",
+    ]
+    moved = {index: results[index] for index in (0, 3, 7)}
+    assert [(r.key_id, r.key_version, r.source_key_version) for r in moved.values()] == [
+        ("orders", 2, 1),
+        ("archive", 1, 1),
+        ("orders", 2, 1),
+    ]
+    for index, issued in ((0, old[0]), (3, old[2]), (7, old[1])):
+        assert data_keys.decrypt(Call(), moved[index].wrapped_key, CONTEXT).plaintext == issued.plaintext
+    assert results[1].wrapped_key == current.wrapped_key and results[6].wrapped_key == other.wrapped_key
+    items = call.trail.items
+    assert [position for position, _, _ in items] == list(range(len(requests)))
+    assert [type(error).__name__ if error else "OK" for _, _, error in items] == [
+        "OK" if kind == "Rewrapped" else kind for kind in kinds
+    ]
+    assert [trail.detail for _, trail, _ in items[:4]] == [
+        "to orders v2",
+        "to orders v2",
+        "to orders v2",
+        "to archive v1",
+    ]
+
+
 def test_data_keys_from_the_hsm_rng_work_the_same(sqlite_services):
     from kms.service.data_keys import DataKeyService
 

@@ -497,8 +497,8 @@ def test_a_master_key_is_vetted_once_per_object_not_per_call(sqlite_services, mo
     from kms.hsm import master_keys
 
     vetted: list[int] = []
-    original = master_keys.unmet
-    monkeypatch.setattr(master_keys, "unmet", lambda found, table: vetted.append(1) or original(found, table))
+    original = master_keys.unmet_any
+    monkeypatch.setattr(master_keys, "unmet_any", lambda found, tables: vetted.append(1) or original(found, tables))
     services = sqlite_services
     services.keys.create_key(Call(), "often")
 

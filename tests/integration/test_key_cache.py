@@ -10,6 +10,7 @@ from kms.errors import DatabaseUnavailable, KeyNotFound
 from kms.service.calls import Call
 from kms.service.integrity import MetadataIntegrity
 from kms.service.key_cache import KeyCache
+from tests.support.fixtures import own_journal
 
 
 class Ticks:
@@ -42,7 +43,7 @@ def _follower(services, ticks: Ticks, max_stale: float = 30.0) -> MetadataIntegr
 
 
 def test_another_replicas_rotation_is_seen_once_the_ledger_is_read_and_not_before(settings):
-    first, second = build_services(settings), build_services(settings)
+    first, second = build_services(settings), build_services(own_journal(settings, "second"))
     try:
         first.keys.create_key(Call(), "shared")
         second.integrity.refresh()

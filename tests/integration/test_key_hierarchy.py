@@ -16,6 +16,7 @@ from kms.errors import FailedPrecondition, KeyMaterialCorrupt, RootKeyUntrusted
 from kms.hsm.hierarchy import KeyHierarchy
 from kms.hsm.master_keys import Pkcs11MasterKeyStore
 from kms.service.calls import Call
+from tests.support.fixtures import own_journal
 
 CONTEXT = {"tenant": "acme"}
 
@@ -104,7 +105,7 @@ def test_root_rotation_rewraps_everything_old_data_still_opens_and_old_copies_di
     report = services.roots.rotate()
     assert report.created and report.root_key_id != old_root and (report.keys, report.versions) == (5, 10)
     assert services.repository.keys_wrapped_outside(report.root_key_id, 10, None) == []
-    for key_id, data_key in issued:
+    for _key_id, data_key in issued:
         assert data_keys.decrypt(Call(), data_key.wrapped_key, CONTEXT).plaintext == data_key.plaintext
     assert {v.root_key_id for v in keys.get_key(Call(), "k3").versions} == {report.root_key_id}
 
@@ -112,8 +113,35 @@ def test_root_rotation_rewraps_everything_old_data_still_opens_and_old_copies_di
     assert old_root not in services.master_keys.hierarchy.roots()
     with pytest.raises(KeyMaterialCorrupt, match="root key"):  # the backup's copy is dead
         services.master_keys.encrypt(replace(before, master_key_id="ee" * 16), b"k" * 32, b"aad")
-    for key_id, data_key in issued:  # and the live keys still open everything
+    for _key_id, data_key in issued:  # and the live keys still open everything
         assert data_keys.decrypt(Call(), data_key.wrapped_key, CONTEXT).plaintext == data_key.plaintext
+
+
+def test_a_serving_replica_follows_a_root_rotation_made_by_another_process(settings):
+    """kms hsm rotate-root runs in its own process while servers serve: they find the new root
+    (for new versions, and for versions it re-wrapped) without a restart, so the old root can
+    be retired under them."""
+    from kms.app import build_services
+
+    serving, operator = build_services(settings), build_services(own_journal(settings, "operator"))
+    try:
+        serving.keys.create_key(Call(), "orders")
+        issued = serving.data_keys.generate_data_key(Call(), "orders", CONTEXT)
+        old_root = serving.master_keys.hierarchy.active_root()
+
+        report = operator.roots.rotate()  # waits KMS_HSM_ROOT_REFRESH before re-wrapping
+        serving.integrity.refresh()  # what the ledger poller does
+        rotated = serving.keys.rotate_key(Call(), "orders")
+        assert (report.keys, report.versions) == (1, 1)
+        assert {v.root_key_id for v in rotated.versions} == {report.root_key_id}
+        operator.roots.retire(old_root)
+
+        assert serving.data_keys.decrypt(Call(), issued.wrapped_key, CONTEXT).plaintext == issued.plaintext
+        fresh = serving.data_keys.generate_data_key(Call(), "orders", CONTEXT)
+        assert serving.data_keys.decrypt(Call(), fresh.wrapped_key, CONTEXT).plaintext == fresh.plaintext
+    finally:
+        serving.close()
+        operator.close()
 
 
 def test_an_interrupted_root_rotation_resumes_onto_the_same_new_root(sqlite_services, monkeypatch):

@@ -160,7 +160,11 @@ def test_two_replicas_racing_rotate_each_due_key_exactly_once(postgres_url, hsm_
     from tests.support.fixtures import make_settings
 
     settings = make_settings(hsm_token, tmp_path, postgres_url, label_prefix)
-    first, second = build_services(settings, clock), build_services(settings, clock)
+    first, second = (
+        # A replica's audit journal is its own (one process appends to a journal directory).
+        build_services(settings.model_copy(update={"audit_journal_dir": tmp_path / name}), clock)
+        for name in ("journal-1", "journal-2")
+    )
     try:
         for n in range(40):
             first.keys.create_key(Call(), f"k{n:02d}", rotation_period=HOUR)

@@ -78,19 +78,20 @@ def sqlite_url(tmp_path: Path) -> str:
 def make_settings(hsm_token, data_dir: Path, database_url: str, label_prefix: str, **overrides):
     from kms.config import Settings
 
-    values = dict(
-        data_dir=data_dir,
-        database_url=database_url,
-        pkcs11_module=hsm_token.module_path,
-        pkcs11_token_label=hsm_token.token_label,
-        pkcs11_pin_file=hsm_token.pin_file,
-        pkcs11_label_prefix=label_prefix,
-        listen="127.0.0.1:0",
-        max_workers=16,
-        health_interval=0.2,
-        min_rotation_period=1,
-        shutdown_grace=2,
-    )
+    values = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "pkcs11_module": hsm_token.module_path,
+        "pkcs11_token_label": hsm_token.token_label,
+        "pkcs11_pin_file": hsm_token.pin_file,
+        "pkcs11_label_prefix": label_prefix,
+        "listen": "127.0.0.1:0",
+        "max_workers": 16,
+        "health_interval": 0.2,
+        "min_rotation_period": 1,
+        "shutdown_grace": 2,
+        "hsm_root_refresh": 0.2,
+    }
     values.update(overrides)
     values.setdefault("dev_mode", "tls_cert" not in values)
     return Settings(**values)
@@ -123,6 +124,12 @@ def sqlite_services(sqlite_settings):
     built = build_services(sqlite_settings)
     yield built
     built.close()
+
+
+def own_journal(settings, name: str):
+    """``settings`` for one more replica in this process: a journal directory belongs to one
+    process at a time, so each replica built here gets its own."""
+    return settings.model_copy(update={"audit_journal_dir": settings.data_dir / f"journal-{name}"})
 
 
 def _running(app_settings):

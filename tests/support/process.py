@@ -30,9 +30,11 @@ class ServerProcess:
     gets another port (read ``target`` after ``start``) unless it asks for the previous one, as
     a test of clients that keep their address across a restart must."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str], *, dev: bool = True) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], *, dev: bool = True, args: tuple[str, ...] = ()) -> None:
+        """``args``: more ``kms serve`` arguments (``--workers 2``, ...)."""
         self.data_dir = data_dir
         self.env = env
+        self.args = args
         self.port: int | None = None
         self.dev = dev
         self.process: subprocess.Popen | None = None
@@ -68,6 +70,7 @@ class ServerProcess:
                 "--log-format",
                 "text",
                 *(["--dev"] if self.dev else []),
+                *self.args,
             ),
             env=env,
             stdout=log,

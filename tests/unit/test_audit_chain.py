@@ -102,20 +102,20 @@ def test_a_record_inserted_and_renumbered_breaks_the_link_after_it():
     records = chain(5)
     forged = extend(2, records[1].hash, [("forger", replace(entry(99), identity="spiffe://kms.dev/admin"))])[0]
     renumbered = [replace(r, seq=r.seq + 1) for r in records[2:]]
-    seq, text = problem(records[:2] + [forged] + renumbered, seal(records, 5))
+    seq, text = problem([*records[:2], forged, *renumbered], seal(records, 5))
     assert (seq, text) == (4, "record 4 does not follow record 3 (inserted, removed or reordered)")
 
 
 def test_reordered_records_break_the_link():
     records = chain(5)
-    swapped = records[:2] + [replace(records[3], seq=3), replace(records[2], seq=4)] + records[4:]
+    swapped = [*records[:2], replace(records[3], seq=3), replace(records[2], seq=4), *records[4:]]
     expected = "record 3 does not follow record 2 (inserted, removed or reordered)"
     assert problem(swapped, seal(records, 5)) == (3, expected)
 
 
 def test_a_record_read_twice_is_out_of_order():
     records = chain(4)
-    assert problem(records[:3] + [records[1]] + records[3:], seal(records, 4)) == (2, "record 2 is out of order")
+    assert problem([*records[:3], records[1], *records[3:]], seal(records, 4)) == (2, "record 2 is out of order")
 
 
 def test_a_rewritten_stretch_is_found_by_its_checkpoint():
@@ -173,22 +173,34 @@ def test_the_first_problem_is_the_one_reported():
 def test_the_hash_covers_every_field_and_the_origin():
     base = entry(1)
     digest = chain_hash(1, base, "replica-a", GENESIS)
-    changes = dict(
-        time=T0,
-        identity="x",
-        rpc="x",
-        outcome="x",
-        key_id="x",
-        key_version=9,
-        reason="x",
-        request_id="x",
-        peer="x",
-        context_digest="x",
-        item=7,
-        detail="x",
-    )
+    changes = {
+        "time": T0,
+        "identity": "x",
+        "rpc": "x",
+        "outcome": "x",
+        "key_id": "x",
+        "key_version": 9,
+        "reason": "x",
+        "request_id": "x",
+        "peer": "x",
+        "context_digest": "x",
+        "item": 7,
+        "detail": "x",
+    }
     for name, value in changes.items():
         assert chain_hash(1, replace(base, **{name: value}), "replica-a", GENESIS) != digest, name
     assert chain_hash(1, base, "replica-b", GENESIS) != digest
     assert chain_hash(2, base, "replica-a", GENESIS) != digest
     assert chain_hash(1, base, "replica-a", "1" * 64) != digest
+
+
+def test_clipping_leaves_a_clean_entry_alone_and_cuts_and_cleans_only_the_fields_that_need_it():
+    from kms.domain.audit import FIELD_LIMITS, clipped
+
+    clean = entry(1)
+    assert clipped(clean) is clean
+    dirty = replace(clean, detail="x" * 600, peer="ipv4:\x00evil", key_id="orders")
+    fixed = clipped(dirty)
+    assert fixed.detail == "x" * FIELD_LIMITS["detail"]
+    assert fixed.peer == "ipv4:\ufffdevil"
+    assert replace(fixed, detail=dirty.detail, peer=dirty.peer) == dirty  # nothing else changed

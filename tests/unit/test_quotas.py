@@ -170,3 +170,19 @@ def test_without_any_grant_the_door_is_shut(clock):
         authz.admit(Call(identity="spiffe://kms.dev/stranger"))
     with pytest.raises(Unauthenticated):
         authz.admit(Call(identity="anonymous"))
+
+
+def test_a_call_of_many_values_takes_one_token_each_and_one_larger_than_the_burst_is_not_starved(clock):
+    pseudonymizer = Authorizer(
+        Policies(may(APP, Permission.PSEUDONYMIZE)),
+        QuotaBook({Permission.PSEUDONYMIZE: Limit(rate=100, burst=100)}, monotonic=clock),
+        (),
+    )
+    pseudonymizer.require(Call(identity=APP), Permission.PSEUDONYMIZE, "orders", uses=60)
+    with pytest.raises(RateLimited):
+        pseudonymizer.require(Call(identity=APP), Permission.PSEUDONYMIZE, "orders", uses=60)  # 40 left
+    clock.now += 0.6  # 100 again
+    pseudonymizer.require(Call(identity=APP), Permission.PSEUDONYMIZE, "orders", uses=1000)  # a full bucket
+    with pytest.raises(RateLimited) as refused:
+        pseudonymizer.require(Call(identity=APP), Permission.PSEUDONYMIZE, "orders")
+    assert refused.value.retry_after == pytest.approx(1.01)  # in debt by the burst: -100 + 1 needed

@@ -95,10 +95,10 @@ def test_the_same_kind_after_the_window_writes_the_summary_then_itself():
 @pytest.mark.parametrize(
     "change",
     [
-        dict(identity="spiffe://kms.dev/other"),
-        dict(rpc="GenerateDataKey"),
-        dict(outcome="UNAUTHENTICATED"),
-        dict(reason="Unauthenticated"),
+        {"identity": "spiffe://kms.dev/other"},
+        {"rpc": "GenerateDataKey"},
+        {"outcome": "UNAUTHENTICATED"},
+        {"reason": "Unauthenticated"},
     ],
     ids=["identity", "rpc", "outcome", "reason"],
 )

@@ -23,7 +23,7 @@ def test_printable_text_is_returned_as_it_is(value):
 
 def test_the_length_limit_counts_characters_and_is_inclusive():
     assert validate_text("description", "é" * 10, 10) == "é" * 10
-    with pytest.raises(InvalidArgument, match="^description must be at most 10 characters$"):
+    with pytest.raises(InvalidArgument, match=r"^description must be at most 10 characters$"):
         validate_text("description", "é" * 11, 10)
 
 
@@ -31,7 +31,7 @@ def test_the_length_limit_counts_characters_and_is_inclusive():
 @pytest.mark.parametrize("multiline", [False, True])
 def test_nul_controls_and_lone_surrogates_are_refused_anywhere(character, multiline):
     for value in (character, f"a{character}", f"{character}b", f"a{character}b"):
-        with pytest.raises(InvalidArgument, match="^note must not contain NUL or control characters$"):
+        with pytest.raises(InvalidArgument, match=r"^note must not contain NUL or control characters$"):
             validate_text("note", value, 64, multiline=multiline)
 
 
@@ -45,7 +45,7 @@ def test_tabs_and_line_breaks_only_where_lines_are_allowed(character):
 
 @pytest.mark.parametrize("value", [b"bytes", 42, None, ["orders"]], ids=["bytes", "int", "none", "list"])
 def test_anything_but_text_is_refused(value):
-    with pytest.raises(InvalidArgument, match="^label must be text$"):
+    with pytest.raises(InvalidArgument, match=r"^label must be text$"):
         validate_text("label", value, 64)
 
 

@@ -214,6 +214,12 @@ class KeyMap {
     this.#born.clear();
   }
 
+  discardWhere(matches: (slot: string) => boolean): void {
+    for (const slot of [...this.#lru.keys()].filter(matches)) {
+      this.discard(slot);
+    }
+  }
+
   #expire(): void {
     const now = this.#clock();
     for (const [slot, born] of this.#born) {
@@ -223,6 +229,13 @@ class KeyMap {
       this.discard(slot);
     }
   }
+}
+
+/** Whether a decrypt slot's wrapped key (formats 1 and 2 name their key at [2, 2+L)) is under `keyId`. */
+function wrappedUnder(slot: string, keyId: string): boolean {
+  const colon = slot.indexOf(":");
+  const wrapped = slot.slice(colon + 1, colon + 1 + Number(slot.slice(0, colon)));
+  return wrapped.length > 2 && wrapped.slice(2, 2 + wrapped.charCodeAt(1)) === keyId;
 }
 
 /** An unambiguous map key for a sequence of byte strings (latin1 is one char per byte). */
@@ -313,6 +326,22 @@ export class DataKeyCache {
   clear(): void {
     this.#encrypt.clear();
     this.#decrypt.clear();
+  }
+
+  /**
+   * Drops and zeroes the keys of `keyId` whose encryption context holds `subject` as a value
+   * (after eraseSubject, no data key of that subject is used again here). Matching is on the
+   * canonical context encoding, so an entry that merely contains those bytes goes too: that
+   * costs at most one more call to the service.
+   */
+  forgetSubject(keyId: string, subject: string): void {
+    const encoded = Buffer.from(subject, "utf8");
+    const length = Buffer.alloc(2);
+    length.writeUInt16BE(encoded.length);
+    const needle = Buffer.concat([length, encoded]).toString("latin1");
+    const named = slotOf(keyId);
+    this.#encrypt.discardWhere((slot) => slot.startsWith(named) && slot.includes(needle));
+    this.#decrypt.discardWhere((slot) => wrappedUnder(slot, keyId) && slot.includes(needle));
   }
 
   #usedUp(entry: Entry): boolean {

@@ -14,11 +14,13 @@ import * as grpc from "@grpc/grpc-js";
 import { DataKeyCache, DataKeyCaching, type DataKeyCachingOptions } from "./caching";
 import { type EncryptionContext, contextRecord } from "./context";
 import { type DecryptOptions, type EncryptOptions, EnvelopeEncryption, type RewrapItem } from "./encryption";
-import { Cancelled, KmsError, errorFor, fromServiceError } from "./errors";
+import { checkDataKey, checkDecrypted, checkRewrapped, checkToken, checkWrappedOnly } from "./checksums";
+import { crc32c } from "./crc32c";
+import { Cancelled, ChecksumMismatch, KmsError, ResponseChecksumMismatch, errorFor, fromServiceError } from "./errors";
 import * as wire from "./proto";
 import { NO_RETRY, RetryPolicy, type RetryPolicyOptions } from "./retry";
 import type { OpenStream, RewrapStream, SealStream } from "./streaming";
-import { DataKey, type Key, type Rewrapped, keyFromWire, rewrappedFromWire } from "./types";
+import { DataKey, type Erasure, type Key, type Rewrapped, erasureFromWire, keyFromWire, rewrappedFromWire } from "./types";
 
 export const DEFAULT_TIMEOUT_MS = 30_000;
 const MAX_RECEIVE_MESSAGE_BYTES = 16 * 1024 * 1024;
@@ -54,6 +56,11 @@ export interface KmsClientOptions {
   channelOptions?: grpc.ChannelOptions;
   /** grpc-js client interceptors (metrics, tracing, tests). */
   interceptors?: grpc.Interceptor[];
+  /**
+   * CRC32C of every byte field, sent with requests and checked on responses (docs/api.md,
+   * "Integrity in transit"); default true. False only for a service that predates it.
+   */
+  verifyChecksums?: boolean;
 }
 
 export interface CallOptions {
@@ -65,6 +72,30 @@ export interface CreateKeyOptions extends CallOptions {
   description?: string;
   /** When set the key rotates on this schedule. */
   rotationPeriodMs?: number;
+  /** "ENCRYPT_DECRYPT" (the default: data keys) or "PSEUDONYMIZE" (tokens, `pseudonymize`). */
+  purpose?: "ENCRYPT_DECRYPT" | "PSEUDONYMIZE";
+  /**
+   * The encryption-context entry naming the data subject (e.g. "user_id"): every data key is
+   * protected by a key of its own subject, and `eraseSubject` forgets one (docs/privacy.md).
+   */
+  subjectField?: string;
+  /** Versions that stopped being primary longer ago than this are destroyed by the scheduler. */
+  retentionPeriodMs?: number;
+  /** With a subjectField: the bound on erasures being final in backups (server default 30 days). */
+  erasureFinalityMs?: number;
+}
+
+export interface ListErasuresOptions extends CallOptions {
+  pageSize?: number;
+  pageToken?: string;
+}
+
+export interface PseudonymizeOptions extends CallOptions {
+  keyId: string;
+  /** Binds the tokens: the same value under another context gives an unrelated token. */
+  context?: EncryptionContext;
+  /** The key version to use (default: the primary), so that joins survive a rotation. */
+  keyVersion?: number;
 }
 
 export interface RewrapDataKeyOptions extends CallOptions {
@@ -215,6 +246,7 @@ export class KmsClient {
   readonly #retry: RetryPolicy;
   readonly #cache: DataKeyCache | undefined;
   readonly #envelope: EnvelopeEncryption;
+  readonly #verify: boolean;
   #closed = false;
 
   constructor(target: string, options: KmsClientOptions = {}) {
@@ -230,6 +262,7 @@ export class KmsClient {
     }
     this.#retry = options.retry instanceof RetryPolicy ? options.retry : new RetryPolicy(options.retry);
     this.#cache = cachingOf(options.dataKeyCaching);
+    this.#verify = options.verifyChecksums ?? true;
     const Service = wire.keyManagementService();
     this.#client = new Service(target, credentials, {
       "grpc.max_receive_message_length": MAX_RECEIVE_MESSAGE_BYTES,
@@ -283,7 +316,39 @@ export class KmsClient {
     if (options.rotationPeriodMs !== undefined) {
       request.rotationPeriod = durationOf(options.rotationPeriodMs);
     }
+    if (options.purpose !== undefined) {
+      request.purpose = options.purpose;
+    }
+    if (options.subjectField !== undefined) {
+      request.subjectField = options.subjectField;
+    }
+    if (options.retentionPeriodMs !== undefined) {
+      request.retentionPeriod = durationOf(options.retentionPeriodMs);
+    }
+    if (options.erasureFinalityMs !== undefined) {
+      request.erasureFinality = durationOf(options.erasureFinalityMs);
+    }
     return keyFromWire(await this.#unary<wire.Key>("CreateKey", request, options));
+  }
+
+  // -- data subjects --------------------------------------------------------------------------
+
+  /**
+   * Erases one data subject of a key with a subjectField: every data key issued for it stops
+   * opening (SubjectErased) on every replica within the service's metadata cache bound, and none
+   * is issued again. Data keys of that subject in this client's cache are destroyed at once.
+   * Safe to repeat: an erased subject answers with its original receipt. Needs `erase`.
+   */
+  async eraseSubject(keyId: string, subject: string, options: CallOptions = {}): Promise<Erasure> {
+    this.#cache?.forgetSubject(keyId, subject);
+    return erasureFromWire(await this.#unary<wire.Erasure>("EraseSubject", { keyId, subject }, options));
+  }
+
+  /** One page of a key's erasures, newest first; `nextPageToken` is empty on the last page. */
+  async listErasures(keyId: string, options: ListErasuresOptions = {}): Promise<{ erasures: Erasure[]; nextPageToken: string }> {
+    const request = { keyId, pageSize: options.pageSize ?? 0, pageToken: options.pageToken ?? "" };
+    const response = await this.#unary<wire.ListErasuresResponse>("ListErasures", request, options);
+    return { erasures: response.erasures.map(erasureFromWire), nextPageToken: response.nextPageToken };
   }
 
   async getKey(keyId: string, options: CallOptions = {}): Promise<Key> {
@@ -315,7 +380,7 @@ export class KmsClient {
   /** A fresh AES-256 data key and its wrapped copy. Keep only the wrapped copy; `destroy()` it. */
   async generateDataKey(keyId: string, context?: EncryptionContext, options: CallOptions = {}): Promise<DataKey> {
     const request = { keyId, encryptionContext: contextRecord(context) };
-    const response = await this.#unary<wire.GenerateDataKeyResponse>("GenerateDataKey", request, options);
+    const response = await this.#unary<wire.GenerateDataKeyResponse>("GenerateDataKey", request, options, this.#retry, this.#checking(checkDataKey));
     const dataKey = new DataKey(response.keyId, response.keyVersion, response.wrappedKey, response.plaintext);
     response.plaintext.fill(0);
     return dataKey;
@@ -324,14 +389,20 @@ export class KmsClient {
   /** A fresh data key's wrapped copy only (no plaintext leaves the service). */
   async generateDataKeyWithoutPlaintext(keyId: string, context?: EncryptionContext, options: CallOptions = {}): Promise<DataKey> {
     const request = { keyId, encryptionContext: contextRecord(context) };
-    const response = await this.#unary<wire.GenerateDataKeyResponse>("GenerateDataKeyWithoutPlaintext", request, options);
+    const response = await this.#unary<wire.GenerateDataKeyResponse>(
+      "GenerateDataKeyWithoutPlaintext",
+      request,
+      options,
+      this.#retry,
+      this.#checking(checkWrappedOnly),
+    );
     return new DataKey(response.keyId, response.keyVersion, response.wrappedKey);
   }
 
   /** Unwraps a wrapped key (the context must be the one it was issued with). */
   async decryptDataKey(wrappedKey: Uint8Array, context?: EncryptionContext, options: CallOptions = {}): Promise<DataKey> {
-    const request = { wrappedKey: Buffer.from(wrappedKey), encryptionContext: contextRecord(context) };
-    const response = await this.#unary<wire.DecryptResponse>("Decrypt", request, options);
+    const request = { wrappedKey: Buffer.from(wrappedKey), encryptionContext: contextRecord(context), ...this.#crc(wrappedKey, "wrappedKeyCrc32c") };
+    const response = await this.#unary<wire.DecryptResponse>("Decrypt", request, options, this.#retry, this.#checking(checkDecrypted));
     const dataKey = new DataKey(response.keyId, response.keyVersion, wrappedKey, response.plaintext);
     response.plaintext.fill(0);
     return dataKey;
@@ -339,12 +410,8 @@ export class KmsClient {
 
   /** Re-wraps a wrapped key under the primary version of its key (or of `destinationKeyId`). */
   async rewrapDataKey(wrappedKey: Uint8Array, context?: EncryptionContext, options: RewrapDataKeyOptions = {}): Promise<Rewrapped> {
-    const request = {
-      wrappedKey: Buffer.from(wrappedKey),
-      encryptionContext: contextRecord(context),
-      destinationKeyId: options.destinationKeyId ?? "",
-    };
-    return rewrappedFromWire(await this.#unary<wire.ReWrapResponse>("ReWrap", request, options));
+    const request = this.#rewrapRequest(wrappedKey, context, options.destinationKeyId);
+    return rewrappedFromWire(await this.#unary<wire.ReWrapResponse>("ReWrap", request, options, this.#retry, this.#checking(checkRewrapped)));
   }
 
   /**
@@ -355,17 +422,71 @@ export class KmsClient {
     items: readonly { wrappedKey: Uint8Array; context?: EncryptionContext }[],
     options: RewrapDataKeyOptions = {},
   ): Promise<(Rewrapped | KmsError)[]> {
-    const request = {
-      requests: items.map((item) => ({
-        wrappedKey: Buffer.from(item.wrappedKey),
-        encryptionContext: contextRecord(item.context),
-        destinationKeyId: options.destinationKeyId ?? "",
-      })),
+    const send = async (chosen: readonly { wrappedKey: Uint8Array; context?: EncryptionContext }[]): Promise<(Rewrapped | KmsError)[]> => {
+      const request = { requests: chosen.map((item) => this.#rewrapRequest(item.wrappedKey, item.context, options.destinationKeyId)) };
+      const response = await this.#unary<wire.BatchReWrapResponse>("BatchReWrap", request, options);
+      return response.results.map((result) => {
+        if (!(result.outcome === "rewrapped" && result.rewrapped)) {
+          return itemError(result.error);
+        }
+        const altered = this.#altered(checkRewrapped, result.rewrapped);
+        return altered ?? rewrappedFromWire(result.rewrapped);
+      });
     };
-    const response = await this.#unary<wire.BatchReWrapResponse>("BatchReWrap", request, options);
-    return response.results.map((result) =>
-      result.outcome === "rewrapped" && result.rewrapped ? rewrappedFromWire(result.rewrapped) : itemError(result.error),
-    );
+    return resendingAltered(items, send);
+  }
+
+  // -- pseudonymization (docs/pseudonymization.md) --------------------------------------------
+
+  /**
+   * One token per value, in order, from a PSEUDONYMIZE key: deterministic for a key version,
+   * context and value; unrelated under another context. Strings are taken as their UTF-8 bytes;
+   * each value is at most 4096 bytes. Any number of values: they go in calls of 1000, all under
+   * the version the first call used (the primary, or `keyVersion`). A token names its version
+   * ("kps1.<version>.<MAC>"). Rejects with the first failing value's error, or the call's
+   * (WrongKeyPurpose, PermissionDenied, KeyVersionNotUsable...); `pseudonymizeResults` gives
+   * per-value outcomes instead.
+   */
+  async pseudonymize(values: Iterable<string | Uint8Array>, options: PseudonymizeOptions): Promise<string[]> {
+    const results = await this.pseudonymizeResults(values, options);
+    const failed = results.find((result): result is KmsError => result instanceof KmsError);
+    if (failed !== undefined) {
+      throw failed;
+    }
+    return results as string[];
+  }
+
+  /** As `pseudonymize`, each value's outcome its token or its own error. */
+  async pseudonymizeResults(values: Iterable<string | Uint8Array>, options: PseudonymizeOptions): Promise<(string | KmsError)[]> {
+    const encoded = Array.from(values, (value) => (typeof value === "string" ? Buffer.from(value, "utf8") : Buffer.from(value)));
+    const results: (string | KmsError)[] = [];
+    let version = options.keyVersion ?? 0;
+    for (let start = 0; start < encoded.length; start += MAX_VALUES_PER_CALL) {
+      const chunk = encoded.slice(start, start + MAX_VALUES_PER_CALL);
+      let used = version;
+      const send = async (chosen: readonly Buffer[]): Promise<(string | KmsError)[]> => {
+        const request = {
+          keyId: options.keyId,
+          values: chosen,
+          context: contextRecord(options.context),
+          keyVersion: used,
+          valuesCrc32c: this.#verify ? chosen.map((value) => crc32c(value)) : [],
+        };
+        const response = await this.#unary<wire.PseudonymizeResponse>("Pseudonymize", request, options);
+        used = response.keyVersion; // a resend of altered values stays on this version
+        if (response.results.length !== chosen.length) {
+          throw new ResponseChecksumMismatch("the response does not hold one result per value");
+        }
+        return response.results.map((result) =>
+          result.outcome === "token" && result.token !== undefined
+            ? (this.#altered(checkToken, result) ?? result.token)
+            : itemError(result.error),
+        );
+      };
+      results.push(...(await resendingAltered(chunk, send)));
+      version = version || used;
+    }
+    return results;
   }
 
   // -- envelope encryption (docs/envelope-format.md) ------------------------------------------
@@ -459,7 +580,62 @@ export class KmsClient {
 
   // -- plumbing -------------------------------------------------------------------------------
 
-  #unary<T>(method: string, request: object, options: CallOptions, retry: RetryPolicy = this.#retry): Promise<T> {
+  /** `check` when checksums are on (it throws ResponseChecksumMismatch), else nothing. */
+  #checking<T>(check: (response: T) => void): ((response: T) => void) | undefined {
+    return this.#verify ? check : undefined;
+  }
+
+  /** The request field carrying `data`'s CRC32C, when checksums are on. */
+  #crc(data: Uint8Array, name: string): Record<string, number> {
+    return this.#verify ? { [name]: crc32c(data) } : {};
+  }
+
+  /** A batch item's alteration as its result, or undefined when it checks (or checks are off). */
+  #altered<T>(check: (item: T) => void, item: T): KmsError | undefined {
+    if (!this.#verify) {
+      return undefined;
+    }
+    try {
+      check(item);
+      return undefined;
+    } catch (error) {
+      if (error instanceof ResponseChecksumMismatch) {
+        return error;
+      }
+      throw error;
+    }
+  }
+
+  #rewrapRequest(wrappedKey: Uint8Array, context: EncryptionContext | undefined, destinationKeyId: string | undefined): object {
+    return {
+      wrappedKey: Buffer.from(wrappedKey),
+      encryptionContext: contextRecord(context),
+      destinationKeyId: destinationKeyId ?? "",
+      ...this.#crc(wrappedKey, "wrappedKeyCrc32c"),
+    };
+  }
+
+  /**
+   * One call with the retry policy. `check` vets the response (checksums). Bytes altered in
+   * transit, either way (ChecksumMismatch from the service, or from `check`), are sent once more
+   * at once, as a transport fault would be.
+   */
+  #unary<T>(
+    method: string,
+    request: object,
+    options: CallOptions,
+    retry: RetryPolicy = this.#retry,
+    check?: (response: T) => void,
+  ): Promise<T> {
+    return this.#unaryOnce<T>(method, request, options, retry, check).catch((error: unknown) => {
+      if (error instanceof ChecksumMismatch) {
+        return this.#unaryOnce<T>(method, request, options, retry, check);
+      }
+      throw error;
+    });
+  }
+
+  #unaryOnce<T>(method: string, request: object, options: CallOptions, retry: RetryPolicy, check?: (response: T) => void): Promise<T> {
     if (this.#closed) {
       return Promise.reject(new Cancelled("this KmsClient is closed"));
     }
@@ -479,8 +655,13 @@ export class KmsClient {
             call(request, metadata, callOptions, (error, response) => {
               if (error) {
                 reject(fromServiceError(error));
-              } else {
+                return;
+              }
+              try {
+                check?.(response as T);
                 resolve(response as T);
+              } catch (altered) {
+                reject(altered);
               }
             });
           } catch (error) {
@@ -490,6 +671,24 @@ export class KmsClient {
       deadline,
     );
   }
+}
+
+const MAX_VALUES_PER_CALL = 1000;
+
+/**
+ * `send(items)`, then once more for the items whose bytes were altered in transit (their outcome
+ * a ChecksumMismatch), whose outcomes replace the first ones.
+ */
+async function resendingAltered<I, O>(items: readonly I[], send: (chosen: readonly I[]) => Promise<(O | KmsError)[]>): Promise<(O | KmsError)[]> {
+  const outcomes = await send(items);
+  const again = outcomes.flatMap((outcome, index) => (outcome instanceof ChecksumMismatch ? [index] : []));
+  if (again.length > 0) {
+    const retried = await send(again.map((index) => items[index]!));
+    again.forEach((index, position) => {
+      outcomes[index] = retried[position]!;
+    });
+  }
+  return outcomes;
 }
 
 /** The chunks `transform` makes of `source`, as an async iterator; errors of either reject. */

@@ -122,6 +122,23 @@ export class InvalidRotationPeriod extends InvalidArgument { static { reason(thi
 export class MalformedRequest extends InvalidArgument { static { reason(this); } }
 export class BatchTooLarge extends InvalidArgument { static { reason(this); } }
 /**
+ * Bytes were altered between this client and the service: the service found a request's CRC32C
+ * wrong (and did nothing with it), or this SDK found a response's wrong
+ * (ResponseChecksumMismatch). The SDK has already sent them once more.
+ */
+export class ChecksumMismatch extends InvalidArgument { static { reason(this); } }
+/**
+ * A response's byte field does not match its CRC32C, or a response lacks the checksum or the
+ * verification this SDK asked for. Raised by this SDK only (docs/api.md).
+ */
+export class ResponseChecksumMismatch extends ChecksumMismatch { static { reason(this); } }
+/** A value to pseudonymize is longer than the service takes (4096 bytes). */
+export class ValueTooLong extends InvalidArgument { static { reason(this); } }
+/** A key's subjectField, retentionPeriod or erasureFinality is out of bounds or cannot apply (docs/privacy.md). */
+export class InvalidPrivacySetting extends InvalidArgument { static { reason(this); } }
+/** A key with a subjectField was used without the encryption-context entry naming the subject. */
+export class SubjectMissing extends InvalidArgument { static { reason(this); } }
+/**
  * A ciphertext or wrapped key that is malformed, altered, truncated, or opened with the wrong
  * encryption context. Deliberately does not say which. An altered wrapped key can also produce
  * an error about the key version it names instead (PermissionDenied, KeyVersionNotUsable, ...):
@@ -154,6 +171,15 @@ export class KeyVersionDisabled extends KeyVersionNotUsable { static { reason(th
 export class KeyVersionDestroyScheduled extends KeyVersionNotUsable { static { reason(this); } }
 export class KeyVersionDestroyed extends KeyVersionNotUsable { static { reason(this); } }
 export class KeyVersionBelowMinimum extends KeyVersionNotUsable { static { reason(this); } }
+/** The key's purpose is not the operation's: data keys need ENCRYPT_DECRYPT, pseudonymize PSEUDONYMIZE. */
+export class WrongKeyPurpose extends FailedPrecondition { static { reason(this); } }
+/**
+ * The data subject was erased: its data keys no longer open and none is issued. The message
+ * names the erasure by the subject's keyed digest (kms erase status lists it).
+ */
+export class SubjectErased extends FailedPrecondition { static { reason(this); } }
+/** The key has a retentionPeriod: its data keys are never re-wrapped onto newer versions. */
+export class RewrapDefeatsRetention extends FailedPrecondition { static { reason(this); } }
 /** The service records a usable version but its HSM has no master key object for it. */
 export class KeyMaterialMissing extends FailedPrecondition { static { reason(this); } }
 export class InvalidStateTransition extends FailedPrecondition { static { reason(this); } }

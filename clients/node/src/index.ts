@@ -7,7 +7,18 @@
  */
 
 export { KmsClient, DEFAULT_TIMEOUT_MS, isLocalTarget, tlsCredentials } from "./client";
-export type { CallOptions, CreateKeyOptions, KmsClientOptions, ListKeysOptions, PemSource, RewrapDataKeyOptions, TlsOptions } from "./client";
+export type {
+  CallOptions,
+  CreateKeyOptions,
+  KmsClientOptions,
+  ListErasuresOptions,
+  ListKeysOptions,
+  PemSource,
+  PseudonymizeOptions,
+  RewrapDataKeyOptions,
+  TlsOptions,
+} from "./client";
+export { crc32c } from "./crc32c";
 export type { DecryptOptions, EncryptOptions, RewrapItem } from "./encryption";
 export type { EncryptionContext } from "./context";
 export { DataKeyCaching, MAX_AGE_CEILING_MS, MAX_BYTES_CEILING, MAX_MESSAGES_CEILING } from "./caching";
@@ -17,13 +28,14 @@ export type { RetryEnvironment, RetryPolicyOptions } from "./retry";
 export { DEFAULT_FRAME_SIZE, Header, MAX_FRAME_SIZE, parseHeader } from "./envelope";
 export { OpenStream, RewrapStream, SealStream } from "./streaming";
 export { DataKey } from "./types";
-export type { Key, KeyVersion, KeyVersionState, Rewrapped } from "./types";
+export type { Erasure, Key, KeyVersion, KeyVersionState, Rewrapped } from "./types";
 export {
   AlreadyExists,
   AuditTampered,
   AuditUnavailable,
   BatchTooLarge,
   Cancelled,
+  ChecksumMismatch,
   ConcurrentCreation,
   DatabaseUnavailable,
   DeadlineExceeded,
@@ -38,6 +50,7 @@ export {
   InvalidEncryptionContext,
   InvalidKeyId,
   InvalidPageToken,
+  InvalidPrivacySetting,
   InvalidRotationPeriod,
   InvalidStateTransition,
   KeyAlreadyExists,
@@ -61,14 +74,20 @@ export {
   PermissionDenied,
   RateLimited,
   ResourceExhausted,
+  ResponseChecksumMismatch,
+  RewrapDefeatsRetention,
   SealKeyUntrusted,
   StreamIdle,
+  SubjectErased,
+  SubjectMissing,
   TooManyStreams,
   TruncatedCiphertext,
   Unauthenticated,
   Unavailable,
+  ValueTooLong,
   VersionStillInUse,
   WrapLimitReached,
+  WrongKeyPurpose,
   errorFor,
   fromServiceError,
   registeredReasons,

@@ -50,6 +50,27 @@ export interface Key {
   createTime: Timestamp | null;
   updateTime: Timestamp | null;
   minDecryptionVersion: number;
+  purpose: string;
+  subjectField: string;
+  retentionPeriod: Duration | null;
+  erasureFinality: Duration | null;
+}
+
+export interface Erasure {
+  keyId: string;
+  subjectDigest: string;
+  eraseTime: Timestamp | null;
+  erasedBy: string;
+  subjectKnown: boolean;
+  finalAfterVersion: number;
+  final: boolean;
+  finalTime: Timestamp | null;
+  auditSeq: number;
+}
+
+export interface ListErasuresResponse {
+  erasures: Erasure[];
+  nextPageToken: string;
 }
 
 export interface ListKeysResponse {
@@ -57,17 +78,22 @@ export interface ListKeysResponse {
   nextPageToken: string;
 }
 
+// The *_crc32c fields are proto3 `optional`: absent (undefined) when the service sent none.
 export interface GenerateDataKeyResponse {
   keyId: string;
   keyVersion: number;
   plaintext: Buffer;
   wrappedKey: Buffer;
+  plaintextCrc32c?: number;
+  wrappedKeyCrc32c?: number;
 }
 
 export interface DecryptResponse {
   keyId: string;
   keyVersion: number;
   plaintext: Buffer;
+  plaintextCrc32c?: number;
+  verifiedWrappedKeyCrc32c: boolean;
 }
 
 export interface ReWrapResponse {
@@ -76,6 +102,22 @@ export interface ReWrapResponse {
   sourceKeyVersion: number;
   wrappedKey: Buffer;
   sourceKeyId: string;
+  wrappedKeyCrc32c?: number;
+  verifiedWrappedKeyCrc32c: boolean;
+}
+
+export interface PseudonymizeResult {
+  outcome?: "token" | "error";
+  token?: string;
+  error?: ItemError | null;
+  tokenCrc32c?: number;
+  verifiedValueCrc32c: boolean;
+}
+
+export interface PseudonymizeResponse {
+  keyId: string;
+  keyVersion: number;
+  results: PseudonymizeResult[];
 }
 
 export interface ItemError {

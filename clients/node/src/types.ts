@@ -36,6 +36,33 @@ export interface Key {
   readonly createTime: Date | undefined;
   readonly updateTime: Date | undefined;
   readonly minDecryptionVersion: number;
+  /** "ENCRYPT_DECRYPT" (data keys) or "PSEUDONYMIZE" (tokens, `pseudonymize`). */
+  readonly purpose: string;
+  /** The encryption-context entry naming the data subject ("" for none): docs/privacy.md. */
+  readonly subjectField: string;
+  /** Versions superseded longer ago than this are destroyed by the scheduler (undefined: none). */
+  readonly retentionPeriodMs: number | undefined;
+  /** For a key with a subjectField: the bound on an erasure being final in backups. */
+  readonly erasureFinalityMs: number | undefined;
+}
+
+/**
+ * The receipt of one erasure: which key, a keyed digest of the subject (never the subject), who
+ * asked and when, and when it is final in database backups: once every master key version up to
+ * `finalAfterVersion` is destroyed (`finalTime`: when that was, or is expected).
+ */
+export interface Erasure {
+  readonly keyId: string;
+  readonly subjectDigest: string;
+  readonly eraseTime: Date | undefined;
+  readonly erasedBy: string;
+  /** False when no data key had been issued for the subject (none will be). */
+  readonly subjectKnown: boolean;
+  readonly finalAfterVersion: number;
+  readonly final: boolean;
+  readonly finalTime: Date | undefined;
+  /** The audit record holding the receipt (0 until it is chained). */
+  readonly auditSeq: number;
 }
 
 /**
@@ -141,6 +168,24 @@ export function keyFromWire(message: wire.Key): Key {
     createTime: timeOf(message.createTime),
     updateTime: timeOf(message.updateTime),
     minDecryptionVersion: message.minDecryptionVersion,
+    purpose: message.purpose,
+    subjectField: message.subjectField,
+    retentionPeriodMs: durationMs(message.retentionPeriod),
+    erasureFinalityMs: durationMs(message.erasureFinality),
+  });
+}
+
+export function erasureFromWire(message: wire.Erasure): Erasure {
+  return Object.freeze({
+    keyId: message.keyId,
+    subjectDigest: message.subjectDigest,
+    eraseTime: timeOf(message.eraseTime),
+    erasedBy: message.erasedBy,
+    subjectKnown: message.subjectKnown,
+    finalAfterVersion: message.finalAfterVersion,
+    final: message.final,
+    finalTime: timeOf(message.finalTime),
+    auditSeq: Number(message.auditSeq),
   });
 }
 

@@ -1,5 +1,7 @@
 """Client SDK of the key management service."""
 
+from kms_client._privacy import Erasure
+from kms_client._pseudonyms import token_version
 from kms_client._retry import RetryPolicy
 from kms_client.caching import DataKeyCaching
 from kms_client.client import KmsClient, tls_credentials
@@ -10,6 +12,7 @@ from kms_client.errors import (
     AuditUnavailable,
     BatchTooLarge,
     Cancelled,
+    ChecksumMismatch,
     ConcurrentCreation,
     DatabaseUnavailable,
     DeadlineExceeded,
@@ -24,6 +27,7 @@ from kms_client.errors import (
     InvalidEncryptionContext,
     InvalidKeyId,
     InvalidPageToken,
+    InvalidPrivacySetting,
     InvalidRotationPeriod,
     InvalidStateTransition,
     KeyAlreadyExists,
@@ -46,15 +50,21 @@ from kms_client.errors import (
     PermissionDenied,
     RateLimited,
     ResourceExhausted,
+    ResponseChecksumMismatch,
+    RewrapDefeatsRetention,
     RootKeyUntrusted,
     SealKeyUntrusted,
     StreamIdle,
+    SubjectErased,
+    SubjectMissing,
     TooManyStreams,
     TruncatedCiphertext,
     Unauthenticated,
     Unavailable,
+    ValueTooLong,
     VersionStillInUse,
     WrapLimitReached,
+    WrongKeyPurpose,
 )
 from kms_client.types import DataKey, Key, KeyVersion, Rewrapped
 
@@ -66,12 +76,14 @@ __all__ = [
     "AuditUnavailable",
     "BatchTooLarge",
     "Cancelled",
+    "ChecksumMismatch",
     "ConcurrentCreation",
     "DataKey",
     "DataKeyCaching",
     "DatabaseUnavailable",
     "DeadlineExceeded",
     "EncryptionContextMismatch",
+    "Erasure",
     "FailedPrecondition",
     "GrantNotFound",
     "Header",
@@ -83,6 +95,7 @@ __all__ = [
     "InvalidEncryptionContext",
     "InvalidKeyId",
     "InvalidPageToken",
+    "InvalidPrivacySetting",
     "InvalidRotationPeriod",
     "InvalidStateTransition",
     "Key",
@@ -108,17 +121,24 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "ResourceExhausted",
+    "ResponseChecksumMismatch",
     "RetryPolicy",
+    "RewrapDefeatsRetention",
     "Rewrapped",
     "RootKeyUntrusted",
     "SealKeyUntrusted",
     "StreamIdle",
+    "SubjectErased",
+    "SubjectMissing",
     "TooManyStreams",
     "TruncatedCiphertext",
     "Unauthenticated",
     "Unavailable",
+    "ValueTooLong",
     "VersionStillInUse",
     "WrapLimitReached",
+    "WrongKeyPurpose",
     "parse_header_bytes",
     "tls_credentials",
+    "token_version",
 ]

@@ -76,6 +76,8 @@ class AdminMixin:
         rotation_period: timedelta | None = _UNSET,
         min_decryption_version: int = _UNSET,
         storage: str = _UNSET,
+        retention_period: timedelta | None = _UNSET,
+        erasure_finality: timedelta | None = _UNSET,
         timeout: float | None = None,
     ) -> Key:
         """Changes only the settings given; ``rotation_period=None`` stops scheduled rotation;
@@ -93,8 +95,13 @@ class AdminMixin:
             request.min_decryption_version = min_decryption_version
             paths.append("min_decryption_version")
         if storage is not _UNSET:
-            request.storage = pb.Key.Storage.Value(storage)
+            request.MergeFrom(pb.UpdateKeyRequest(storage=storage))  # the enum by its name
             paths.append("storage")
+        for name, value in (("retention_period", retention_period), ("erasure_finality", erasure_finality)):
+            if value is not _UNSET:  # None clears it
+                if value is not None:
+                    getattr(request, name).CopyFrom(_duration(value))
+                paths.append(name)
         request.update_mask.CopyFrom(field_mask_pb2.FieldMask(paths=paths))
         return key_from_pb(self._call(self._stub.UpdateKey, request, timeout))
 
@@ -148,7 +155,8 @@ class AdminMixin:
         timeout: float | None = None,
     ) -> Grant:
         """Lets ``principal`` (an identity or "group:NAME") use ``permissions`` (admin, encrypt,
-        decrypt, rewrap, rotate, audit-read) on ``resource`` (a key id, "prefix*" or "*")."""
+        decrypt, rewrap, rotate, audit-read, erase, pseudonymize) on ``resource`` (a key id,
+        "prefix*" or "*")."""
         request = pb.GrantPermissionsRequest(
             principal=principal,
             resource=resource,
@@ -168,11 +176,13 @@ class AdminMixin:
 
     def add_group_member(self, group: str, identity: str, *, timeout: float | None = None) -> bool:
         request = pb.GroupMemberRequest(group=group, identity=identity)
-        return self._call(self._policy.AddGroupMember, request, timeout).changed
+        changed: bool = self._call(self._policy.AddGroupMember, request, timeout).changed
+        return changed
 
     def remove_group_member(self, group: str, identity: str, *, timeout: float | None = None) -> bool:
         request = pb.GroupMemberRequest(group=group, identity=identity)
-        return self._call(self._policy.RemoveGroupMember, request, timeout).changed
+        changed: bool = self._call(self._policy.RemoveGroupMember, request, timeout).changed
+        return changed
 
     def list_group_members(self, group: str = "", *, timeout: float | None = None) -> list[tuple[str, str]]:
         response = self._call(self._policy.ListGroupMembers, pb.ListGroupMembersRequest(group=group), timeout)

@@ -64,6 +64,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from kms_client.types import DataKey
 
@@ -158,7 +159,7 @@ class CachedDataKey:
         # cache that is garbage-collected without clear().
         self._wipe()
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a cached data key cannot be copied or pickled")
 
     def __repr__(self) -> str:
@@ -229,6 +230,11 @@ class _KeyMap:
         with self.lock:
             while self._lru:
                 self.discard(next(iter(self._lru)))
+
+    def discard_where(self, matches: Callable[[Hashable], bool]) -> None:
+        with self.lock:
+            for key in [key for key in self._lru if matches(key)]:
+                self.discard(key)
 
     def entries(self) -> list[CachedDataKey]:
         with self.lock:
@@ -329,6 +335,21 @@ class DataKeyCache:
         """Drops every entry; each key is wiped now, or when the thread using it is done."""
         self._encrypt.clear()
         self._decrypt.clear()
+
+    def forget_subject(self, key_id: str, subject: str) -> None:
+        """Drops the entries of ``key_id`` whose encryption context holds ``subject`` as a value
+        (after EraseSubject, no data key of that subject is used again here). Matching is on
+        the canonical context encoding, so an entry that merely contains those bytes goes too:
+        dropping a key costs at most one more call to the service."""
+        encoded = subject.encode("utf-8")
+        needle = len(encoded).to_bytes(2, "big") + encoded
+        named = key_id.encode("ascii", "replace")
+
+        def under_key(wrapped: object) -> bool:  # formats 1 and 2 name their key at [2, 2+L)
+            return isinstance(wrapped, bytes) and len(wrapped) > 2 and wrapped[2 : 2 + wrapped[1]] == named
+
+        self._encrypt.discard_where(lambda slot: slot[0] == key_id and needle in slot[1])  # type: ignore[index]
+        self._decrypt.discard_where(lambda slot: under_key(slot[0]) and needle in slot[1])  # type: ignore[index]
 
     def entries(self) -> list[CachedDataKey]:
         """The live entries, encrypt side first (for diagnostics and tests; expired ones are

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, BinaryIO, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
 
+from kms_client import _checksums as checks
 from kms_client._admin import AdminMixin
+from kms_client._privacy import ErasureMixin
+from kms_client._pseudonyms import PseudonymizeMixin
 from kms_client._retry import NO_RETRY, RetryPolicy
 from kms_client.caching import DataKeyCache, DataKeyCaching
 from kms_client.encryption import EnvelopeEncryption
 from kms_client.envelope import DEFAULT_FRAME_SIZE
-from kms_client.errors import KmsError, error_for, from_rpc_error
+from kms_client.errors import ChecksumMismatch, KmsError, ResponseChecksumMismatch, error_for, from_rpc_error
 from kms_client.types import DataKey, Key, Rewrapped, key_from_pb, rewrapped_from_pb
 from kms_proto.kms.v1 import kms_pb2 as pb
 from kms_proto.kms.v1 import kms_pb2_grpc
@@ -46,7 +50,7 @@ def tls_credentials(
     return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
 
 
-class KmsClient(AdminMixin):
+class KmsClient(AdminMixin, PseudonymizeMixin, ErasureMixin):
     """A client of the key management service.
 
     The channel: ``credentials=tls_credentials(...)`` for TLS (mutual TLS with a client
@@ -64,6 +68,12 @@ class KmsClient(AdminMixin):
     ``encrypt``/``decrypt``, their ``*_stream`` forms and ``rewrap`` implement envelope
     encryption in the format of docs/envelope-format.md. ``data_key_caching=DataKeyCaching()``
     turns on data key reuse (kms_client.caching explains its limits); it is off by default.
+
+    Integrity in transit (docs/api.md): by default every request carries the CRC32C of the bytes
+    it sends and every response's checksums are checked. Bytes altered either way are sent once
+    more; if that fails too, ChecksumMismatch (ResponseChecksumMismatch when the response was
+    the one altered) is raised, or is the item's result in a batch. ``verify_checksums=False``
+    turns this off, for a service that predates it.
     """
 
     def __init__(
@@ -77,7 +87,9 @@ class KmsClient(AdminMixin):
         retry: RetryPolicy | None = None,
         options: Sequence[tuple[str, Any]] = (),
         data_key_caching: DataKeyCaching | None = None,
+        verify_checksums: bool = True,
     ) -> None:
+        self._verify_checksums = verify_checksums
         if channel is None:
             if target is None:
                 raise ValueError("give a target such as '127.0.0.1:50051', or a channel")
@@ -117,14 +129,27 @@ class KmsClient(AdminMixin):
         description: str = "",
         rotation_period: timedelta | None = None,
         storage: str | None = None,
+        purpose: str | None = None,
+        subject_field: str = "",
+        retention_period: timedelta | None = None,
+        erasure_finality: timedelta | None = None,
         timeout: float | None = None,
     ) -> Key:
-        """``storage``: "WRAPPED" or "HSM_OBJECT" (None: the server's default)."""
-        request = pb.CreateKeyRequest(key_id=key_id, description=description)
-        if storage is not None:
-            request.storage = pb.Key.Storage.Value(storage)
+        """``storage``: "WRAPPED" or "HSM_OBJECT" (None: the server's default). ``purpose``:
+        "ENCRYPT_DECRYPT" (None: the default) or "PSEUDONYMIZE" (a key for ``pseudonymize``).
+        ``subject_field``: the encryption-context entry naming the data subject (a key per
+        subject, erase_subject); ``retention_period``: versions superseded longer ago are
+        destroyed; ``erasure_finality``: the bound on erasures being final in backups (the
+        server's default for a key with a subject_field). See docs/privacy.md."""
+        request = pb.CreateKeyRequest(
+            key_id=key_id, description=description, storage=storage, purpose=purpose, subject_field=subject_field
+        )
         if rotation_period is not None:
             request.rotation_period.CopyFrom(_duration(rotation_period))
+        if retention_period is not None:
+            request.retention_period.CopyFrom(_duration(retention_period))
+        if erasure_finality is not None:
+            request.erasure_finality.CopyFrom(_duration(erasure_finality))
         return key_from_pb(self._call(self._stub.CreateKey, request, timeout))
 
     def get_key(self, key_id: str, *, timeout: float | None = None) -> Key:
@@ -158,21 +183,25 @@ class KmsClient(AdminMixin):
     ) -> DataKey:
         """A fresh AES-256 data key and its wrapped copy. Keep only the wrapped copy."""
         request = pb.GenerateDataKeyRequest(key_id=key_id, encryption_context=context or {})
-        response = self._call(self._stub.GenerateDataKey, request, timeout)
+        response = self._call(self._stub.GenerateDataKey, request, timeout, check=self._check(checks.check_data_key))
         return DataKey(response.key_id, response.key_version, response.wrapped_key, response.plaintext)
 
     def generate_data_key_without_plaintext(
         self, key_id: str, context: Mapping[str, str] | None = None, *, timeout: float | None = None
     ) -> DataKey:
         request = pb.GenerateDataKeyRequest(key_id=key_id, encryption_context=context or {})
-        response = self._call(self._stub.GenerateDataKeyWithoutPlaintext, request, timeout)
+        response = self._call(
+            self._stub.GenerateDataKeyWithoutPlaintext, request, timeout, check=self._check(checks.check_wrapped_only)
+        )
         return DataKey(response.key_id, response.key_version, response.wrapped_key)
 
     def decrypt_data_key(
         self, wrapped_key: bytes, context: Mapping[str, str] | None = None, *, timeout: float | None = None
     ) -> DataKey:
-        request = pb.DecryptRequest(wrapped_key=wrapped_key, encryption_context=context or {})
-        response = self._call(self._stub.Decrypt, request, timeout)
+        request = pb.DecryptRequest(
+            wrapped_key=wrapped_key, encryption_context=context or {}, wrapped_key_crc32c=self._crc(wrapped_key)
+        )
+        response = self._call(self._stub.Decrypt, request, timeout, check=self._check(checks.check_decrypted))
         return DataKey(response.key_id, response.key_version, wrapped_key, response.plaintext)
 
     def rewrap_data_key(
@@ -184,40 +213,61 @@ class KmsClient(AdminMixin):
         timeout: float | None = None,
     ) -> Rewrapped:
         request = pb.ReWrapRequest(
-            wrapped_key=wrapped_key, encryption_context=context or {}, destination_key_id=destination_key_id
+            wrapped_key=wrapped_key,
+            encryption_context=context or {},
+            destination_key_id=destination_key_id,
+            wrapped_key_crc32c=self._crc(wrapped_key),
         )
-        return rewrapped_from_pb(self._call(self._stub.ReWrap, request, timeout))
+        return rewrapped_from_pb(
+            self._call(self._stub.ReWrap, request, timeout, check=self._check(checks.check_rewrapped))
+        )
 
     def generate_data_keys(
         self, requests: Iterable[tuple[str, Mapping[str, str]]], *, timeout: float | None = None
     ) -> list[DataKey | KmsError]:
         """One BatchGenerateDataKey call (at most 1000 items); each item is a DataKey or the
         error for that item alone."""
-        request = pb.BatchGenerateDataKeyRequest(
-            requests=[pb.GenerateDataKeyRequest(key_id=k, encryption_context=c) for k, c in requests]
-        )
-        response = self._call(self._stub.BatchGenerateDataKey, request, timeout)
-        return [
-            _item_error(r.error)
-            if r.HasField("error")
-            else DataKey(r.data_key.key_id, r.data_key.key_version, r.data_key.wrapped_key, r.data_key.plaintext)
-            for r in response.results
-        ]
+
+        def send(items: list[tuple[str, Mapping[str, str]]]) -> list[DataKey | KmsError]:
+            request = pb.BatchGenerateDataKeyRequest(
+                requests=[pb.GenerateDataKeyRequest(key_id=k, encryption_context=c) for k, c in items]
+            )
+            response = self._call(self._stub.BatchGenerateDataKey, request, timeout)
+            return [
+                self._outcome(
+                    r,
+                    "data_key",
+                    checks.check_data_key,
+                    lambda d: DataKey(d.key_id, d.key_version, d.wrapped_key, d.plaintext),
+                )
+                for r in response.results
+            ]
+
+        return _resending_altered(list(requests), send)
 
     def decrypt_data_keys(
         self, requests: Iterable[tuple[bytes, Mapping[str, str]]], *, timeout: float | None = None
     ) -> list[DataKey | KmsError]:
-        items = list(requests)
-        request = pb.BatchDecryptRequest(
-            requests=[pb.DecryptRequest(wrapped_key=w, encryption_context=c) for w, c in items]
-        )
-        response = self._call(self._stub.BatchDecrypt, request, timeout)
-        return [
-            _item_error(r.error)
-            if r.HasField("error")
-            else DataKey(r.data_key.key_id, r.data_key.key_version, wrapped, r.data_key.plaintext)
-            for r, (wrapped, _) in zip(response.results, items, strict=True)
-        ]
+
+        def send(items: list[tuple[bytes, Mapping[str, str]]]) -> list[DataKey | KmsError]:
+            request = pb.BatchDecryptRequest(
+                requests=[
+                    pb.DecryptRequest(wrapped_key=w, encryption_context=c, wrapped_key_crc32c=self._crc(w))
+                    for w, c in items
+                ]
+            )
+            response = self._call(self._stub.BatchDecrypt, request, timeout)
+            return [
+                self._outcome(
+                    r,
+                    "data_key",
+                    checks.check_decrypted,
+                    functools.partial(_decrypted_data_key, wrapped),
+                )
+                for r, (wrapped, _) in zip(response.results, items, strict=True)
+            ]
+
+        return _resending_altered(list(requests), send)
 
     def rewrap_data_keys(
         self,
@@ -226,14 +276,13 @@ class KmsClient(AdminMixin):
         destination_key_id: str = "",
         timeout: float | None = None,
     ) -> list[Rewrapped | KmsError]:
-        request = pb.BatchReWrapRequest(
-            requests=[
-                pb.ReWrapRequest(wrapped_key=w, encryption_context=c, destination_key_id=destination_key_id)
-                for w, c in requests
-            ]
-        )
-        response = self._call(self._stub.BatchReWrap, request, timeout)
-        return [_rewrap_result(r) for r in response.results]
+
+        def send(items: list[tuple[bytes, Mapping[str, str]]]) -> list[Rewrapped | KmsError]:
+            request = pb.BatchReWrapRequest(requests=[self._rewrap_request(w, c, destination_key_id) for w, c in items])
+            response = self._call(self._stub.BatchReWrap, request, timeout)
+            return [self._rewrap_outcome(r) for r in response.results]
+
+        return _resending_altered(list(requests), send)
 
     def stream_rewrap(
         self,
@@ -248,7 +297,8 @@ class KmsClient(AdminMixin):
 
         Items go out in messages of ``items_per_message`` (at most 1000), read lazily from
         ``requests`` as the stream's flow control allows, so any number can be sent in bounded
-        memory. Not retried (the stream may have been partly processed).
+        memory. Not retried (the stream may have been partly processed), nor are items altered
+        in transit: their result is ChecksumMismatch.
         """
         if not 1 <= items_per_message <= 1000:
             raise ValueError("items_per_message must be 1 to 1000")
@@ -256,12 +306,7 @@ class KmsClient(AdminMixin):
 
         def messages() -> Iterator[pb.BatchReWrapRequest]:
             while chunk := list(itertools.islice(items, items_per_message)):
-                yield pb.BatchReWrapRequest(
-                    requests=[
-                        pb.ReWrapRequest(wrapped_key=w, encryption_context=c, destination_key_id=destination_key_id)
-                        for w, c in chunk
-                    ]
-                )
+                yield pb.BatchReWrapRequest(requests=[self._rewrap_request(w, c, destination_key_id) for w, c in chunk])
 
         responses = self._stub.StreamReWrap(
             messages(), timeout=timeout or None, metadata=(("x-request-id", uuid.uuid4().hex),)
@@ -269,7 +314,7 @@ class KmsClient(AdminMixin):
         try:
             for response in responses:
                 for result in response.results:
-                    yield _rewrap_result(result)
+                    yield self._rewrap_outcome(result)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
 
@@ -363,20 +408,76 @@ class KmsClient(AdminMixin):
         if self._data_key_cache is not None:
             self._data_key_cache.clear()
 
+    def _forget_subject(self, key_id: str, subject: str) -> None:
+        if self._data_key_cache is not None:
+            self._data_key_cache.forget_subject(key_id, subject)
+
     # -- plumbing --------------------------------------------------------------------------
 
-    def _call(self, method: Any, request: Any, timeout: float | None, retry: RetryPolicy | None = None) -> Any:
+    def _call(
+        self,
+        method: Any,
+        request: Any,
+        timeout: float | None,
+        retry: RetryPolicy | None = None,
+        check: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """``method(request)`` with the retry policy; ``check`` vets the response (checksums).
+        Bytes altered in transit, either way (ChecksumMismatch from the service, or from
+        ``check``), are sent once more at once, as a transport fault would be."""
         timeout = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout if timeout else None
         metadata = (("x-request-id", uuid.uuid4().hex),)
 
-        def attempt(remaining: float | None) -> Any:
+        def once(remaining: float | None) -> Any:
             try:
-                return method(request, timeout=remaining, metadata=metadata)
+                response = method(request, timeout=remaining, metadata=metadata)
             except grpc.RpcError as error:
                 raise from_rpc_error(error) from None
+            if check is not None:
+                check(response)
+            return response
+
+        def attempt(remaining: float | None) -> Any:
+            try:
+                return once(remaining)
+            except ChecksumMismatch:
+                return once(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
         return (retry or self._retry).run(attempt, deadline)
+
+    def _check(self, check: Callable[[Any], None]) -> Callable[[Any], None] | None:
+        return check if self._verify_checksums else None
+
+    def _crc(self, data: bytes) -> int | None:
+        """The CRC32C a request carries for ``data`` (None: the field stays unset)."""
+        return checks.crc32c(data) if self._verify_checksums else None
+
+    def _outcome(
+        self, result: Any, field: str, check: Callable[[Any], None], build: Callable[[Any], T]
+    ) -> T | KmsError:
+        """A batch or stream item: its error, or its ``field`` checked (an alteration becomes
+        the item's ResponseChecksumMismatch) and built."""
+        if result.HasField("error"):
+            return _item_error(result.error)
+        item = getattr(result, field)
+        if self._verify_checksums:
+            try:
+                check(item)
+            except ResponseChecksumMismatch as error:
+                return error
+        return build(item)
+
+    def _rewrap_request(self, wrapped: bytes, context: Mapping[str, str], destination_key_id: str) -> pb.ReWrapRequest:
+        return pb.ReWrapRequest(
+            wrapped_key=wrapped,
+            encryption_context=context,
+            destination_key_id=destination_key_id,
+            wrapped_key_crc32c=self._crc(wrapped),
+        )
+
+    def _rewrap_outcome(self, result: pb.ReWrapResult) -> Rewrapped | KmsError:
+        return self._outcome(result, "rewrapped", checks.check_rewrapped, rewrapped_from_pb)
 
 
 # -- the channel ---------------------------------------------------------------------------
@@ -482,7 +583,20 @@ def _item_error(error: pb.ItemError) -> KmsError:
     return error_for(code, error.message, error.reason)
 
 
-def _rewrap_result(result: pb.ReWrapResult) -> Rewrapped | KmsError:
-    if result.HasField("error"):
-        return _item_error(result.error)
-    return rewrapped_from_pb(result.rewrapped)
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
+
+
+def _resending_altered(items: list[Item], send: Callable[[list[Item]], list[Outcome]]) -> list[Outcome]:
+    """``send(items)``, then once more for the items whose bytes were altered in transit (their
+    outcome a ChecksumMismatch), whose outcomes replace the first ones."""
+    outcomes = send(items)
+    again = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, ChecksumMismatch)]
+    if again:
+        for index, outcome in zip(again, send([items[i] for i in again]), strict=True):
+            outcomes[index] = outcome
+    return outcomes
+
+
+def _decrypted_data_key(wrapped: bytes, decrypted: Any) -> DataKey:
+    return DataKey(decrypted.key_id, decrypted.key_version, wrapped, decrypted.plaintext)

@@ -217,7 +217,7 @@ class MessageKeys:
     commitment: bytes = field(repr=False)
 
 
-def derive_message_keys(data_key: bytes, salt: bytes) -> MessageKeys:
+def derive_message_keys(data_key: bytes | memoryview, salt: bytes) -> MessageKeys:
     if len(data_key) != DATA_KEY_BYTES or len(salt) != SALT_BYTES:
         raise InvalidArgument("a data key and a salt are 32 bytes each")
     okm = hkdf_sha256(bytes(data_key), salt, KDF_INFO, 96)
@@ -231,7 +231,13 @@ def _header_tag(header_key: bytes, authenticated: bytes) -> bytes:
 
 
 def seal_header(
-    data_key: bytes, *, key_id: str, encoded_context: bytes, wrapped_key: bytes, frame_size: int, salt: bytes
+    data_key: bytes | memoryview,
+    *,
+    key_id: str,
+    encoded_context: bytes,
+    wrapped_key: bytes,
+    frame_size: int,
+    salt: bytes,
 ) -> tuple[Header, FrameSealer]:
     """A new message's header and the sealer for its frames."""
     check_frame_size(frame_size)
@@ -253,7 +259,7 @@ def seal_header(
     return header, FrameSealer(keys.frame_key, header.header_tag, frame_size)
 
 
-def open_header(data_key: bytes, header: Header) -> FrameOpener:
+def open_header(data_key: bytes | memoryview, header: Header) -> FrameOpener:
     """Checks the key commitment, then the header tag; returns the opener for the frames.
 
     Raises InvalidCiphertext when ``data_key`` is not the message's data key or any
@@ -432,7 +438,7 @@ def open_frames(opener: FrameOpener, body: bytes | bytearray | memoryview) -> by
     """The plaintext of a whole body. Raises TruncatedCiphertext when it ends before a final
     frame, InvalidCiphertext when any frame fails to authenticate or data follows the end."""
     source = memoryview(body).cast("B")
-    full, rest = divmod(len(source), opener.frame_size + FRAME_TAG_BYTES)
+    full = len(source) // (opener.frame_size + FRAME_TAG_BYTES)
     out = bytearray(max(0, len(source) - (full + 1) * FRAME_TAG_BYTES))
     opener.open_run_into(source, memoryview(out), final=True)
     return bytes(out)

@@ -20,16 +20,20 @@ or fixed strings of this SDK.
 
 from __future__ import annotations
 
+import contextlib
+from typing import TypeVar, cast
+
 import grpc
 
 REASON_KEY = "kms-error-reason"
 RETRY_AFTER_KEY = "retry-after-ms"
 
+_Name = TypeVar("_Name")
 _BY_REASON: dict[str, type[KmsError]] = {}
 _BY_CODE: dict[grpc.StatusCode, type[KmsError]] = {}
 
 
-def _register(table: dict, name: object, cls: type[KmsError]) -> None:
+def _register(table: dict[_Name, type[KmsError]], name: _Name, cls: type[KmsError]) -> None:
     existing = table.setdefault(name, cls)
     if existing is not cls:
         raise TypeError(f"{name} is registered twice ({existing.__qualname__}, {cls.__qualname__})")
@@ -140,6 +144,30 @@ class BatchTooLarge(InvalidArgument):
     pass
 
 
+class ChecksumMismatch(InvalidArgument):
+    """Bytes were altered between this client and the service: the service found a request's
+    CRC32C wrong (and did nothing with it), or this SDK found a response's wrong
+    (ResponseChecksumMismatch). The SDK has already retried once."""
+
+
+class ResponseChecksumMismatch(ChecksumMismatch):
+    """A response's byte field does not match its CRC32C, or a response lacks the checksum or
+    the verification this SDK asked for. Raised by this SDK only (docs/api.md)."""
+
+
+class ValueTooLong(InvalidArgument):
+    """A value to pseudonymize is longer than the service takes (4096 bytes)."""
+
+
+class InvalidPrivacySetting(InvalidArgument):
+    """A key's subject_field, retention_period or erasure_finality is out of bounds, or set where
+    it cannot apply (docs/privacy.md)."""
+
+
+class SubjectMissing(InvalidArgument):
+    """A key with a subject_field was used without the encryption-context entry naming the subject."""
+
+
 class InvalidCiphertext(InvalidArgument):
     """A ciphertext or wrapped key that is malformed, altered, truncated, or opened with the
     wrong encryption context. Deliberately does not say which. An altered wrapped key can also
@@ -202,6 +230,21 @@ class KeyVersionDestroyed(KeyVersionNotUsable):
 
 class KeyVersionBelowMinimum(KeyVersionNotUsable):
     pass
+
+
+class WrongKeyPurpose(FailedPrecondition):
+    """The key's purpose is not the operation's: data keys need an ENCRYPT_DECRYPT key,
+    pseudonymize a PSEUDONYMIZE key."""
+
+
+class SubjectErased(FailedPrecondition):
+    """The data subject was erased: its data keys no longer open and none is issued. The message
+    names the erasure by the subject's keyed digest (kms erase status lists it)."""
+
+
+class RewrapDefeatsRetention(FailedPrecondition):
+    """The key has a retention_period: its data keys are never re-wrapped onto newer versions,
+    which would keep the data readable beyond the retention."""
 
 
 class KeyMaterialMissing(FailedPrecondition):
@@ -325,14 +368,14 @@ def from_rpc_error(error: grpc.RpcError) -> KmsError:
     reason = None
     retry_after = None
     metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    for key, value in metadata or ():
+    # grpc-stubs type the items as objects with .key and .value; they are (key, value) tuples,
+    # and the values of keys without the -bin suffix are text.
+    for key, value in cast("tuple[tuple[str, str], ...]", metadata or ()):
         if key == REASON_KEY:
             reason = value
         elif key == RETRY_AFTER_KEY:
-            try:
+            with contextlib.suppress(ValueError):
                 retry_after = int(value) / 1000
-            except ValueError:
-                pass
     exc = error_for(code, message or code.name, reason)
     exc.retry_after = retry_after
     return exc

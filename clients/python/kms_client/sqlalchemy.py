@@ -53,7 +53,7 @@ MAX_ERRORS_KEPT = 100
 ClientSource = KmsClient | Callable[[], KmsClient]
 
 
-class _EncryptedColumn(TypeDecorator):
+class _EncryptedColumn(TypeDecorator[Any]):  # each subclass has its own Python type
     impl = LargeBinary
     cache_ok = True
 
@@ -76,7 +76,7 @@ class _EncryptedColumn(TypeDecorator):
 
     # -- binding to a column ------------------------------------------------------------------
 
-    def bind(self, table: Table, column: Column) -> None:
+    def bind(self, table: Table, column: Column[Any]) -> None:
         self.bound_to = (table.fullname, column.name)
 
     def column_context(self) -> dict[str, str]:
@@ -148,7 +148,7 @@ class EncryptedJSON(_EncryptedColumn):
 
 
 @event.listens_for(Column, "after_parent_attach")
-def _bind_encrypted_column(column: Column, table: Any) -> None:
+def _bind_encrypted_column(column: Column[Any], table: Any) -> None:
     if not isinstance(column.type, _EncryptedColumn) or not isinstance(table, Table):
         return
     if column.type.bound_to not in (None, (table.fullname, column.name)):
@@ -212,9 +212,9 @@ def rewrap_column(
 
 def _apply(
     connection: Connection,
-    column: Column,
-    primary_key: list,
-    key: tuple,
+    column: Column[Any],
+    primary_key: list[Column[Any]],
+    key: tuple[Any, ...],
     old: bytes,
     new: bytes | KmsError,
     report: RewrapReport,
@@ -241,9 +241,10 @@ def _apply(
         report.skipped += 1
 
 
-def _column_of(column: Any) -> Column:
+def _column_of(column: Any) -> Column[Any]:
     prop = getattr(column, "property", None)
-    return prop.columns[0] if prop is not None and hasattr(prop, "columns") else column
+    found: Column[Any] = prop.columns[0] if prop is not None and hasattr(prop, "columns") else column
+    return found
 
 
 @contextmanager

@@ -35,7 +35,7 @@ def fill(src: Any, view: memoryview) -> int:
             if chunk is not None and not isinstance(chunk, bytes | bytearray | memoryview):
                 raise TypeError("streams must be binary file-like objects (open files with 'rb' / 'wb')")
             count = None if chunk is None else len(chunk)
-            if count:
+            if chunk is not None and count:
                 view[filled : filled + count] = chunk
         if count is None:
             raise InvalidArgument("non-blocking streams are not supported: the source returned no data")

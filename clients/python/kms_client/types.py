@@ -37,6 +37,12 @@ class Key:
     update_time: datetime | None
     min_decryption_version: int = 1
     storage: str = "WRAPPED"  # where new versions live: WRAPPED or HSM_OBJECT
+    # Privacy settings (docs/privacy.md): the context entry naming the data subject ("" for none),
+    # how long a version is kept once superseded, the bound on erasures being final in backups.
+    subject_field: str = ""
+    retention_period: timedelta | None = None
+    erasure_finality: timedelta | None = None
+    purpose: str = "ENCRYPT_DECRYPT"  # or PSEUDONYMIZE: its versions make tokens (pseudonymize)
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,10 @@ def key_from_pb(message: pb.Key) -> Key:
         update_time=_time(message, "update_time"),
         min_decryption_version=message.min_decryption_version,
         storage=pb.Key.Storage.Name(message.storage),
+        purpose=pb.Key.Purpose.Name(message.purpose),
+        subject_field=message.subject_field,
+        retention_period=message.retention_period.ToTimedelta() if message.HasField("retention_period") else None,
+        erasure_finality=message.erasure_finality.ToTimedelta() if message.HasField("erasure_finality") else None,
     )
 
 

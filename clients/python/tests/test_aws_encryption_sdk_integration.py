@@ -268,7 +268,7 @@ def test_an_edk_of_another_key_relabelled_as_ours_is_refused(esdk, client: KmsCl
 
 
 def test_generating_for_a_suite_with_a_shorter_data_key_is_refused(legacy_esdk, client: KmsClient, orders) -> None:
-    with pytest.raises(GenerateKeyError, match="needs 16 bytes.*32-byte"):
+    with pytest.raises(GenerateKeyError, match=r"needs 16 bytes.*32-byte"):
         legacy_esdk.encrypt(source=PLAINTEXT, key_provider=provider(client, "orders"), algorithm=AES_128)
     assert client.get_key("orders").versions[0].data_keys_issued == 0  # refused before asking the service
 
@@ -360,7 +360,7 @@ def test_keyring_in_a_multi_keyring_beside_a_raw_aes_generator(legacy_esdk, esdk
 
 @pytest.mark.usefixtures("orders")
 def test_the_keyring_refuses_to_generate_for_a_suite_with_a_shorter_data_key(legacy_esdk, client: KmsClient) -> None:
-    with pytest.raises(AWSEncryptionSDKClientError, match="needs 16 bytes.*32-byte"):
+    with pytest.raises(AWSEncryptionSDKClientError, match=r"needs 16 bytes.*32-byte"):
         legacy_esdk.encrypt(source=PLAINTEXT, keyring=KmsGrpcKeyring(client, "orders"), algorithm=AES_128)
 
 

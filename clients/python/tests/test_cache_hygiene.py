@@ -53,7 +53,7 @@ class Side:
         if self.name == "encrypt":
             limits = dict(max_entries=max_entries, max_age=max_age, decrypt_max_entries=0, **encrypt_limits)
         else:
-            limits = dict(decrypt_max_entries=max_entries, decrypt_max_age=max_age, max_entries=0)
+            limits = {"decrypt_max_entries": max_entries, "decrypt_max_age": max_age, "max_entries": 0}
         return DataKeyCache(DataKeyCaching(**limits, **({"clock": clock} if clock else {})))
 
     def store(self, cache: DataKeyCache, key: DataKey, at: int) -> memoryview:

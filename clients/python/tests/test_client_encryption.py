@@ -300,7 +300,9 @@ def test_unavailable_is_retried_with_backoff_and_other_codes_are_not(make_client
 
 
 def test_an_unreachable_service_gives_unavailable_not_a_grpc_error(orders):
-    with KmsClient("127.0.0.1:1", timeout=2, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01)) as client:
-        with pytest.raises(Unavailable) as raised:
-            client.encrypt(b"x", key_id=orders)
+    with (
+        KmsClient("127.0.0.1:1", timeout=2, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01)) as client,
+        pytest.raises(Unavailable) as raised,
+    ):
+        client.encrypt(b"x", key_id=orders)
     assert isinstance(raised.value, KmsError) and not isinstance(raised.value, grpc.RpcError)

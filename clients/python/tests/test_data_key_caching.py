@@ -143,13 +143,13 @@ def test_the_cache_is_bounded_and_least_recently_used_goes_first():
 @pytest.mark.parametrize(
     "limits",
     [
-        dict(max_age=0),
-        dict(max_age=86401),
-        dict(max_messages=0),
-        dict(max_messages=2**32 + 1),
-        dict(max_bytes=2**40 + 1),
-        dict(max_entries=-1),
-        dict(decrypt_max_age=-1),
+        {"max_age": 0},
+        {"max_age": 86401},
+        {"max_messages": 0},
+        {"max_messages": 2**32 + 1},
+        {"max_bytes": 2**40 + 1},
+        {"max_entries": -1},
+        {"decrypt_max_age": -1},
     ],
 )
 def test_limits_outside_the_ceilings_are_refused(limits):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.util
+import itertools
 import json
 import struct
 from pathlib import Path
@@ -95,7 +96,7 @@ def decode_context(encoded: bytes) -> dict:
         raise Refused("context too long")
     entries = [(string(1, 128), string(0, 1024)) for _ in range(number(0, 64))]
     keys = [key for key, _ in entries]
-    if at != len(encoded) or any(a >= b for a, b in zip(keys, keys[1:])):
+    if at != len(encoded) or any(a >= b for a, b in itertools.pairwise(keys)):
         raise Refused("context not canonical")
     try:
         return {key.decode("utf-8"): value.decode("utf-8") for key, value in entries}

@@ -307,7 +307,7 @@ def test_errors_and_reprs_carry_no_secrets(client: KmsClient, tink_kms, remote) 
 def test_the_service_being_down_is_a_tink_error() -> None:
     with KmsClient("127.0.0.1:1", timeout=1) as unreachable:
         remote = TinkKmsClient(unreachable).get_aead("kms-grpc://orders")
-        with pytest.raises(tink.TinkError, match="Unavailable|DeadlineExceeded"):
+        with pytest.raises(tink.TinkError, match=r"Unavailable|DeadlineExceeded"):
             remote.encrypt(b"x", b"")
 
 

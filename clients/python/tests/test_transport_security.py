@@ -118,9 +118,11 @@ def test_plaintext_to_loopback_never_goes_through_a_proxy_from_the_environment(s
 
 def test_the_callers_channel_options_win_over_the_sdks_defaults(server, client):
     client.create_key("orders", description="x" * 200)
-    with KmsClient(server.target, options=[("grpc.max_receive_message_length", 64)], retry=NO_RETRY) as small:
-        with pytest.raises(ResourceExhausted):
-            small.get_key("orders")
+    with (
+        KmsClient(server.target, options=[("grpc.max_receive_message_length", 64)], retry=NO_RETRY) as small,
+        pytest.raises(ResourceExhausted),
+    ):
+        small.get_key("orders")
 
 
 # -- the CLI ---------------------------------------------------------------------------------

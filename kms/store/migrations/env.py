@@ -19,6 +19,8 @@ def run() -> None:
         return
     # Standalone use (alembic revision --autogenerate with -x url=...).
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("alembic: name the database with -x url=... (or sqlalchemy.url)")
     with create_engine(url).connect() as standalone:
         context.configure(connection=standalone, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():

@@ -142,7 +142,7 @@ class KmsGrpcMasterKeyConfig(MasterKeyConfig):
     """``key_id`` (str or ASCII bytes, converted to bytes) and ``client``, a KmsClient."""
 
     provider_id = PROVIDER_ID
-    client = attr.ib(hash=True, validator=attr.validators.instance_of(KmsClient))
+    client: KmsClient = attr.ib(hash=True, validator=attr.validators.instance_of(KmsClient))
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -171,7 +171,8 @@ class KmsGrpcMasterKey(MasterKey):
 
     @property
     def _key_id_text(self) -> str:
-        return self.key_id.decode("ascii")
+        key_id: bytes = self.key_id  # converted to bytes by the config
+        return key_id.decode("ascii")
 
     def _failure(self, what: str, error: KmsError) -> str:
         return f"kms-grpc key {self._key_id_text}: {what} failed: {error.reason}"
@@ -218,8 +219,8 @@ def _key_id_list(value: Iterable[str | bytes]) -> tuple[bytes, ...]:
 class KmsGrpcMasterKeyProviderConfig(MasterKeyProviderConfig):
     """``client``, a KmsClient, and ``key_ids``, the keys to encrypt under (the first generates)."""
 
-    client = attr.ib(hash=True, validator=attr.validators.instance_of(KmsClient))
-    key_ids = attr.ib(hash=True, default=(), converter=_key_id_list)
+    client: KmsClient = attr.ib(hash=True, validator=attr.validators.instance_of(KmsClient))
+    key_ids: tuple[bytes, ...] = attr.ib(hash=True, default=(), converter=_key_id_list)
 
 
 class KmsGrpcMasterKeyProvider(MasterKeyProvider):

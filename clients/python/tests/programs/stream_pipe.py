@@ -58,7 +58,7 @@ def main(target: str, key_id: str, size: int) -> None:
             try:
                 with open(write_end, "wb", buffering=0) as pipe:
                     client.encrypt_stream(source, pipe, key_id=key_id, context=CONTEXT)
-            except BaseException as error:  # reported by the main thread
+            except BaseException as error:  # noqa: BLE001 - reported by the main thread
                 errors.append(error)
 
         writer = threading.Thread(target=encrypt)
