@@ -129,6 +129,7 @@ class Services:
             log.warning("usage counts could not be written at shutdown")
         self.subjects.clear()  # zeroes the subjects' keys held in memory
         self.pool.close()
+        self.ledger.close()
         self.engine.dispose()
 
 
@@ -259,7 +260,8 @@ def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     journal = FileAuditJournal(settings.audit_journal_dir or settings.data_dir / "audit-journal")
     audit_log = AuditLog(
         journal,
-        WriterProcess(audit_writer_config(settings, hsm, journal)),
+        # Not waited for: calls are journaled meanwhile, and the lag bound covers a slow start.
+        WriterProcess(audit_writer_config(settings, hsm, journal), ready_timeout=0.0),
         fail_open=settings.audit_fail_open,
         max_lag=settings.audit_max_lag.total_seconds(),
     )

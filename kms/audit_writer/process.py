@@ -78,7 +78,7 @@ class WriterProcess:
     def start(self, report: Callable[[ChainProgress], None]) -> None:
         self._watcher = threading.Thread(target=self._watch, args=(report,), name="kms-audit-writer", daemon=True)
         self._watcher.start()
-        if not self._ready.wait(self._ready_timeout):
+        if self._ready_timeout > 0 and not self._ready.wait(self._ready_timeout):
             log.warning("audit writer not ready yet; records wait in the journal")
 
     def hurry(self) -> None:
@@ -91,11 +91,19 @@ class WriterProcess:
             if process is not None and process.stdin is not None:
                 with contextlib.suppress(OSError):
                     process.stdin.close()
+        if not self._ready.is_set():
+            # Still starting (it has chained nothing): stopping it now is what kill -9 would
+            # do, which the journal is made for; waiting would only wait out its start-up.
+            timeout = 0.0
+            if process is not None:
+                with contextlib.suppress(OSError):
+                    process.kill()
         if self._watcher is not None:
             self._watcher.join(timeout)
         process = self._process
         if process is not None and process.poll() is None:
-            log.warning("audit writer did not stop in time; killed")
+            if self._ready.is_set():
+                log.warning("audit writer did not stop in time; killed")
             process.kill()
             process.wait()
 

@@ -13,10 +13,10 @@ import click
 from kms import logs
 from kms.api.server import ListenRefused
 from kms.api.tls import CertificateUnusable
-from kms.app import Application
 from kms.config import Settings
 from kms.errors import KmsError
 from kms.hsm.module import ModuleUnusable
+from kms.workers import journals
 
 
 @click.command()
@@ -60,6 +60,19 @@ from kms.hsm.module import ModuleUnusable
     default=None,
     help="Once serving, write the port listened on to this file (for --listen HOST:0).",
 )
+@click.option(
+    "--workers",
+    default=None,
+    help="Worker processes on the one port (KMS_WORKERS): a number, or auto for one per CPU. Unset: a single process.",
+)
+@click.option(
+    "--worker-listen",
+    default=None,
+    help="With --workers, also serve each worker on an address of its own (KMS_WORKER_LISTEN): "
+    "HOST:0 for free ports, HOST:P for P + worker index; workers.json in the data directory names them.",
+)
+@click.option("--worker-index", type=int, default=None, hidden=True)
+@click.option("--supervisor-fd", type=int, default=None, hidden=True)
 def serve(
     listen: str | None,
     data_dir: str | None,
@@ -70,6 +83,10 @@ def serve(
     client_ca: str | None,
     dev_mode: bool | None,
     port_file: str | None,
+    workers: str | None,
+    worker_listen: str | None,
+    worker_index: int | None,
+    supervisor_fd: int | None,
 ) -> None:
     """Run the key management service until SIGTERM or SIGINT.
 
@@ -84,6 +101,8 @@ def serve(
         ("tls_key", tls_key),
         ("client_ca", client_ca),
         ("dev_mode", dev_mode or None),
+        ("workers", workers),
+        ("worker_listen", worker_listen),
     )
     overrides: dict[str, Any] = {name: value for name, value in given if value is not None}
     try:
@@ -91,7 +110,14 @@ def serve(
     except ValueError as error:  # pydantic's ValidationError; inputs are hidden from its text
         click.echo(f"kms serve: {error}", err=True)
         sys.exit(2)
+    if worker_index is not None and supervisor_fd is not None:
+        sys.exit(_serve_as_worker(settings, worker_index, supervisor_fd))
     logs.configure(settings.log_level, settings.log_format)
+    if settings.workers is not None:
+        sys.exit(_supervise(settings, overrides, port_file))
+    from kms.app import Application  # not in the supervisor, which must never load PKCS#11
+
+    journals.gather_orphans(settings, 1)
     try:
         app = Application(settings)
     except (ListenRefused, ModuleUnusable, ValueError, KmsError, CertificateUnusable) as error:
@@ -107,6 +133,35 @@ def serve(
     if port_file:
         write_port(Path(port_file), app.port)
     app.wait()
+
+
+def _supervise(settings: Settings, overrides: dict[str, Any], port_file: str | None) -> int:
+    from kms.workers.listener import reserve
+    from kms.workers.supervisor import Supervisor
+
+    try:
+        settings.require_transport_security()
+        shared = reserve(settings.listen)
+    except (ValueError, ListenRefused) as error:
+        click.echo(f"kms serve: {error}", err=True)
+        return 2
+    env = dict(os.environ)
+    env.update({f"KMS_{name.upper()}": _env_value(value) for name, value in overrides.items()})
+    return Supervisor(settings, shared, env=env, port_file=Path(port_file) if port_file else None).run()
+
+
+def _env_value(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _serve_as_worker(settings: Settings, index: int, supervisor_fd: int) -> int:
+    from kms.workers import worker
+
+    try:
+        return worker.run(settings, index, supervisor_fd)
+    except (ListenRefused, ModuleUnusable, ValueError, KmsError, CertificateUnusable) as error:
+        click.echo(f"kms serve: worker {index}: {error}", err=True)
+        return 2
 
 
 def write_port(path: Path, port: int) -> None:

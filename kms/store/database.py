@@ -13,15 +13,19 @@ import fcntl
 import hashlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 from kms.errors import DatabaseUnavailable
 from kms.store import sqlite_writers
@@ -42,7 +46,14 @@ def make_engine(url: str, pool_size: int = 8) -> Engine:
         database = make_url(url).database
         if database and database != ":memory:":
             connect_args["factory"] = sqlite_writers.connection_class(os.path.realpath(database))
-        engine = create_engine(url, connect_args=connect_args)
+        # No cap on connections (``max_overflow=-1``): writers wait for the write lock holding
+        # a connection (kms.store.sqlite_writers), and the writer holding it may need one more
+        # for a read (the ledger, when a key changed since it was last read). With a capped
+        # pool, 24 callers waiting for the lock took every connection, the holder waited for
+        # one until the pool's 30 s timeout, and every write stopped meanwhile (the audit
+        # writer's too, so calls failed closed). A SQLite connection is a file handle, and
+        # there are never more than threads.
+        engine = create_engine(url, connect_args=connect_args, pool_size=pool_size, max_overflow=-1)
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800)
@@ -86,7 +97,7 @@ def exclusive(engine: Engine, name: str) -> Iterator[None]:
     if engine.dialect.name == "postgresql":
         key = int.from_bytes(hashlib.blake2b(b"kms-lock:" + name.encode(), digest_size=8).digest(), "big", signed=True)
         try:
-            connection = engine.connect()
+            connection = _lock_engine(engine).connect()
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
             raise DatabaseUnavailable(f"database is unavailable ({type(exc).__name__})") from None
         with connection:
@@ -115,7 +126,29 @@ def exclusive(engine: Engine, name: str) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+_lock_engines: dict[str, Engine] = {}
+_lock_engines_lock = threading.Lock()
+
+
+def _lock_engine(engine: Engine) -> Engine:
+    """Where ``exclusive`` takes its connection on PostgreSQL: not from ``engine``'s pool. A
+    caller holds that connection while it waits for the lock, and the holder of the lock needs
+    connections from the pool for its work (a key's token object is made under one, then
+    recorded); with the lock's waiters holding the pool's last connections, the holder waited
+    for the pool's 30 s timeout, time after time. Unpooled: one connection per lock taken."""
+    url = engine.url.render_as_string(hide_password=False)
+    with _lock_engines_lock:
+        found = _lock_engines.get(url)
+        if found is None:
+            found = _lock_engines[url] = create_engine(engine.url, poolclass=NullPool)
+        return found
+
+
 def alembic_config(engine: Engine | None = None) -> Config:
+    # Imported here: the audit writer process, started with every server, never migrates, and
+    # Alembic is a quarter of its start-up.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if engine is not None:
@@ -132,6 +165,8 @@ def upgrade(engine: Engine) -> None:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             config.attributes["connection"] = connection
+            from alembic import command
+
             command.upgrade(config, "head")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, insert, select, update
 
 from kms.domain.ledger import GENESIS, Change, LedgerEntry, LedgerHead, extend, head_message
 from kms.errors import LedgerTampered
@@ -28,6 +28,22 @@ class SqlLedger:
         self._engine = engine
         self._seal = seal
         self._last_written: tuple[int, str] | None = None
+        # Reads on PostgreSQL come from connections of their own. A write transaction holding a
+        # key's lock may have to read the ledger (a change committed since the last read), and
+        # the reader holds the ledger's follower lock meanwhile; from the shared pool, that read
+        # waited for a connection held by callers waiting for that key's lock, and every key
+        # change stopped until the pool's 30 s timeout. These connections serve ledger reads
+        # only, which wait for no lock. (SQLite's pool has no cap: kms.store.database.)
+        self._reader = (
+            create_engine(engine.url, pool_size=1, max_overflow=2, pool_pre_ping=True, pool_recycle=1800)
+            if engine.dialect.name == "postgresql"
+            else engine
+        )
+
+    def close(self) -> None:
+        """Closes the connections of its own (the engine it was given is its owner's)."""
+        if self._reader is not self._engine:
+            self._reader.dispose()
 
     def append(self, connection: Connection, changes: Sequence[Change]) -> list[LedgerEntry]:
         """Appends ``changes`` within the caller's write transaction on ``connection`` and seals
@@ -81,14 +97,14 @@ class SqlLedger:
                 return len(self.append(connection, changes))
 
     def head(self) -> LedgerHead:
-        with database_errors(), self._engine.connect() as connection:
+        with database_errors(), self._reader.connect() as connection:
             return _head(connection)
 
     def read(self, after_seq: int, limit: int = _PAGE) -> tuple[list[LedgerEntry], LedgerHead]:
         """Up to ``limit`` entries after ``after_seq``, and the head, read in one snapshot (so
         the head is never ahead of entries committed with it)."""
         table = LedgerEntryRow.__table__
-        with database_errors(), self._engine.connect() as connection:
+        with database_errors(), self._reader.connect() as connection:
             if connection.dialect.name == "postgresql":
                 connection = connection.execution_options(isolation_level="REPEATABLE READ")
             with connection.begin():
