@@ -174,6 +174,16 @@ def quota_limits(settings: Settings) -> dict[Permission, Limit]:
     return limits
 
 
+def build_operator_services(settings: Settings) -> Services:
+    """The services for an operator's command run beside a server on the same data directory
+    (``kms hsm ...``, ``kms db ...``). A journal directory belongs to one process at a time, so
+    these commands keep theirs apart from the server's: one such command at a time per data
+    directory, and the next one replays what a killed one left."""
+    if settings.audit_journal_dir is None:
+        settings = settings.model_copy(update={"audit_journal_dir": settings.data_dir / "audit-journal-operator"})
+    return build_services(settings)
+
+
 def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
     # The data directory holds the embedded database, the audit journal and, by default, the

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from kms.app import build_services
+from kms.app import build_operator_services
 from kms.cli.common import local_settings
 from kms.cli.output import console, emit_json
 from kms.config import Settings
@@ -50,7 +50,7 @@ def verify(settings: Settings, as_json: bool) -> None:
     """Check every protected row (keys, grants, memberships, erasure receipts) against the
     HSM-sealed metadata ledger, and the ledger against its HSM anchor; list what does not verify;
     exit 1 if any."""
-    services = build_services(settings)
+    services = build_operator_services(settings)
     try:
         services.integrity.catch_up()
         problems = services.integrity.verify_rows(
@@ -84,7 +84,7 @@ def accept_restore(settings: Settings, yes: bool) -> None:
     """
     if not yes:
         raise click.UsageError("pass --yes to confirm that the database was restored on purpose")
-    services = build_services(settings)
+    services = build_operator_services(settings)
     try:
         before, after = services.integrity.accept_restore(services.anchor)
     except KmsError as error:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 from rich.progress import BarColumn, Progress, TextColumn
 
-from kms.app import Services, build_services
+from kms.app import Services, build_operator_services
 from kms.cli.common import local_settings
 from kms.cli.output import console, emit_json
 from kms.config import Settings
@@ -45,7 +45,7 @@ def init(data_dir: str, label: str) -> None:
 def check(settings: Settings, repair: bool, as_json: bool) -> None:
     """Compare HSM objects with recorded key versions, and vet the audit seal key and the
     recorded versions' objects (kms.hsm.trust); exit 1 if anything disagrees or is untrusted."""
-    services = build_services(settings)
+    services = build_operator_services(settings)
     try:
         seal_key = _seal_key_status(services, settings)
         report = services.reconciler.reconcile(repair=repair)
@@ -139,7 +139,7 @@ def rotate_root(settings: Settings, as_json: bool) -> None:
     on onto the newest root instead of making another. Servers keep serving meanwhile. Old roots
     stay until ``kms hsm retire-root``.
     """
-    services = build_services(settings)
+    services = build_operator_services(settings)
     try:
         with Progress(
             TextColumn("re-wrapping"),
@@ -175,7 +175,7 @@ def retire_root(settings: Settings, root_key_id: str) -> None:
     this they can never be opened again. That is the point when it is what you want (erasure
     in backups), and the risk when it is not.
     """
-    services = build_services(settings)
+    services = build_operator_services(settings)
     try:
         services.roots.retire(root_key_id)
     except KmsError as error:
