@@ -239,7 +239,7 @@ def test_a_policy_change_reaches_another_replica_within_a_second_of_its_poll(
     KMS_POLICY_POLL_INTERVAL (250 ms), and the service promises that a change made on any
     replica applies on every other within a second of that: a grant and its revocation made on
     the first replica are honoured by the second by then."""
-    from tests.support.fixtures import _running, make_settings
+    from tests.support.fixtures import _running, make_settings, own_journal
 
     settings = make_settings(
         hsm_token,
@@ -253,8 +253,7 @@ def test_a_policy_change_reaches_another_replica_within_a_second_of_its_poll(
     )
     promised = settings.policy_poll_interval.total_seconds() + 1.0
     first = _running(settings)
-    # A replica's audit journal is its own (one process appends to a journal directory).
-    second = _running(settings.model_copy(update={"audit_journal_dir": tmp_path / "second-journal"}))
+    second = _running(own_journal(settings, "second"))
     try:
         admin, app_on_second = connect(first, "admin"), connect(second, "app")
         admin.create_key("orders")

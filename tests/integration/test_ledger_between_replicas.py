@@ -13,17 +13,14 @@ import pytest
 
 from kms.app import build_services
 from kms.service.calls import Call
+from tests.support.fixtures import own_journal
 
 CONTEXT = {"tenant": "a"}
 
 
 @pytest.fixture
 def replicas(settings):
-    # A journal directory belongs to one process, as each worker's does (kms.workers.journals).
-    built = [
-        build_services(settings.model_copy(update={"audit_journal_dir": settings.data_dir / f"journal-{n}"}))
-        for n in range(2)
-    ]
+    built = [build_services(own_journal(settings, str(n))) for n in range(2)]
     yield built
     for services in built:
         services.close()

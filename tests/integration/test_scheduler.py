@@ -157,14 +157,10 @@ def test_retire_refuses_a_version_still_in_use(replica, clock):
 
 
 def test_two_replicas_racing_rotate_each_due_key_exactly_once(postgres_url, hsm_token, tmp_path, label_prefix, clock):
-    from tests.support.fixtures import make_settings
+    from tests.support.fixtures import make_settings, own_journal
 
     settings = make_settings(hsm_token, tmp_path, postgres_url, label_prefix)
-    first, second = (
-        # A replica's audit journal is its own (one process appends to a journal directory).
-        build_services(settings.model_copy(update={"audit_journal_dir": tmp_path / name}), clock)
-        for name in ("journal-1", "journal-2")
-    )
+    first, second = (build_services(own_journal(settings, name), clock) for name in ("1", "2"))
     try:
         for n in range(40):
             first.keys.create_key(Call(), f"k{n:02d}", rotation_period=HOUR)

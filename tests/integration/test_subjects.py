@@ -23,6 +23,7 @@ from kms.errors import (
 )
 from kms.service.calls import Call
 from tests.support.clock import ManualClock
+from tests.support.fixtures import own_journal
 
 DAY = timedelta(days=1)
 FINALITY = timedelta(days=30)
@@ -41,10 +42,8 @@ def replica(settings, clock):
 
 
 def _replica(settings, clock, name: str):
-    """Another replica on the same database and HSM: a process of its own, so an audit journal of
-    its own (a journal directory belongs to one process)."""
-    journal = settings.data_dir / f"journal-{name}"
-    return build_services(settings.model_copy(update={"audit_journal_dir": journal}), clock)
+    """Another replica on the same database and HSM."""
+    return build_services(own_journal(settings, name), clock)
 
 
 def _subject_key(replica, key_id: str = "people", **settings):
