@@ -16,36 +16,10 @@ from sqlalchemy import text
 
 import kms_client
 from kms.api.health import DETAIL_PREFIX
-from tests.support.fixtures import ADMIN, APP, _running, make_settings
+from tests.support.fixtures import ADMIN, APP
 
 CONTEXT = {"tenant": "acme"}
 PROTECTED = ("keys", "key_versions", "grants", "group_members", "ledger_entries", "ledger_head")
-
-
-@pytest.fixture
-def deployment(hsm_token, tmp_path, database_url, label_prefix, dev_certs, connect):
-    """A mutual-TLS server on the database under test, and a factory of replicas beside it."""
-    settings = make_settings(
-        hsm_token,
-        tmp_path,
-        database_url,
-        label_prefix,
-        tls_cert=dev_certs / "server.crt",
-        tls_key=dev_certs / "server.key",
-        client_ca=dev_certs / "ca.crt",
-        bootstrap_admin=ADMIN,
-    )
-    started = []
-
-    def replica():
-        app = _running(settings.model_copy(update={"data_dir": tmp_path / f"replica{len(started)}"}))
-        started.append(app)
-        return app
-
-    first = replica()
-    yield first, replica, connect
-    for app in started:
-        app.stop(grace=1)
 
 
 def _sql(app, statement: str, **params) -> None:

@@ -18,7 +18,7 @@ from kms.rewrap.job import JobOptions, RewrapJob
 from kms.rewrap.table import TableSource
 from kms_proto.kms.v1 import kms_pb2 as pb
 from kms_proto.kms.v1 import kms_pb2_grpc
-from tests.support.fixtures import ADMIN, APP, _running, make_settings
+from tests.support.fixtures import APP
 from tests.support.process import clean_env, kms_command
 
 ALICE = {"user_id": "alice", "table": "orders"}
@@ -236,31 +236,6 @@ def test_kms_rewrap_leaves_subject_data_keys_as_they_are_and_refuses_keys_with_a
 
 
 # -- someone who can write to the database ---------------------------------------------------
-
-
-@pytest.fixture
-def deployment(hsm_token, tmp_path, database_url, label_prefix, dev_certs, connect):
-    settings = make_settings(
-        hsm_token,
-        tmp_path,
-        database_url,
-        label_prefix,
-        tls_cert=dev_certs / "server.crt",
-        tls_key=dev_certs / "server.key",
-        client_ca=dev_certs / "ca.crt",
-        bootstrap_admin=ADMIN,
-    )
-    started = []
-
-    def replica():
-        app = _running(settings.model_copy(update={"data_dir": tmp_path / f"replica{len(started)}"}))
-        started.append(app)
-        return app
-
-    first = replica()
-    yield first, replica, connect
-    for app in started:
-        app.stop(grace=1)
 
 
 def _sql(app, statement: str, **params) -> list:

@@ -223,3 +223,29 @@ def connect(dev_certs):
     yield make
     for client in opened:
         client.close()
+
+
+@pytest.fixture
+def deployment(hsm_token, tmp_path, database_url, label_prefix, dev_certs, connect):
+    """A mutual-TLS server on the database under test, and a factory of replicas beside it."""
+    settings = make_settings(
+        hsm_token,
+        tmp_path,
+        database_url,
+        label_prefix,
+        tls_cert=dev_certs / "server.crt",
+        tls_key=dev_certs / "server.key",
+        client_ca=dev_certs / "ca.crt",
+        bootstrap_admin=ADMIN,
+    )
+    started = []
+
+    def replica():
+        app = _running(settings.model_copy(update={"data_dir": tmp_path / f"replica{len(started)}"}))
+        started.append(app)
+        return app
+
+    first = replica()
+    yield first, replica, connect
+    for app in started:
+        app.stop(grace=1)
